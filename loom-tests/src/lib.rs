@@ -1,0 +1,1 @@
+//! Loom models of span-profiler internals; see `tests/`. Built only with `--cfg span_profiler_loom`.

@@ -1,0 +1,159 @@
+//! The future wrapper: labels follow a task wherever and whenever it is polled.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+
+use crate::labels::registry::LabelHandle;
+use crate::labels::slot::Scope;
+use crate::Labels;
+
+/// Attaches profiling labels to any future.
+///
+/// Implemented for every [`Future`]. The method names do not collide with
+/// `tracing::Instrument::instrument` or `opentelemetry::trace::FutureExt::with_context`.
+///
+/// ```
+/// use span_profiler::{Labels, ProfiledExt};
+///
+/// # async fn serve() {}
+/// # async fn demo() {
+/// tokio::spawn(serve().with_labels(Labels::span(42, "GET /orders/{id}")));
+/// # }
+/// ```
+pub trait ProfiledExt: Future + Sized {
+    /// Wraps `self` so that `labels` are in force while it is polled or dropped, on
+    /// whichever thread that happens. Inside, they replace (not extend) any labels of an
+    /// outer scope; empty labels ([`Labels::new`]) make the work unlabelled.
+    ///
+    /// ```
+    /// use span_profiler::{Labels, ProfiledExt};
+    ///
+    /// # async fn demo() {
+    /// let answer = async { 6 * 7 }.with_labels(Labels::span(1, "compute")).await;
+    /// assert_eq!(answer, 42);
+    /// # }
+    /// ```
+    fn with_labels(self, labels: Labels) -> Profiled<Self> {
+        Profiled::new(self, labels.into_handle())
+    }
+}
+
+impl<F: Future> ProfiledExt for F {}
+
+pin_project! {
+    /// A future with profiling labels: returned by [`ProfiledExt`]'s methods.
+    ///
+    /// The labels are in force exactly while the wrapped future is polled or dropped:
+    /// each poll saves the thread's label slot, writes this wrapper's label id, polls the
+    /// inner future and restores the saved id, also when the poll panics. Samples taken
+    /// outside those moments are not attributed to these labels, so a task that moves
+    /// between worker threads, or shares a thread with other tasks, is labelled
+    /// correctly on every poll.
+    ///
+    /// `Send` and `Sync` exactly when the inner future is. The label id stays registered
+    /// while the wrapper exists.
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct Profiled<F> {
+        // Invariant: `Some` from construction until `PinnedDrop` or `into_inner`.
+        #[pin]
+        inner: Option<F>,
+        id: u64,
+        handle: Option<LabelHandle>,
+    }
+
+    impl<F> PinnedDrop for Profiled<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let id = *this.id;
+            let mut inner = this.inner;
+            if inner.is_some() {
+                // Dropping a future runs its code (destructors of its locals): that work
+                // belongs to these labels too.
+                let _scope = Scope::enter(id);
+                inner.set(None);
+            }
+        }
+    }
+}
+
+impl<F> Profiled<F> {
+    pub(crate) fn new(inner: F, handle: Option<LabelHandle>) -> Self {
+        let id = handle.as_ref().map_or(0, LabelHandle::id);
+        Self { inner: Some(inner), id, handle }
+    }
+
+    /// The label id this wrapper writes into the slot (0: none).
+    pub(crate) fn label_id(&self) -> u64 {
+        self.id
+    }
+
+    /// The labels this wrapper applies.
+    ///
+    /// ```
+    /// use span_profiler::{Labels, ProfiledExt};
+    ///
+    /// let fut = async {}.with_labels(Labels::span(5, "job"));
+    /// assert_eq!(fut.labels().span_name(), Some("job"));
+    /// ```
+    pub fn labels(&self) -> Labels {
+        Labels::from_handle(self.handle.clone())
+    }
+
+    /// The wrapped future.
+    pub fn inner(&self) -> &F {
+        self.inner.as_ref().expect("Profiled invariant: inner is Some until dropped")
+    }
+
+    /// The wrapped future, mutably. Only reachable while the wrapper is not pinned.
+    pub fn inner_mut(&mut self) -> &mut F {
+        self.inner.as_mut().expect("Profiled invariant: inner is Some until dropped")
+    }
+
+    /// The wrapped future, pinned.
+    pub fn inner_pin_mut(self: Pin<&mut Self>) -> Pin<&mut F> {
+        self.project()
+            .inner
+            .as_pin_mut()
+            .expect("Profiled invariant: inner is Some until dropped")
+    }
+
+    /// Unwraps the future, dropping the labels.
+    ///
+    /// ```
+    /// use span_profiler::{Labels, ProfiledExt};
+    ///
+    /// let fut = std::future::ready(3).with_labels(Labels::span(1, "x"));
+    /// let bare: std::future::Ready<i32> = fut.into_inner();
+    /// # let _ = bare;
+    /// ```
+    pub fn into_inner(mut self) -> F {
+        // Moving out is sound: `self` is owned, hence not pinned. `PinnedDrop` then sees
+        // `None` and does nothing.
+        self.inner.take().expect("Profiled invariant: inner is Some until dropped")
+    }
+}
+
+impl<F: Future> Future for Profiled<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _scope = Scope::enter(*this.id);
+        match this.inner.as_pin_mut() {
+            Some(inner) => inner.poll(cx),
+            // Unreachable by the invariant; a pending future that is never woken is the
+            // harmless answer for a wrapper polled after `into_inner` moved it.
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for Profiled<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profiled").field("label_id", &self.id).finish_non_exhaustive()
+    }
+}

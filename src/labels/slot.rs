@@ -1,0 +1,133 @@
+//! The per-thread label slot: the one place a signal handler reads labels from.
+//!
+//! Each thread has one `const`-initialised thread-local holding the label id in force on
+//! it (0 = none). The type has no destructor, so the thread-local needs no lazy
+//! initialisation and no destructor registration: in the main executable it is at a
+//! fixed offset from the thread pointer and safe to read from a signal handler.
+//!
+//! Only *scoped* sources write the slot, and each restores the previous value before it
+//! returns ([`Scope`]): the future wrapper around each poll and drop, the Tokio poll hooks,
+//! the tracing layer, the sync guard. The writer and the handler that reads run on the
+//! same thread, so `Relaxed` accesses ordered by `compiler_fence` suffice: a signal
+//! interrupts the thread between two instructions, and the fences stop the compiler from
+//! moving the slot write across the code it brackets.
+
+use std::cell::Cell;
+use std::sync::atomic::{compiler_fence, AtomicU64, Ordering};
+
+/// One thread's slot and the flag beside it.
+struct SlotCell {
+    /// The label id in force on this thread; read by this thread's signal handler.
+    id: AtomicU64,
+    /// The sampler session this thread last asked to be armed for (0: never).
+    armed_session: Cell<u64>,
+}
+
+thread_local! {
+    static SLOT: SlotCell = const {
+        SlotCell { id: AtomicU64::new(0), armed_session: Cell::new(0) }
+    };
+}
+
+/// Session id of the running sampler, 0 when none runs. Written by the sampler at start
+/// and stop; read on label writes to let a thread arm its own timer early.
+pub(crate) static SAMPLER_SESSION: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `id` into this thread's slot and returns the previous value.
+#[inline]
+pub(crate) fn replace(id: u64) -> u64 {
+    SLOT.with(|slot| {
+        // Relaxed: only this thread and its own signal handler touch the slot.
+        let prev = slot.id.load(Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        slot.id.store(id, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        if id != 0 {
+            // Relaxed: a hint; a thread that misses a session start is found by the
+            // sampler's next discovery scan instead.
+            let session = SAMPLER_SESSION.load(Ordering::Relaxed);
+            if session != 0 && slot.armed_session.get() != session {
+                slot.armed_session.set(session);
+                arm_this_thread(session);
+            }
+        }
+        prev
+    })
+}
+
+/// The label id in force on this thread.
+///
+/// Signal-safe: a `Relaxed` load of a `const`-initialised, destructor-free thread-local.
+#[inline]
+pub(crate) fn current() -> u64 {
+    // Relaxed: see `replace`.
+    SLOT.with(|slot| slot.id.load(Ordering::Relaxed))
+}
+
+#[cold]
+#[inline(never)]
+fn arm_this_thread(session: u64) {
+    crate::sampler::arm_current_thread(session);
+}
+
+/// Sets the slot for a lexical scope and restores the previous id when dropped, also
+/// during panic unwinding.
+///
+/// `!Send`: it must be dropped on the thread whose slot it wrote.
+#[must_use = "the labels are restored as soon as the scope is dropped"]
+pub(crate) struct Scope {
+    prev: u64,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Scope {
+    #[inline]
+    pub(crate) fn enter(id: u64) -> Self {
+        Self { prev: replace(id), _not_send: std::marker::PhantomData }
+    }
+}
+
+impl Drop for Scope {
+    #[inline]
+    fn drop(&mut self) {
+        replace(self.prev);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_nest_and_restore() {
+        assert_eq!(current(), 0);
+        {
+            let _outer = Scope::enter(7);
+            assert_eq!(current(), 7);
+            {
+                let _inner = Scope::enter(9);
+                assert_eq!(current(), 9);
+            }
+            assert_eq!(current(), 7);
+        }
+        assert_eq!(current(), 0);
+    }
+
+    #[test]
+    fn a_panic_inside_a_scope_restores_the_slot() {
+        let _outer = Scope::enter(3);
+        let result = std::panic::catch_unwind(|| {
+            let _inner = Scope::enter(4);
+            panic!("boom");
+        });
+        assert!(result.is_err());
+        assert_eq!(current(), 3);
+    }
+
+    #[test]
+    fn each_thread_has_its_own_slot() {
+        let _s = Scope::enter(11);
+        std::thread::spawn(|| assert_eq!(current(), 0)).join().unwrap();
+        assert_eq!(current(), 11);
+    }
+}

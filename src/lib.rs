@@ -1,0 +1,43 @@
+//! # span-profiler
+//!
+//! A CPU profiler for async Rust that labels every sample with the OpenTelemetry span it
+//! belongs to, so Grafana can jump from a slow request's span (Tempo) to the CPU profile
+//! of exactly that request (Pyroscope).
+//!
+//! Labels follow the *task*, not the thread: Tokio tasks move between worker threads and
+//! interleave on one thread, so every poll of a labelled future writes its label id into
+//! the polling thread's slot and restores the previous id afterwards.
+//!
+//! ```
+//! use span_profiler::{Labels, ProfiledExt};
+//!
+//! # async fn handle() {}
+//! # async fn demo() {
+//! let labels = Labels::span(0x00f0_67aa_0ba9_02b7, "GET /orders/{id}");
+//! tokio::spawn(handle().with_labels(labels));
+//! # }
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
+
+/// Event counters behind `stats()` and the log-once helper.
+mod counters;
+/// Errors of the fallible areas.
+mod error;
+/// The future wrapper.
+mod instrument;
+/// Labels, the label registry and the per-thread slot.
+mod labels;
+/// The signal-based sampler.
+mod sampler;
+/// std / loom switch for the structures loom models.
+mod sync;
+
+pub use error::{BuildError, StartError};
+pub use instrument::{Profiled, ProfiledExt};
+pub use labels::{LabelError, Labels, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
+
+/// Internals exposed for the `loom-tests/` crate and the crate's own integration tests.
+/// Not part of the public API: no stability promises.
+#[doc(hidden)]
+pub mod __private;
