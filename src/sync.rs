@@ -9,13 +9,13 @@
 
 #[cfg(not(span_profiler_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicUsize},
+    atomic::{AtomicU64, AtomicUsize},
     Arc, Mutex, MutexGuard,
 };
 
 #[cfg(span_profiler_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicUsize},
+    atomic::{AtomicU64, AtomicUsize},
     Arc, Mutex, MutexGuard,
 };
 

@@ -56,16 +56,24 @@ struct Maps {
     drains: u64,
 }
 
-/// Id -> label set, with reference counts and the grace period.
+/// Id -> label set, with reference counts and the grace period. Cloning shares the
+/// registry.
+#[derive(Clone)]
 pub struct Registry {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     /// Next id to hand out; starts at 1, only ever incremented.
     next_id: AtomicU64,
     maps: Mutex<Maps>,
 }
 
+
+
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let maps = lock(&self.maps);
+        let maps = lock(&self.shared.maps);
         f.debug_struct("Registry")
             .field("live", &maps.live.len())
             .field("retired", &maps.retired.len())
@@ -82,27 +90,28 @@ pub struct RegistryLen {
 
 impl Registry {
     pub fn new() -> Self {
-        Self { next_id: AtomicU64::new(1), maps: Mutex::new(Maps::default()) }
+        let shared = Shared { next_id: AtomicU64::new(1), maps: Mutex::new(Maps::default()) };
+        Self { shared: Arc::new(shared) }
     }
 
     /// The process-global registry.
-    pub fn global() -> &'static Arc<Registry> {
-        static GLOBAL: OnceLock<Arc<Registry>> = OnceLock::new();
-        GLOBAL.get_or_init(|| Arc::new(Registry::new()))
+    pub fn global() -> &'static Registry {
+        static GLOBAL: OnceLock<Registry> = OnceLock::new();
+        GLOBAL.get_or_init(Registry::new)
     }
 
     /// Registers `set` under a fresh id and returns the first handle to it.
-    pub fn register(self: &Arc<Self>, set: std::sync::Arc<LabelSet>) -> LabelHandle {
+    pub fn register(&self, set: std::sync::Arc<LabelSet>) -> LabelHandle {
         // Relaxed: uniqueness only needs the atomicity of the increment.
-        let id = self.next_id.fetch_add(1, Relaxed);
+        let id = self.shared.next_id.fetch_add(1, Relaxed);
         let entry = Arc::new(Entry { id, set, refs: AtomicUsize::new(1) });
-        lock(&self.maps).live.insert(id, entry.clone());
+        lock(&self.shared.maps).live.insert(id, entry.clone());
         LabelHandle { entry, registry: self.clone() }
     }
 
     /// A new handle to the live entry `id`, if it is live.
-    pub fn acquire(self: &Arc<Self>, id: u64) -> Option<LabelHandle> {
-        let maps = lock(&self.maps);
+    pub fn acquire(&self, id: u64) -> Option<LabelHandle> {
+        let maps = lock(&self.shared.maps);
         let entry = maps.live.get(&id)?.clone();
         // Relaxed: the increment happens under the registry lock, which orders it with
         // the release's re-check of `refs` (also under the lock).
@@ -113,7 +122,7 @@ impl Registry {
 
     /// The set behind `id`, live or retired (the collector's lookup).
     pub fn resolve(&self, id: u64) -> Option<std::sync::Arc<LabelSet>> {
-        let maps = lock(&self.maps);
+        let maps = lock(&self.shared.maps);
         if let Some(entry) = maps.live.get(&id) {
             return Some(entry.set.clone());
         }
@@ -122,7 +131,7 @@ impl Registry {
 
     /// Called when a handle's count went 1 -> 0.
     fn release(&self, id: u64) {
-        let mut maps = lock(&self.maps);
+        let mut maps = lock(&self.shared.maps);
         let Some(entry) = maps.live.get(&id) else { return };
         // Relaxed: read under the lock that every revival (`acquire`) also holds.
         if entry.refs.load(Relaxed) != 0 {
@@ -143,22 +152,25 @@ impl Registry {
     /// Switches between "profiling" (releases retire) and "idle" (releases free). Going
     /// idle frees every retired entry: the caller has drained and closed its last window.
     pub fn set_profiling(&self, on: bool) {
-        let mut maps = lock(&self.maps);
+        let mut maps = lock(&self.shared.maps);
         maps.profiling = on;
         if !on {
             maps.retired.clear();
         }
     }
 
-    /// The collector finished one drain of the sample buffer: frees retired entries whose
-    /// grace (a window close and a drain after their release) is over.
+    /// The collector finished one drain of the sample buffer and resolved the label ids
+    /// it found: frees retired entries whose grace (a window close, and a whole drain
+    /// that began after their release) is over.
     pub fn on_drain(&self) {
-        let mut maps = lock(&self.maps);
+        let mut maps = lock(&self.shared.maps);
         maps.drains += 1;
         let (windows, drains) = (maps.windows, maps.drains);
         // Entries retire in order, so expired ones are at the front.
         while let Some(front) = maps.retired.front() {
-            if windows > front.windows_at_release && drains > front.drains_at_release {
+            // `drains_at_release + 1` ended a drain that may have begun before the
+            // release; `+ 2` ended one that began after it.
+            if windows > front.windows_at_release && drains >= front.drains_at_release + 2 {
                 maps.retired.pop_front();
             } else {
                 break;
@@ -168,11 +180,11 @@ impl Registry {
 
     /// The collector closed a window and resolved every label id in it.
     pub fn on_window_closed(&self) {
-        lock(&self.maps).windows += 1;
+        lock(&self.shared.maps).windows += 1;
     }
 
     pub fn len(&self) -> RegistryLen {
-        let maps = lock(&self.maps);
+        let maps = lock(&self.shared.maps);
         RegistryLen { live: maps.live.len(), retired: maps.retired.len() }
     }
 }
@@ -180,7 +192,7 @@ impl Registry {
 /// A counted reference to one registered label set; the id stays valid while it exists.
 pub struct LabelHandle {
     entry: Arc<Entry>,
-    registry: Arc<Registry>,
+    registry: Registry,
 }
 
 impl LabelHandle {
@@ -229,7 +241,7 @@ mod tests {
 
     #[test]
     fn ids_are_monotonic_and_never_reused() {
-        let reg = Arc::new(Registry::new());
+        let reg = Registry::new();
         let a = reg.register(set("a"));
         let a_id = a.id();
         drop(a);
@@ -240,7 +252,7 @@ mod tests {
 
     #[test]
     fn entries_are_freed_at_last_release_when_no_profiler_runs() {
-        let reg = Arc::new(Registry::new());
+        let reg = Registry::new();
         let a = reg.register(set("a"));
         let a2 = a.clone();
         let id = a.id();
@@ -253,14 +265,16 @@ mod tests {
 
     #[test]
     fn entries_stay_through_the_grace_period_while_profiling() {
-        let reg = Arc::new(Registry::new());
+        let reg = Registry::new();
         reg.set_profiling(true);
         let a = reg.register(set("a"));
         let id = a.id();
         drop(a);
         assert_eq!(reg.len(), RegistryLen { live: 0, retired: 1 });
         assert_eq!(reg.resolve(id).unwrap().span_name.as_deref(), Some("a"));
-        reg.on_drain(); // a drain, but no window closed yet
+        reg.on_drain(); // may have begun before the release
+        assert!(reg.resolve(id).is_some());
+        reg.on_drain(); // began after the release, but no window closed yet
         assert!(reg.resolve(id).is_some());
         reg.on_window_closed();
         assert!(reg.resolve(id).is_some(), "freed only by the next drain");
@@ -271,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_release_just_before_a_window_close_waits_for_a_later_drain() {
-        let reg = Arc::new(Registry::new());
+        let reg = Registry::new();
         reg.set_profiling(true);
         let id = {
             let a = reg.register(set("a"));
@@ -280,12 +294,14 @@ mod tests {
         reg.on_window_closed();
         assert!(reg.resolve(id).is_some());
         reg.on_drain();
+        assert!(reg.resolve(id).is_some(), "that drain may have begun before the release");
+        reg.on_drain();
         assert!(reg.resolve(id).is_none());
     }
 
     #[test]
     fn stopping_the_profiler_frees_retired_entries() {
-        let reg = Arc::new(Registry::new());
+        let reg = Registry::new();
         reg.set_profiling(true);
         drop(reg.register(set("a")));
         assert_eq!(reg.len().retired, 1);
@@ -295,7 +311,7 @@ mod tests {
 
     #[test]
     fn acquire_shares_the_id_and_keeps_the_entry_alive() {
-        let reg = Arc::new(Registry::new());
+        let reg = Registry::new();
         let a = reg.register(set("a"));
         let b = reg.acquire(a.id()).expect("live");
         assert_eq!(a.id(), b.id());
