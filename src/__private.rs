@@ -17,3 +17,33 @@ pub fn label_id_of<F>(profiled: &crate::Profiled<F>) -> u64 {
 pub fn global_registry_len() -> RegistryLen {
     Registry::global().len()
 }
+
+/// Number of live entries in the OpenTelemetry span-id map.
+#[cfg(feature = "otel")]
+pub fn otel_span_map_len() -> usize {
+    crate::otel::span_map_len()
+}
+
+/// Lookups of a valid span that no live `ProfilingSpan` has (gave no labels).
+#[cfg(feature = "otel")]
+pub fn otel_unknown_spans() -> u64 {
+    crate::otel::OTEL.unknown_spans.get()
+}
+
+/// Spans built under a local parent that no live `ProfilingSpan` has.
+#[cfg(feature = "otel")]
+pub fn otel_unknown_parents() -> u64 {
+    crate::otel::OTEL.unknown_parents.get()
+}
+
+/// What the profiler calls at start with its application name (the service-name check).
+#[cfg(feature = "otel")]
+pub fn otel_note_application_name(name: &str) {
+    crate::otel::note_application_name(name)
+}
+
+/// `(application name, service name)` when they differ.
+#[cfg(feature = "otel")]
+pub fn otel_service_name_mismatch() -> Option<(String, String)> {
+    crate::otel::service_name_mismatch()
+}

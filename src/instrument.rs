@@ -39,6 +39,82 @@ pub trait ProfiledExt: Future + Sized {
     fn with_labels(self, labels: Labels) -> Profiled<Self> {
         Profiled::new(self, labels.into_handle())
     }
+
+    /// Wraps `self` with the labels of the OpenTelemetry span that is current
+    /// (`opentelemetry::Context::current()`) **when this is called**: its local root's
+    /// `span_id` and `span_name`, as recorded by a
+    /// [`ProfilingTracerProvider`](crate::ProfilingTracerProvider). Call it where the
+    /// request's span is current, e.g. inside `cx.attach()` or an entered `tracing` span,
+    /// not inside the future (there it would be too late: the wrapper is built first).
+    ///
+    /// Gives no labels (and counts the lookup) when the current span is unknown: ended,
+    /// remote, or built by a tracer that is not a `ProfilingTracer`. The labels do not
+    /// change afterwards, even when the span ends: the wrapper keeps them until dropped.
+    ///
+    /// ```
+    /// use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
+    /// use opentelemetry::Context;
+    /// use span_profiler::{ProfiledExt, ProfilingTracerProvider};
+    ///
+    /// # async fn handle() {}
+    /// # async fn demo(tracer: span_profiler::ProfilingTracer<opentelemetry::trace::noop::NoopTracer>) {
+    /// let cx = Context::current_with_span(tracer.start("GET /orders/{id}"));
+    /// let fut = {
+    ///     let _attached = cx.clone().attach();
+    ///     handle().profiled() // labels of "GET /orders/{id}"'s local root
+    /// };
+    /// tokio::spawn(opentelemetry::context::FutureExt::with_context(fut, cx));
+    /// # }
+    /// ```
+    #[cfg(feature = "otel")]
+    fn profiled(self) -> Profiled<Self> {
+        Profiled::new(self, crate::otel::handle_for_current())
+    }
+
+    /// Wraps `self` with the labels of the span in `cx` (see [`profiled`](Self::profiled)),
+    /// looked up now. The returned future does not borrow `cx`.
+    ///
+    /// ```
+    /// use opentelemetry::context::FutureExt as _;
+    /// use opentelemetry::trace::{TraceContextExt, Tracer};
+    /// use opentelemetry::Context;
+    /// use span_profiler::ProfiledExt;
+    ///
+    /// # async fn handle() {}
+    /// # async fn demo(tracer: span_profiler::ProfilingTracer<opentelemetry::trace::noop::NoopTracer>) {
+    /// let cx = Context::current_with_span(tracer.start("GET /orders/{id}"));
+    /// tokio::spawn(handle().with_context(cx.clone()).profiled_with(&cx));
+    /// # }
+    /// ```
+    #[cfg(feature = "otel")]
+    fn profiled_with(self, cx: &opentelemetry::Context) -> Profiled<Self> {
+        Profiled::new(self, crate::otel::handle_for(cx))
+    }
+
+    /// Both at once: attaches `cx` as the current OpenTelemetry context on every poll
+    /// (`opentelemetry::context::FutureExt::with_context`) and applies its span's labels
+    /// (as [`profiled_with`](Self::profiled_with)). Equivalent to
+    /// `self.with_context(cx.clone()).profiled_with(&cx)`.
+    ///
+    /// ```
+    /// use opentelemetry::trace::{TraceContextExt, Tracer};
+    /// use opentelemetry::Context;
+    /// use span_profiler::ProfiledExt;
+    ///
+    /// # async fn handle() {}
+    /// # async fn demo(tracer: span_profiler::ProfilingTracer<opentelemetry::trace::noop::NoopTracer>) {
+    /// let cx = Context::current_with_span(tracer.start("GET /orders/{id}"));
+    /// tokio::spawn(handle().profiled_in_context(cx));
+    /// # }
+    /// ```
+    #[cfg(feature = "otel")]
+    fn profiled_in_context(
+        self,
+        cx: opentelemetry::Context,
+    ) -> Profiled<opentelemetry::context::WithContext<Self>> {
+        let handle = crate::otel::handle_for(&cx);
+        Profiled::new(opentelemetry::context::FutureExt::with_context(self, cx), handle)
+    }
 }
 
 impl<F: Future> ProfiledExt for F {}

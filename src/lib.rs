@@ -28,6 +28,9 @@ mod error;
 mod instrument;
 /// Labels, the label registry and the per-thread slot.
 mod labels;
+/// OpenTelemetry: ProfilingTracerProvider, span-id map, context lookups.
+#[cfg(feature = "otel")]
+mod otel;
 /// The signal-based sampler.
 mod sampler;
 /// std / loom switch for the structures loom models.
@@ -36,6 +39,11 @@ mod sync;
 pub use error::{BuildError, StartError};
 pub use instrument::{Profiled, ProfiledExt};
 pub use labels::{LabelError, Labels, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
+#[cfg(feature = "otel")]
+pub use otel::{
+    ContextLabelsGuard, LabelScope, ProfilingSpan, ProfilingTracer, ProfilingTracerProvider,
+    PROFILE_ID_ATTRIBUTE,
+};
 
 /// Internals exposed for the `loom-tests/` crate and the crate's own integration tests.
 /// Not part of the public API: no stability promises.

@@ -1,0 +1,133 @@
+//! The span-id map: from each live span this crate's tracer built to the label handle of
+//! work under it.
+//!
+//! The tracer cannot put values into the context that will hold a span, and a parent's
+//! `SpanRef` cannot be downcast to our span type, so this process-global map is how a
+//! child finds its local root and how `.profiled()` finds the labels of the current span.
+//! A span's entry is inserted when the tracer builds it and removed when it ends or is
+//! dropped, so with no live span the map is empty, and the label handles it held are
+//! released (freeing their registry entries when no profiler runs).
+//!
+//! The map is split into shards, each a `Mutex<HashMap>`, chosen by the mixed span id, so
+//! that spans started and ended on different threads rarely meet on one lock. No other
+//! lock is taken while a shard is held, and values are dropped after the shard is
+//! released (dropping a `LabelHandle` may lock the label registry).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::labels::registry::LabelHandle;
+use crate::sync::lock;
+
+/// What a child span or a `.profiled()` call needs to know about its local root.
+#[derive(Debug)]
+pub(crate) struct Root {
+    /// The local root's span id.
+    pub(crate) span_id: u64,
+    /// The local root's name when it was built.
+    pub(crate) name: String,
+    /// Whether the local root was sampled (only sampled roots give a `span_id` label).
+    pub(crate) sampled: bool,
+}
+
+/// One live span's entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    /// The labels of work under this span (`None`: no labels).
+    pub(crate) handle: Option<LabelHandle>,
+    /// The span's local root (`None` when the span's parent was not known to this map).
+    pub(crate) root: Option<Arc<Root>>,
+}
+
+/// Number of shards; a power of two.
+const SHARDS: usize = 64;
+
+type Shard = Mutex<HashMap<u64, Node, BuildHasherDefault<IdHasher>>>;
+
+fn shards() -> &'static [Shard; SHARDS] {
+    static MAP: OnceLock<[Shard; SHARDS]> = OnceLock::new();
+    MAP.get_or_init(|| std::array::from_fn(|_| Mutex::new(HashMap::default())))
+}
+
+/// Span ids are usually random, but custom id generators may count up: mix the bits
+/// (Fibonacci hashing) so both the shard choice and the table's buckets spread well.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; fold anything else in byte by byte.
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+fn shard(span_id: u64) -> &'static Shard {
+    let mixed = span_id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // The top bits of a Fibonacci hash are the best mixed.
+    &shards()[(mixed >> (64 - SHARDS.trailing_zeros())) as usize]
+}
+
+/// Inserts `node` for `span_id` unless the id already has an entry. Returns whether it
+/// was inserted: only then does the caller own (and later remove) the entry. An id can be
+/// present already when an inner tracer hands out its parent's span context again (the
+/// no-op tracer does).
+pub(crate) fn insert(span_id: u64, node: Node) -> bool {
+    let mut map = lock(shard(span_id));
+    if map.contains_key(&span_id) {
+        drop(map);
+        return false;
+    }
+    map.insert(span_id, node);
+    true
+}
+
+/// Removes the entry of `span_id`; its handle is released after the shard is unlocked.
+pub(crate) fn remove(span_id: u64) {
+    let removed = lock(shard(span_id)).remove(&span_id);
+    drop(removed);
+}
+
+/// A copy of the entry of `span_id`, if the span is live and known.
+pub(crate) fn get(span_id: u64) -> Option<Node> {
+    lock(shard(span_id)).get(&span_id).cloned()
+}
+
+/// Number of live entries (for tests and stats).
+pub(crate) fn len() -> usize {
+    shards().iter().map(|s| lock(s).len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_that_is_already_present_is_not_taken_over() {
+        let id = 0x5eed_0000_0000_0001;
+        assert!(insert(id, Node { handle: None, root: None }));
+        let root = Arc::new(Root { span_id: 7, name: "n".into(), sampled: true });
+        assert!(!insert(id, Node { handle: None, root: Some(root) }));
+        assert!(get(id).expect("present").root.is_none(), "the first entry stays");
+        remove(id);
+        assert!(get(id).is_none());
+    }
+
+    #[test]
+    fn sequential_ids_spread_over_many_shards() {
+        let used: std::collections::HashSet<usize> = (1..=256u64)
+            .map(|id| (shard(id) as *const Shard as usize - shards().as_ptr() as usize))
+            .collect();
+        assert!(used.len() > SHARDS / 2, "only {} shards used", used.len());
+    }
+}

@@ -1,0 +1,59 @@
+//! OpenTelemetry span profiles: a tracer-provider wrapper that gives each local root span
+//! the `pyroscope.profile.id` attribute and a label set, and the lookups that let futures
+//! and guards pick those labels up from an OpenTelemetry `Context`.
+//!
+//! See DESIGN.md "OpenTelemetry" and PROTOCOL.md "Span linking".
+
+/// From a `Context` to labels; the sync guard.
+mod context;
+/// The span-id map (live span -> its local root's labels).
+mod map;
+/// `ProfilingTracerProvider` and its options.
+mod provider;
+/// The application-name / service-name check.
+mod service;
+/// `ProfilingSpan`.
+mod span;
+/// `ProfilingTracer`.
+mod tracer;
+
+use opentelemetry::trace::SpanContext;
+
+use crate::counters::Counter;
+
+pub use context::ContextLabelsGuard;
+pub(crate) use context::{handle_for, handle_for_current};
+pub use provider::{LabelScope, ProfilingTracerProvider};
+#[allow(unused_imports)] // called by the Profiler when it starts
+pub(crate) use service::note_application_name;
+pub use span::ProfilingSpan;
+pub use tracer::{ProfilingTracer, PROFILE_ID_ATTRIBUTE};
+
+/// OpenTelemetry lookup tallies, shown by `stats()`.
+#[derive(Debug)]
+pub(crate) struct OtelCounters {
+    /// `.profiled()` / `.profiled_with()` / guard lookups of a valid span that no live
+    /// `ProfilingSpan` has (ended, remote, or built by another provider): no labels.
+    pub(crate) unknown_spans: Counter,
+    /// Spans whose local parent no live `ProfilingSpan` has: their local root is unknown,
+    /// so they get no root labels.
+    pub(crate) unknown_parents: Counter,
+}
+
+pub(crate) static OTEL: OtelCounters =
+    OtelCounters { unknown_spans: Counter::new(), unknown_parents: Counter::new() };
+
+/// A span id as the `u64` the labels use (big-endian, as `SpanId` prints it).
+fn span_id_u64(sc: &SpanContext) -> u64 {
+    u64::from_be_bytes(sc.span_id().to_bytes())
+}
+
+/// Number of live span-id map entries.
+pub(crate) fn span_map_len() -> usize {
+    map::len()
+}
+
+/// The application name and trace service name, when they differ.
+pub(crate) fn service_name_mismatch() -> Option<(String, String)> {
+    service::mismatch()
+}

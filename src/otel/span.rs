@@ -1,0 +1,113 @@
+//! The span: the inner tracer's span plus ownership of its span-id map entry.
+
+use std::borrow::Cow;
+use std::error::Error;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{Span, SpanContext, Status};
+use opentelemetry::KeyValue;
+
+use super::map;
+
+/// A span built by [`ProfilingTracer`](crate::ProfilingTracer): behaves exactly like the
+/// wrapped span, and when it ends (or is dropped) new [`.profiled()`] calls and guards no
+/// longer find its labels. Futures already wrapped keep theirs until they are dropped.
+///
+/// [`.profiled()`]: crate::ProfiledExt::profiled
+#[derive(Debug)]
+pub struct ProfilingSpan<S> {
+    inner: S,
+    /// The span id whose map entry this span inserted and must remove; `None` when it
+    /// owns no entry (invalid span context, an id already present, or already ended).
+    entry: Option<u64>,
+}
+
+impl<S> ProfilingSpan<S> {
+    pub(crate) fn new(inner: S, entry: Option<u64>) -> Self {
+        Self { inner, entry }
+    }
+
+    /// The wrapped span.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn forget_labels(&mut self) {
+        if let Some(id) = self.entry.take() {
+            map::remove(id);
+        }
+    }
+}
+
+impl<S> Drop for ProfilingSpan<S> {
+    fn drop(&mut self) {
+        self.forget_labels();
+    }
+}
+
+impl<S: Span> Span for ProfilingSpan<S> {
+    fn add_event<T>(&mut self, name: T, attributes: Vec<KeyValue>)
+    where
+        T: Into<Cow<'static, str>>,
+    {
+        self.inner.add_event(name, attributes);
+    }
+
+    fn record_error(&mut self, err: &dyn Error) {
+        self.inner.record_error(err);
+    }
+
+    fn add_event_with_timestamp<T>(
+        &mut self,
+        name: T,
+        timestamp: SystemTime,
+        attributes: Vec<KeyValue>,
+    ) where
+        T: Into<Cow<'static, str>>,
+    {
+        self.inner.add_event_with_timestamp(name, timestamp, attributes);
+    }
+
+    fn span_context(&self) -> &SpanContext {
+        self.inner.span_context()
+    }
+
+    fn is_recording(&self) -> bool {
+        self.inner.is_recording()
+    }
+
+    fn set_attribute(&mut self, attribute: KeyValue) {
+        self.inner.set_attribute(attribute);
+    }
+
+    fn set_attributes(&mut self, attributes: impl IntoIterator<Item = KeyValue>) {
+        self.inner.set_attributes(attributes);
+    }
+
+    fn set_status(&mut self, status: Status) {
+        self.inner.set_status(status);
+    }
+
+    /// Renames the span. The `span_name` label keeps the name the span was started with:
+    /// label sets are immutable and work under the span may already carry it.
+    fn update_name<T>(&mut self, new_name: T)
+    where
+        T: Into<Cow<'static, str>>,
+    {
+        self.inner.update_name(new_name);
+    }
+
+    fn add_link(&mut self, span_context: SpanContext, attributes: Vec<KeyValue>) {
+        self.inner.add_link(span_context, attributes);
+    }
+
+    fn end(&mut self) {
+        self.forget_labels();
+        self.inner.end();
+    }
+
+    fn end_with_timestamp(&mut self, timestamp: SystemTime) {
+        self.forget_labels();
+        self.inner.end_with_timestamp(timestamp);
+    }
+}

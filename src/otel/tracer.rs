@@ -1,0 +1,144 @@
+//! The tracer: builds the inner tracer's span, then records which labels work under it
+//! carries. It never writes the thread's label slot (DESIGN.md "OpenTelemetry").
+
+use std::sync::Arc;
+
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanContext, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+
+use super::map::{self, Node, Root};
+use super::provider::{Config, LabelScope};
+use super::span::ProfilingSpan;
+use super::{span_id_u64, OTEL};
+use crate::labels::set::{bounded_value, span_id_hex, LabelSet};
+use crate::Labels;
+
+/// Span attribute Grafana looks for to show a span's "Profiles" link; its value is the
+/// `span_id` sample label of the work under the span.
+pub const PROFILE_ID_ATTRIBUTE: &str = "pyroscope.profile.id";
+
+/// The tracer of a [`ProfilingTracerProvider`](crate::ProfilingTracerProvider): spans
+/// come from the wrapped tracer, and each local root also gets the
+/// `pyroscope.profile.id` attribute and a label set that work under it carries once it is
+/// wrapped with [`ProfiledExt::profiled`](crate::ProfiledExt::profiled).
+#[derive(Debug, Clone)]
+pub struct ProfilingTracer<T> {
+    inner: T,
+    config: Arc<Config>,
+}
+
+impl<T> ProfilingTracer<T> {
+    pub(crate) fn new(inner: T, config: Arc<Config>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The wrapped tracer.
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+}
+
+/// True when a span with this parent is a local root: no valid parent, or a parent from
+/// another process. `Context::has_active_span` is not used: it is true for an invalid span.
+pub(crate) fn is_local_root(parent: &SpanContext) -> bool {
+    !parent.is_valid() || parent.is_remote()
+}
+
+impl<T: Tracer> Tracer for ProfilingTracer<T> {
+    type Span = ProfilingSpan<T::Span>;
+
+    fn build_with_context(&self, builder: SpanBuilder, parent_cx: &Context) -> Self::Span {
+        let parent_span = parent_cx.span();
+        let parent = parent_span.span_context();
+        let local_root = is_local_root(parent);
+        let parent_id = span_id_u64(parent);
+        let config = &*self.config;
+        // The name is only needed when a label takes it.
+        let name = (config.span_name == LabelScope::AllSpans
+            || (local_root && config.span_name == LabelScope::LocalRoot))
+            .then(|| builder.name.to_string());
+
+        let mut span = self.inner.build_with_context(builder, parent_cx);
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return ProfilingSpan::new(span, None);
+        }
+        let span_id = span_id_u64(sc);
+        let sampled = sc.is_sampled();
+        let trace_id = config.trace_id.then(|| u128::from_be_bytes(sc.trace_id().to_bytes()));
+
+        let node = if local_root {
+            let root = Arc::new(Root { span_id, name: name.clone().unwrap_or_default(), sampled });
+            let labels = config.labels(span_id, sampled, name, Some(&root), trace_id);
+            Node { handle: labels.into_handle(), root: Some(root) }
+        } else {
+            match map::get(parent_id) {
+                Some(parent_node) => {
+                    if config.child_shares_parent_labels() {
+                        parent_node
+                    } else {
+                        let labels = config.labels(
+                            span_id,
+                            sampled,
+                            name,
+                            parent_node.root.as_ref(),
+                            trace_id,
+                        );
+                        Node { handle: labels.into_handle(), root: parent_node.root }
+                    }
+                }
+                None => {
+                    // A local parent this tracer did not build (another provider) or that
+                    // already ended: the local root is unknown.
+                    OTEL.unknown_parents.incr();
+                    let labels = config.labels(span_id, sampled, name, None, trace_id);
+                    Node { handle: labels.into_handle(), root: None }
+                }
+            }
+        };
+        if config.span_id == LabelScope::AllSpans
+            || (local_root && config.span_id == LabelScope::LocalRoot)
+        {
+            span.set_attribute(KeyValue::new(PROFILE_ID_ATTRIBUTE, span_id_hex(span_id)));
+        }
+        let owned = map::insert(span_id, node).then_some(span_id);
+        ProfilingSpan::new(span, owned)
+    }
+}
+
+impl Config {
+    /// With local-root (or no) scopes for both labels and no per-span part, a child's
+    /// labels are exactly its parent's: share the parent's handle.
+    fn child_shares_parent_labels(&self) -> bool {
+        self.span_id != LabelScope::AllSpans && self.span_name != LabelScope::AllSpans
+    }
+
+    /// The labels of work directly under a span with id `span_id`.
+    fn labels(
+        &self,
+        span_id: u64,
+        sampled: bool,
+        name: Option<String>,
+        root: Option<&Arc<Root>>,
+        trace_id: Option<u128>,
+    ) -> Labels {
+        let id = match self.span_id {
+            LabelScope::Off => None,
+            LabelScope::LocalRoot => root.filter(|r| r.sampled).map(|r| r.span_id),
+            LabelScope::AllSpans => sampled.then_some(span_id),
+        };
+        let name = match self.span_name {
+            LabelScope::Off => None,
+            LabelScope::LocalRoot => root.map(|r| r.name.clone()),
+            LabelScope::AllSpans => name,
+        };
+        let set = LabelSet {
+            span_id: id,
+            span_name: name.filter(|n| !n.is_empty()).map(bounded_value),
+            // A trace id alone would make a label set for every unsampled trace.
+            trace_id: trace_id.filter(|_| id.is_some()),
+            ..LabelSet::default()
+        };
+        Labels::from_set(set)
+    }
+}
