@@ -45,6 +45,13 @@ pub enum StartError {
     UnsupportedTlsModel,
     /// Another SIGPROF handler is installed; the profiler refuses to replace it.
     ForeignSignalHandler,
+    /// The output directory could not be created or written.
+    OutputDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
     /// A system call failed.
     Os {
         /// What was being done.
@@ -73,6 +80,12 @@ impl fmt::Display for StartError {
                 "another SIGPROF handler is installed (another profiler?); span-profiler \
                  will not replace it: remove the other profiler or start span-profiler first",
             ),
+            Self::OutputDir { path, source } => write!(
+                f,
+                "the output directory {} is not writable: {source}; choose another with \
+                 `output_dir(..)`",
+                path.display()
+            ),
             Self::Os { operation, source } => write!(f, "{operation} failed: {source}"),
         }
     }
@@ -82,7 +95,7 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Build(err) => Some(err),
-            Self::Os { source, .. } => Some(source),
+            Self::Os { source, .. } | Self::OutputDir { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -93,3 +106,4 @@ impl From<BuildError> for StartError {
         Self::Build(err)
     }
 }
+
