@@ -47,3 +47,8 @@ pub fn otel_note_application_name(name: &str) {
 pub fn otel_service_name_mismatch() -> Option<(String, String)> {
     crate::otel::service_name_mismatch()
 }
+
+/// The span id and span name of a resolved label set (its fields are crate-private).
+pub fn span_of(set: &LabelSet) -> (Option<u64>, Option<&str>) {
+    (set.span_id, set.span_name.as_deref())
+}
