@@ -74,7 +74,7 @@ impl<P> ProfilingTracerProvider<P> {
     /// `trace_id` label.
     ///
     /// The service name the traces carry is taken as `Resource::builder().build()` would
-    /// find it (`OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`,
+    /// find it (`service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else `OTEL_SERVICE_NAME`,
     /// else `unknown_service:<executable>`); when it differs from the profiler's
     /// application name, a warning is logged once, since Grafana's link would then find
     /// no profile. If your `Resource` sets the name in code, pass it with

@@ -66,23 +66,24 @@ fn check(names: &Names) {
 }
 
 /// The `service.name` that `Resource::builder().build()` of opentelemetry_sdk 0.33
-/// detects: `OTEL_SERVICE_NAME` if non-empty, else `service.name` from
-/// `OTEL_RESOURCE_ATTRIBUTES`, else `unknown_service:<executable file name>`.
+/// detects. Its detectors run in order and later ones win: `OTEL_SERVICE_NAME` if
+/// non-empty (else `unknown_service:<executable file name>`), then `service.name` from
+/// `OTEL_RESOURCE_ATTRIBUTES` (`k=v` pairs split at `,`, trimmed, the last pair wins),
+/// which therefore overrides `OTEL_SERVICE_NAME`.
 pub(crate) fn service_name_from_env() -> String {
-    if let Some(name) = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()) {
-        return name;
-    }
-    if let Ok(attrs) = std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
-        // The SDK's format: `k=v` pairs separated by `,`, trimmed; the last pair wins.
-        let found = attrs
+    let from_attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().and_then(|attrs| {
+        attrs
             .split_terminator(',')
             .filter_map(|pair| pair.split_once('='))
             .filter(|(k, _)| k.trim() == "service.name")
             .next_back()
-            .map(|(_, v)| v.trim().to_owned());
-        if let Some(name) = found {
-            return name;
-        }
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    if let Some(name) = from_attributes {
+        return name;
+    }
+    if let Some(name) = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()) {
+        return name;
     }
     std::env::current_exe()
         .ok()
