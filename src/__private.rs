@@ -2,6 +2,11 @@
 
 pub use crate::labels::registry::{LabelHandle, Registry, RegistryLen};
 pub use crate::labels::set::LabelSet;
+pub use crate::sampler::buffer::{Record as SampleRecord, SampleBuffer, MAX_FRAMES};
+pub use crate::sampler::{
+    in_handler as in_sampler_handler, set_in_handler as set_in_sampler_handler, RawSample,
+    Sampler, SamplerConfig, SamplerStats, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ,
+};
 
 /// The label id in force on this thread (what the signal handler would read).
 pub fn current_label_id() -> u64 {

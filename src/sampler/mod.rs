@@ -1,5 +1,232 @@
-//! The signal-based sampler (in progress: issue "The sampler").
+//! The signal-based sampler: per-thread CPU-time timers send SIGPROF to every thread of
+//! the process; the handler reads the thread's label slot, walks the frame pointers and
+//! writes a record into a lock-free buffer that the collector drains.
+//!
+//! - [`buffer`]: the never-freed lock-free sample buffer (many producers, any drainer).
+//! - `handler`: the SIGPROF handler and its contract.
+//! - `unwind`: the unwinder trait and the frame-pointer unwinder.
+//! - `bounds`: stack bounds published for the handler.
+//! - `timers`: timer_create / sigaction / main-program check.
+//! - `procfs`: thread discovery, `SigBlk`, `/proc/self/maps`.
+//! - `session`: [`Sampler`]: start, maintain, drain, stop, fork handling.
+//!
+//! Supported on Linux x86_64 and aarch64. Elsewhere (and under loom) the crate compiles
+//! and [`Sampler::start`] returns [`StartError::Unsupported`](crate::StartError).
 
-/// Called on a thread's first label write of a sampler session: arms the thread's timer
-/// if the sampler has not yet. No sampler exists yet, so there is nothing to arm.
-pub(crate) fn arm_current_thread(_session: u64) {}
+pub mod buffer;
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(span_profiler_loom)
+))]
+mod linux;
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(span_profiler_loom)
+))]
+use linux::{handler, session};
+
+/// Default sampling rate: 100 Hz (one sample per 10 ms of a thread's CPU time).
+pub const DEFAULT_SAMPLE_RATE_HZ: u32 = 100;
+/// Highest accepted sampling rate (samples per second of one thread's CPU time).
+pub const MAX_SAMPLE_RATE_HZ: u32 = 10_000;
+/// Default number of buffer slots (about 1 KiB each), used by the first start only.
+pub const DEFAULT_BUFFER_SLOTS: usize = 1024;
+
+/// Sampler options.
+#[derive(Debug, Clone)]
+pub struct SamplerConfig {
+    /// Samples per second of each thread's CPU time (1 ..= [`MAX_SAMPLE_RATE_HZ`]).
+    pub sample_rate_hz: u32,
+    /// Slots of the process's one sample buffer (rounded up to a power of two). Only the
+    /// first start in a process allocates; later starts reuse that buffer.
+    pub buffer_slots: usize,
+    /// Measure the thread CPU time spent inside the handler (two `clock_gettime` calls
+    /// per sample) into [`SamplerStats::handler_cpu_ns`].
+    pub measure_handler_cpu: bool,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            sample_rate_hz: DEFAULT_SAMPLE_RATE_HZ,
+            buffer_slots: DEFAULT_BUFFER_SLOTS,
+            measure_handler_cpu: false,
+        }
+    }
+}
+
+/// One sample as the handler recorded it, lent to the drain callback.
+#[derive(Debug, Clone, Copy)]
+pub struct RawSample<'a> {
+    /// Timer expirations this sample stands for: 1 + `si_overrun` (clamped).
+    pub weight: u64,
+    /// The thread's label id when it was interrupted (0: none).
+    pub label_id: u64,
+    /// Kernel thread id.
+    pub tid: i32,
+    /// `frames[0]` is the interrupted PC (the leaf); `frames[1..]` are return addresses,
+    /// callers in order (symbolize them at `address - 1`).
+    pub frames: &'a [usize],
+}
+
+/// What the sampler did in its session. Counters count from the session's start;
+/// fields marked *gauge* are values at the last `maintain()`.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SamplerStats {
+    /// Samples drained.
+    pub samples: u64,
+    /// Sum of drained sample weights (timer expirations).
+    pub weight: u64,
+    /// Samples dropped in the handler because the buffer had no free slot.
+    pub dropped_buffer_full: u64,
+    /// Samples dropped in the handler because no buffer existed (never expected).
+    pub dropped_no_buffer: u64,
+    /// Records of an earlier session found in the buffer and discarded.
+    pub dropped_stale: u64,
+    /// SIGPROF signals not sent by a POSIX timer (`kill`, `raise`, `setitimer`), ignored.
+    pub ignored_not_timer: u64,
+    /// Timer signals with another session's cookie or after stop, ignored.
+    pub ignored_other_session: u64,
+    /// Samples with at most two frames (shallow stacks: missing frame pointers?).
+    pub shallow_stacks: u64,
+    /// Samples recorded with only the leaf PC because the thread's stack bounds were not
+    /// published yet (or its SP was outside them, e.g. on an alternate signal stack).
+    pub leaf_only: u64,
+    /// Samples whose stacks were cut at the maximum depth.
+    pub truncated_stacks: u64,
+    /// Gauge: threads with a running timer.
+    pub threads_armed: u64,
+    /// Timers created by discovery scans.
+    pub armed_by_scan: u64,
+    /// Timers created by threads themselves on their first label write.
+    pub armed_by_thread: u64,
+    /// Gauge: live threads without a timer (arming failed or is off).
+    pub threads_unarmed: u64,
+    /// `timer_create` failures with `EAGAIN` (RLIMIT_SIGPENDING exhausted).
+    pub arm_failures_eagain: u64,
+    /// Other `timer_create` / `timer_settime` failures (`EINVAL`, a thread that just
+    /// exited, is not counted).
+    pub arm_failures_other: u64,
+    /// Timers deleted because their thread exited.
+    pub timers_deleted: u64,
+    /// Gauge: armed threads that have SIGPROF blocked (checked about once a second).
+    pub threads_sigprof_blocked: u64,
+    /// Whether someone replaced our SIGPROF handler (arming stopped then).
+    pub handler_replaced: bool,
+    /// Stack bounds published for threads.
+    pub bounds_published: u64,
+    /// Threads whose bounds could not be published (table probe window full, or no
+    /// stack-like mapping held the reported SP).
+    pub bounds_failed: u64,
+    /// Discovery scans run.
+    pub scans: u64,
+    /// Process CPU time (`CLOCK_PROCESS_CPUTIME_ID`) since the session started, ns.
+    pub process_cpu_ns: u64,
+    /// Thread CPU time inside the handler, ns (0 unless `measure_handler_cpu`).
+    pub handler_cpu_ns: u64,
+    /// Thread CPU time spent in `maintain()`, ns.
+    pub maintain_cpu_ns: u64,
+    /// Thread CPU time spent in `drain()` (excluding the callback), ns.
+    pub drain_cpu_ns: u64,
+}
+
+impl SamplerStats {
+    /// Sampled CPU time: weight times the sampling period, ns.
+    pub fn sampled_cpu_ns(&self, sample_rate_hz: u32) -> u64 {
+        self.weight.saturating_mul(1_000_000_000 / u64::from(sample_rate_hz.max(1)))
+    }
+
+    /// CPU the sampler itself used (handler + maintain + drain), ns.
+    pub fn sampler_cpu_ns(&self) -> u64 {
+        self.handler_cpu_ns + self.maintain_cpu_ns + self.drain_cpu_ns
+    }
+}
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(span_profiler_loom)
+))]
+pub use session::Sampler;
+
+/// Called on a thread's first label write of a sampler session: arms the thread's own
+/// timer (and records its stack range) unless the sampler already did.
+pub(crate) fn arm_current_thread(session: u64) {
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(span_profiler_loom)
+    ))]
+    session::arm_current_thread(session);
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(span_profiler_loom)
+    )))]
+    let _ = session;
+}
+
+/// Test hooks for the allocation-proof test (see `handler`).
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(span_profiler_loom)
+))]
+pub use handler::{in_handler, set_in_handler};
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(span_profiler_loom)
+)))]
+mod unsupported {
+    use super::{RawSample, SamplerConfig, SamplerStats};
+    use crate::StartError;
+
+    /// The sampler; on this platform it cannot start.
+    #[derive(Debug)]
+    pub struct Sampler {
+        _private: (),
+    }
+
+    impl Sampler {
+        /// Always [`StartError::Unsupported`] on this platform.
+        pub fn start(_config: SamplerConfig) -> Result<Sampler, StartError> {
+            let platform =
+                if cfg!(target_os = "linux") { std::env::consts::ARCH } else { std::env::consts::OS };
+            Err(StartError::Unsupported { platform })
+        }
+        /// Nothing to do.
+        pub fn maintain(&mut self) {}
+        /// Nothing to drain.
+        pub fn drain(&mut self, _f: &mut dyn FnMut(&RawSample<'_>)) {}
+        /// Empty stats.
+        pub fn stats(&self) -> SamplerStats {
+            SamplerStats::default()
+        }
+        /// Empty stats.
+        pub fn stop(self) -> SamplerStats {
+            SamplerStats::default()
+        }
+    }
+
+    /// Never inside a handler here.
+    pub fn in_handler() -> bool {
+        false
+    }
+
+    /// No handler here.
+    pub fn set_in_handler(_value: bool) {}
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(span_profiler_loom)
+)))]
+pub use unsupported::{in_handler, set_in_handler, Sampler};

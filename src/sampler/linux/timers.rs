@@ -1,0 +1,181 @@
+//! Per-thread CPU-time timers, the SIGPROF disposition, and the main-program check.
+
+use std::io;
+
+/// A POSIX timer id (`timer_t`), kept as an integer so it can cross threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerId(usize);
+
+/// Why arming failed.
+#[derive(Debug)]
+pub enum ArmError {
+    /// `EINVAL`: the thread already exited (normal under churn).
+    Gone,
+    /// `EAGAIN`: RLIMIT_SIGPENDING is exhausted.
+    Again,
+    /// Anything else.
+    Other(io::Error),
+}
+
+/// The CPU clock of thread `tid` of this process (CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD).
+pub fn thread_cpu_clock(tid: i32) -> libc::clockid_t {
+    ((!(tid as libc::clockid_t)) << 3) | 6
+}
+
+/// Creates a timer on `tid`'s CPU clock that sends SIGPROF to `tid` with `cookie` every
+/// `interval_ns` of that thread's CPU time.
+pub fn arm(tid: i32, cookie: u64, interval_ns: u64) -> Result<TimerId, ArmError> {
+    // SAFETY: `sigevent` is plain data; all-zero is a valid value before we fill it.
+    let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+    sev.sigev_notify = libc::SIGEV_THREAD_ID;
+    sev.sigev_signo = libc::SIGPROF;
+    sev.sigev_value = libc::sigval { sival_ptr: cookie as usize as *mut libc::c_void };
+    sev.sigev_notify_thread_id = tid;
+    let mut timer: libc::timer_t = std::ptr::null_mut();
+    // SAFETY: valid pointers to a filled `sigevent` and an out-parameter.
+    if unsafe { libc::timer_create(thread_cpu_clock(tid), &mut sev, &mut timer) } != 0 {
+        let err = io::Error::last_os_error();
+        return Err(match err.raw_os_error() {
+            Some(libc::EINVAL) | Some(libc::ESRCH) => ArmError::Gone,
+            Some(libc::EAGAIN) => ArmError::Again,
+            _ => ArmError::Other(err),
+        });
+    }
+    let id = TimerId(timer as usize);
+    let period = libc::timespec {
+        tv_sec: (interval_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (interval_ns % 1_000_000_000) as libc::c_long,
+    };
+    let spec = libc::itimerspec { it_interval: period, it_value: period };
+    // SAFETY: `timer` was just created; `spec` is valid; no old value wanted.
+    if unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) } != 0 {
+        let err = io::Error::last_os_error();
+        delete(id);
+        return Err(ArmError::Other(err));
+    }
+    Ok(id)
+}
+
+/// Deletes a timer (also one whose thread exited). A signal already queued may still be
+/// delivered afterwards; the handler ignores it by cookie once the session ends.
+pub fn delete(timer: TimerId) {
+    // SAFETY: `timer` came from `timer_create` and is deleted once (the owner forgets it).
+    unsafe { libc::timer_delete(timer.0 as libc::timer_t) };
+}
+
+/// What SIGPROF is set to now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// `SIG_DFL` or `SIG_IGN`: free to take.
+    Default,
+    /// Our handler.
+    Ours,
+    /// Someone else's handler.
+    Foreign,
+}
+
+fn our_handler() -> usize {
+    super::handler::on_sigprof as *const () as usize
+}
+
+/// Reads the SIGPROF disposition.
+pub fn disposition() -> io::Result<Disposition> {
+    // SAFETY: `sigaction` is plain data; zero is a valid value.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `old`.
+    if unsafe { libc::sigaction(libc::SIGPROF, std::ptr::null(), &mut old) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(match old.sa_sigaction {
+        libc::SIG_DFL | libc::SIG_IGN => Disposition::Default,
+        h if h == our_handler() => Disposition::Ours,
+        _ => Disposition::Foreign,
+    })
+}
+
+/// Installs our handler with `SA_SIGINFO | SA_RESTART | SA_ONSTACK`, nothing masked.
+pub fn install() -> io::Result<()> {
+    // SAFETY: `sigaction` is plain data; zero is a valid value.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = our_handler();
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+    // SAFETY: `sa_mask` is a valid `sigset_t` to initialise.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: a valid action; the handler is async-signal-safe (see `handler`).
+    if unsafe { libc::sigaction(libc::SIGPROF, &action, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `addr` is in the main program (not in a shared object). Only there are our
+/// `const` thread-locals in static TLS, safe to read from a signal handler.
+pub fn in_main_program(addr: usize) -> bool {
+    object_index(addr) == Some(0)
+}
+
+/// Index (in `dl_iterate_phdr` order, 0 = the main program) of the loaded object whose
+/// `PT_LOAD` segments contain `addr`.
+pub fn object_index(addr: usize) -> Option<usize> {
+    struct Search {
+        addr: usize,
+        index: usize,
+        found: Option<usize>,
+    }
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `Search` passed below, alive for the whole iteration.
+        let search = unsafe { &mut *(data as *mut Search) };
+        // SAFETY: the loader passes a valid `dl_phdr_info` for the callback's duration.
+        let info = unsafe { &*info };
+        let headers: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
+            &[]
+        } else {
+            // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+        };
+        for ph in headers {
+            if ph.p_type != libc::PT_LOAD {
+                continue;
+            }
+            let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
+            let end = start.wrapping_add(ph.p_memsz as usize);
+            if start <= search.addr && search.addr < end {
+                search.found = Some(search.index);
+                return 1;
+            }
+        }
+        search.index += 1;
+        0
+    }
+    let mut search = Search { addr, index: 0, found: None };
+    // SAFETY: `visit` matches the callback type and only touches `search`.
+    unsafe { libc::dl_iterate_phdr(Some(visit), &mut search as *mut Search as *mut libc::c_void) };
+    search.found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_crate_is_in_the_main_program_and_libc_is_not() {
+        assert!(in_main_program(our_handler()));
+        let libc_fn = libc::timer_create as *const () as usize;
+        let index = object_index(libc_fn);
+        assert!(matches!(index, Some(i) if i > 0), "libc's timer_create found in {index:?}");
+    }
+
+    #[test]
+    fn the_thread_cpu_clock_of_this_thread_matches_pthread_getcpuclockid() {
+        // SAFETY: `gettid` has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: valid out-pointer; `pthread_self` is this thread.
+        assert_eq!(unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) }, 0);
+        assert_eq!(thread_cpu_clock(tid), clock);
+    }
+}
