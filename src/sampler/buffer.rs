@@ -136,12 +136,22 @@ unsafe impl Send for SampleBuffer {}
 impl SampleBuffer {
     /// A buffer of at least `capacity` slots (rounded up to a power of two, at least 2).
     pub fn new(capacity: usize) -> Self {
-        let len = capacity.max(2).checked_next_power_of_two().unwrap_or(1 << 20);
+        let len = capacity
+            .max(2)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 20);
         let slots = (0..len)
-            .map(|_| Slot { state: AtomicU64::new(EMPTY), record: cell::Cell::new(Record::ZERO) })
+            .map(|_| Slot {
+                state: AtomicU64::new(EMPTY),
+                record: cell::Cell::new(Record::ZERO),
+            })
             .collect::<Vec<_>>()
             .into_boxed_slice();
-        Self { slots, mask: len - 1, cursor: AtomicUsize::new(0) }
+        Self {
+            slots,
+            mask: len - 1,
+            cursor: AtomicUsize::new(0),
+        }
     }
 
     /// Number of slots.
@@ -156,7 +166,11 @@ impl SampleBuffer {
         // Relaxed: the cursor only spreads producers; slot ownership is decided by the
         // CAS on the slot's state.
         let start = self.cursor.fetch_add(1, Relaxed);
-        let probes = if MAX_PROBES < self.slots.len() { MAX_PROBES } else { self.slots.len() };
+        let probes = if MAX_PROBES < self.slots.len() {
+            MAX_PROBES
+        } else {
+            self.slots.len()
+        };
         for i in 0..probes {
             let slot = self.slots.get(start.wrapping_add(i) & self.mask)?;
             // Relaxed: a cheap pre-check; the CAS below decides.
@@ -165,7 +179,11 @@ impl SampleBuffer {
             }
             // Acquire: pairs with the Release store of EMPTY in `drain`, so the drainer's
             // reads of the old record happen before our writes.
-            if slot.state.compare_exchange(EMPTY, WRITING, Acquire, Relaxed).is_ok() {
+            if slot
+                .state
+                .compare_exchange(EMPTY, WRITING, Acquire, Relaxed)
+                .is_ok()
+            {
                 return Some(Claim { slot });
             }
         }
@@ -183,7 +201,11 @@ impl SampleBuffer {
             }
             // Acquire: pairs with the Release store of FULL in `Claim::publish`, making
             // the producer's record visible.
-            if slot.state.compare_exchange(FULL, READING, Acquire, Relaxed).is_err() {
+            if slot
+                .state
+                .compare_exchange(FULL, READING, Acquire, Relaxed)
+                .is_err()
+            {
                 continue;
             }
             // SAFETY: we hold READING; no producer writes this slot until we store EMPTY.
@@ -210,7 +232,9 @@ impl Claim<'_> {
         // SAFETY: we hold WRITING (claimed with an Acquire CAS); no one else touches the
         // record until we publish or release it, and `&mut self` prevents overlapping
         // borrows through this claim.
-        self.slot.record.with_mut(|record| f(unsafe { &mut *record }))
+        self.slot
+            .record
+            .with_mut(|record| f(unsafe { &mut *record }))
     }
 
     /// Publishes the record for the drainer.
@@ -235,7 +259,9 @@ mod tests {
     use super::*;
 
     fn push(buffer: &SampleBuffer, label: u64, frames: &[usize]) -> bool {
-        let Some(mut claim) = buffer.claim() else { return false };
+        let Some(mut claim) = buffer.claim() else {
+            return false;
+        };
         claim.write(|r| {
             r.label_id = label;
             r.len = frames.len();
@@ -260,9 +286,15 @@ mod tests {
         }
         assert!(!push(&buffer, 9, &[9]));
         let mut seen = Vec::new();
-        assert_eq!(buffer.drain(|r| seen.push((r.label_id, r.frames().to_vec()))), 4);
+        assert_eq!(
+            buffer.drain(|r| seen.push((r.label_id, r.frames().to_vec()))),
+            4
+        );
         seen.sort();
-        assert_eq!(seen, (0..4).map(|i| (i, vec![i as usize])).collect::<Vec<_>>());
+        assert_eq!(
+            seen,
+            (0..4).map(|i| (i, vec![i as usize])).collect::<Vec<_>>()
+        );
         assert!(push(&buffer, 5, &[5]));
         assert_eq!(buffer.drain(|_| {}), 1);
     }

@@ -138,7 +138,8 @@ pub struct SamplerStats {
 impl SamplerStats {
     /// Sampled CPU time: weight times the sampling period, ns.
     pub fn sampled_cpu_ns(&self, sample_rate_hz: u32) -> u64 {
-        self.weight.saturating_mul(1_000_000_000 / u64::from(sample_rate_hz.max(1)))
+        self.weight
+            .saturating_mul(1_000_000_000 / u64::from(sample_rate_hz.max(1)))
     }
 
     /// CPU the sampler itself used (handler + maintain + drain), ns.
@@ -197,8 +198,11 @@ mod unsupported {
     impl Sampler {
         /// Always [`StartError::Unsupported`] on this platform.
         pub fn start(_config: SamplerConfig) -> Result<Sampler, StartError> {
-            let platform =
-                if cfg!(target_os = "linux") { std::env::consts::ARCH } else { std::env::consts::OS };
+            let platform = if cfg!(target_os = "linux") {
+                std::env::consts::ARCH
+            } else {
+                std::env::consts::OS
+            };
             Err(StartError::Unsupported { platform })
         }
         /// Nothing to do.

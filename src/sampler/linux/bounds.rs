@@ -89,13 +89,19 @@ impl BoundsTable {
             // the Release fence in `write`.
             fence(Acquire);
             let seq2 = entry.seq.load(Relaxed);
-            return if seq1 == seq2 && lo < hi { Some(StackBounds { lo, hi }) } else { None };
+            return if seq1 == seq2 && lo < hi {
+                Some(StackBounds { lo, hi })
+            } else {
+                None
+            };
         }
         None
     }
 
     fn write(&self, index: usize, tid: i32, bounds: StackBounds) {
-        let Some(entry) = self.entries.get(index) else { return };
+        let Some(entry) = self.entries.get(index) else {
+            return;
+        };
         // Relaxed: only the collector writes `seq`.
         let seq = entry.seq.load(Relaxed);
         entry.seq.store(seq.wrapping_add(1), Relaxed);
@@ -218,16 +224,37 @@ mod tests {
             }; TABLE_LEN],
         };
         // Tids that share a home slot probe onward.
-        let tids: Vec<i32> = (1..1_000_000).filter(|t| home(*t) == home(1)).take(3).collect();
+        let tids: Vec<i32> = (1..1_000_000)
+            .filter(|t| home(*t) == home(1))
+            .take(3)
+            .collect();
         for (i, tid) in tids.iter().enumerate() {
-            assert!(table.publish(*tid, StackBounds { lo: 4096 * (i + 1), hi: 8192 * (i + 1) }));
+            assert!(table.publish(
+                *tid,
+                StackBounds {
+                    lo: 4096 * (i + 1),
+                    hi: 8192 * (i + 1)
+                }
+            ));
         }
         for (i, tid) in tids.iter().enumerate() {
-            assert_eq!(table.get(*tid), Some(StackBounds { lo: 4096 * (i + 1), hi: 8192 * (i + 1) }));
+            assert_eq!(
+                table.get(*tid),
+                Some(StackBounds {
+                    lo: 4096 * (i + 1),
+                    hi: 8192 * (i + 1)
+                })
+            );
         }
         table.remove(tids[0]);
         assert_eq!(table.get(tids[0]), None);
-        assert_eq!(table.get(tids[2]), Some(StackBounds { lo: 4096 * 3, hi: 8192 * 3 }));
+        assert_eq!(
+            table.get(tids[2]),
+            Some(StackBounds {
+                lo: 4096 * 3,
+                hi: 8192 * 3
+            })
+        );
         assert!(table.publish(tids[0], StackBounds { lo: 1, hi: 2 }));
         assert_eq!(table.get(tids[0]), Some(StackBounds { lo: 1, hi: 2 }));
         table.clear();

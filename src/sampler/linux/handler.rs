@@ -23,9 +23,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 
 use super::bounds::{self, StackBounds};
-use crate::sampler::buffer::{SampleBuffer, FLAG_NO_BOUNDS, FLAG_TRUNCATED, MAX_FRAMES};
 use super::unwind::{registers, FramePointerUnwinder, Registers, Unwinder};
 use crate::counters::Counter;
+use crate::sampler::buffer::{SampleBuffer, FLAG_NO_BOUNDS, FLAG_TRUNCATED, MAX_FRAMES};
 
 /// The cookie of the running session (0: none). Timers carry it in `sigev_value`.
 pub static COOKIE: AtomicU64 = AtomicU64::new(0);
@@ -108,10 +108,15 @@ pub fn set_in_handler(value: bool) {
 
 #[inline(always)]
 pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `clock_gettime` is async-signal-safe; `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 /// The SIGPROF handler installed with `SA_SIGINFO | SA_RESTART | SA_ONSTACK`.

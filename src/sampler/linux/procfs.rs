@@ -30,7 +30,11 @@ pub fn threads(buf: &mut Vec<u8>) -> std::io::Result<Vec<ThreadKey>> {
     let mut path = String::new();
     for entry in std::fs::read_dir("/proc/self/task")? {
         let Ok(entry) = entry else { continue };
-        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         path.clear();
@@ -85,11 +89,15 @@ pub fn stack_mappings(buf: &mut Vec<u8>) -> std::io::Result<Vec<StackMapping>> {
 
 /// See [`stack_mappings`].
 pub fn parse_stack_mappings(maps: &[u8]) -> Vec<StackMapping> {
-    let Ok(text) = std::str::from_utf8(maps) else { return Vec::new() };
+    let Ok(text) = std::str::from_utf8(maps) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for line in text.lines() {
         let mut fields = line.split_ascii_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
         // offset, dev, inode, then an optional path.
         let path = fields.nth(3);
         if !perms.starts_with("rw") || !perms.ends_with('p') {
@@ -98,13 +106,17 @@ pub fn parse_stack_mappings(maps: &[u8]) -> Vec<StackMapping> {
         if !matches!(path, None | Some("[stack]")) {
             continue;
         }
-        let Some((lo, hi)) = range.split_once('-') else { continue };
+        let Some((lo, hi)) = range.split_once('-') else {
+            continue;
+        };
         let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
         else {
             continue;
         };
         if lo < hi {
-            out.push(StackMapping { bounds: StackBounds { lo, hi } });
+            out.push(StackMapping {
+                bounds: StackBounds { lo, hi },
+            });
         }
     }
     out
@@ -158,15 +170,26 @@ mod tests {
 ";
         let m = parse_stack_mappings(maps);
         assert_eq!(
-            m.iter().map(|m| (m.bounds.lo, m.bounds.hi)).collect::<Vec<_>>(),
-            vec![(0x7f0000001000, 0x7f0000801000), (0x7ffc00000000, 0x7ffc00021000)]
+            m.iter()
+                .map(|m| (m.bounds.lo, m.bounds.hi))
+                .collect::<Vec<_>>(),
+            vec![
+                (0x7f0000001000, 0x7f0000801000),
+                (0x7ffc00000000, 0x7ffc00021000)
+            ]
         );
         assert_eq!(
             mapping_containing(&m, 0x7f0000400000),
-            Some(StackBounds { lo: 0x7f0000001000, hi: 0x7f0000801000 })
+            Some(StackBounds {
+                lo: 0x7f0000001000,
+                hi: 0x7f0000801000
+            })
         );
         assert_eq!(mapping_containing(&m, 0x7f0000801000), None);
-        assert_eq!(mapping_containing(&m, 0x7ffc00020ff8).map(|b| b.hi), Some(0x7ffc00021000));
+        assert_eq!(
+            mapping_containing(&m, 0x7ffc00020ff8).map(|b| b.hi),
+            Some(0x7ffc00021000)
+        );
         assert_eq!(mapping_containing(&m, 0x10), None);
     }
 }

@@ -93,7 +93,10 @@ fn pid() -> i32 {
 }
 
 fn process_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -185,7 +188,10 @@ impl Sampler {
         }
         // Acquire: pairs with the Release store in `shutdown` / `atfork_child`, so the
         // previous session's teardown happens before this start.
-        if RUNNING.compare_exchange(false, true, Acquire, Relaxed).is_err() {
+        if RUNNING
+            .compare_exchange(false, true, Acquire, Relaxed)
+            .is_err()
+        {
             return Err(StartError::AlreadyRunning);
         }
         let result = Self::start_locked(&config);
@@ -318,7 +324,9 @@ impl Sampler {
     }
 
     fn scan(&mut self) {
-        let Ok(listed) = procfs::threads(&mut self.buf) else { return };
+        let Ok(listed) = procfs::threads(&mut self.buf) else {
+            return;
+        };
         self.stats.scans += 1;
         let listed_map: HashMap<i32, u64> = listed.iter().map(|k| (k.tid, k.starttime)).collect();
         let mut newly_armed = Vec::new();
@@ -357,7 +365,10 @@ impl Sampler {
                         Ok(timer) => {
                             armed.threads.insert(
                                 key.tid,
-                                ArmedThread { starttime: Some(key.starttime), timer },
+                                ArmedThread {
+                                    starttime: Some(key.starttime),
+                                    timer,
+                                },
                             );
                             self.stats.armed_by_scan += 1;
                             newly_armed.push(key.tid);
@@ -374,7 +385,10 @@ impl Sampler {
                     }
                 }
             }
-            let armed_listed = listed.iter().filter(|k| armed.threads.contains_key(&k.tid)).count();
+            let armed_listed = listed
+                .iter()
+                .filter(|k| armed.threads.contains_key(&k.tid))
+                .count();
             self.stats.threads_armed = armed.threads.len() as u64;
             self.stats.threads_unarmed = (listed.len() - armed_listed) as u64;
             self.stats.armed_by_thread = armed.armed_by_thread;
@@ -410,7 +424,11 @@ impl Sampler {
 
     fn check_blocked(&mut self, listed: &HashMap<i32, u64>, newly_armed: &[i32]) {
         let full = self.stats.scans % BLOCKED_CHECK_EVERY == 1;
-        let tids: Vec<i32> = if full { listed.keys().copied().collect() } else { newly_armed.to_vec() };
+        let tids: Vec<i32> = if full {
+            listed.keys().copied().collect()
+        } else {
+            newly_armed.to_vec()
+        };
         if full {
             self.blocked.clear();
         }
@@ -433,7 +451,9 @@ impl Sampler {
         if self.pending_sp.is_empty() {
             return;
         }
-        let Ok(mappings) = procfs::stack_mappings(&mut self.buf) else { return };
+        let Ok(mappings) = procfs::stack_mappings(&mut self.buf) else {
+            return;
+        };
         let Some(armed) = armed() else { return };
         let armed = lock(armed);
         for (tid, sp) in self.pending_sp.drain() {
@@ -481,7 +501,12 @@ impl Sampler {
                     pending.insert(record.tid, record.sp);
                 }
             }
-            f(&RawSample { weight: record.weight, label_id: record.label_id, tid: record.tid, frames });
+            f(&RawSample {
+                weight: record.weight,
+                label_id: record.label_id,
+                tid: record.tid,
+                frames,
+            });
         });
         self.stats.drain_cpu_ns += thread_cpu_ns().saturating_sub(t0);
     }
@@ -545,10 +570,15 @@ impl Drop for Sampler {
 }
 
 fn new_cookie() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let time = (ts.tv_sec as u64).wrapping_mul(1_000_000_007).wrapping_add(ts.tv_nsec as u64);
+    let time = (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_007)
+        .wrapping_add(ts.tv_nsec as u64);
     // Relaxed: only uniqueness matters.
     let n = SESSIONS.fetch_add(1, Relaxed);
     (time.rotate_left(24) ^ ((pid() as u64) << 40) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
@@ -570,7 +600,10 @@ fn own_stack_bounds() -> Option<StackBounds> {
     // SAFETY: `attr` was initialised by `pthread_getattr_np` and is destroyed once.
     unsafe { libc::pthread_attr_destroy(&mut attr) };
     let lo = addr as usize;
-    (rc == 0 && size > 0).then(|| StackBounds { lo, hi: lo.saturating_add(size) })
+    (rc == 0 && size > 0).then(|| StackBounds {
+        lo,
+        hi: lo.saturating_add(size),
+    })
 }
 
 /// See [`crate::sampler::arm_current_thread`].
@@ -595,7 +628,13 @@ pub(crate) fn arm_current_thread(session: u64) {
         let result = timers::arm(tid, session, armed.interval_ns);
         match &result {
             Ok(timer) => {
-                armed.threads.insert(tid, ArmedThread { starttime: None, timer: *timer });
+                armed.threads.insert(
+                    tid,
+                    ArmedThread {
+                        starttime: None,
+                        timer: *timer,
+                    },
+                );
                 armed.armed_by_thread += 1;
             }
             Err(ArmError::Gone) => {}

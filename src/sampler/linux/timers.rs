@@ -29,7 +29,9 @@ pub fn arm(tid: i32, cookie: u64, interval_ns: u64) -> Result<TimerId, ArmError>
     let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
     sev.sigev_notify = libc::SIGEV_THREAD_ID;
     sev.sigev_signo = libc::SIGPROF;
-    sev.sigev_value = libc::sigval { sival_ptr: cookie as usize as *mut libc::c_void };
+    sev.sigev_value = libc::sigval {
+        sival_ptr: cookie as usize as *mut libc::c_void,
+    };
     sev.sigev_notify_thread_id = tid;
     let mut timer: libc::timer_t = std::ptr::null_mut();
     // SAFETY: valid pointers to a filled `sigevent` and an out-parameter.
@@ -46,7 +48,10 @@ pub fn arm(tid: i32, cookie: u64, interval_ns: u64) -> Result<TimerId, ArmError>
         tv_sec: (interval_ns / 1_000_000_000) as libc::time_t,
         tv_nsec: (interval_ns % 1_000_000_000) as libc::c_long,
     };
-    let spec = libc::itimerspec { it_interval: period, it_value: period };
+    let spec = libc::itimerspec {
+        it_interval: period,
+        it_value: period,
+    };
     // SAFETY: `timer` was just created; `spec` is valid; no old value wanted.
     if unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) } != 0 {
         let err = io::Error::last_os_error();
@@ -151,7 +156,11 @@ pub fn object_index(addr: usize) -> Option<usize> {
         search.index += 1;
         0
     }
-    let mut search = Search { addr, index: 0, found: None };
+    let mut search = Search {
+        addr,
+        index: 0,
+        found: None,
+    };
     // SAFETY: `visit` matches the callback type and only touches `search`.
     unsafe { libc::dl_iterate_phdr(Some(visit), &mut search as *mut Search as *mut libc::c_void) };
     search.found
@@ -166,7 +175,10 @@ mod tests {
         assert!(in_main_program(our_handler()));
         let libc_fn = libc::timer_create as *const () as usize;
         let index = object_index(libc_fn);
-        assert!(matches!(index, Some(i) if i > 0), "libc's timer_create found in {index:?}");
+        assert!(
+            matches!(index, Some(i) if i > 0),
+            "libc's timer_create found in {index:?}"
+        );
     }
 
     #[test]
@@ -175,7 +187,10 @@ mod tests {
         let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
         let mut clock: libc::clockid_t = 0;
         // SAFETY: valid out-pointer; `pthread_self` is this thread.
-        assert_eq!(unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) }, 0);
+        assert_eq!(
+            unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) },
+            0
+        );
         assert_eq!(thread_cpu_clock(tid), clock);
     }
 }

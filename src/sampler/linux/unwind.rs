@@ -48,7 +48,9 @@ impl Unwinder for FramePointerUnwinder {
     #[inline(always)]
     unsafe fn unwind(&self, regs: &Registers, bounds: StackBounds, out: &mut [usize]) -> usize {
         let mut n = 0;
-        let Some(first) = out.first_mut() else { return 0 };
+        let Some(first) = out.first_mut() else {
+            return 0;
+        };
         *first = regs.pc;
         n += 1;
         // The first record may sit at SP itself (right after `push rbp; mov rbp, rsp`).
@@ -137,8 +139,16 @@ mod tests {
         stack[21] = 0x2222;
         stack[40] = at(60);
         stack[41] = 0;
-        let bounds = StackBounds { lo: base, hi: base + 64 * WORD };
-        let regs = Registers { pc: 0x9999, sp: at(4), fp: at(8), lr: 0 };
+        let bounds = StackBounds {
+            lo: base,
+            hi: base + 64 * WORD,
+        };
+        let regs = Registers {
+            pc: 0x9999,
+            sp: at(4),
+            fp: at(8),
+            lr: 0,
+        };
         let mut out = [0usize; 16];
         // SAFETY: `bounds` is the vector's memory, alive for the call.
         let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
@@ -152,24 +162,42 @@ mod tests {
         let at = |i: usize| base + i * WORD;
         stack[10] = at(6); // goes down
         stack[11] = 0xaaaa;
-        let bounds = StackBounds { lo: base, hi: base + 64 * WORD };
+        let bounds = StackBounds {
+            lo: base,
+            hi: base + 64 * WORD,
+        };
         let mut out = [0usize; 16];
-        let regs = Registers { pc: 1, sp: at(2), fp: at(10), lr: 0 };
+        let regs = Registers {
+            pc: 1,
+            sp: at(2),
+            fp: at(10),
+            lr: 0,
+        };
         // SAFETY: `bounds` is the vector's memory.
         let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
         assert_eq!(&out[..n], &[1, 0xaaaa]);
 
         stack[10] = at(200); // beyond the bounds
-        // SAFETY: as above.
+                             // SAFETY: as above.
         let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
         assert_eq!(&out[..n], &[1, 0xaaaa]);
 
-        let regs = Registers { pc: 1, sp: at(2), fp: at(10) + 1, lr: 0 };
+        let regs = Registers {
+            pc: 1,
+            sp: at(2),
+            fp: at(10) + 1,
+            lr: 0,
+        };
         // SAFETY: as above.
         let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
         assert_eq!(&out[..n], &[1]);
 
-        let regs = Registers { pc: 1, sp: at(12), fp: at(10), lr: 0 };
+        let regs = Registers {
+            pc: 1,
+            sp: at(12),
+            fp: at(10),
+            lr: 0,
+        };
         // SAFETY: as above; fp below sp is refused before any read.
         let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
         assert_eq!(&out[..n], &[1]);
@@ -184,8 +212,16 @@ mod tests {
             stack[i] = at(i + 2);
             stack[i + 1] = 0x100 + i;
         }
-        let bounds = StackBounds { lo: base, hi: base + 64 * WORD };
-        let regs = Registers { pc: 7, sp: base, fp: base, lr: 0 };
+        let bounds = StackBounds {
+            lo: base,
+            hi: base + 64 * WORD,
+        };
+        let regs = Registers {
+            pc: 7,
+            sp: base,
+            fp: base,
+            lr: 0,
+        };
         let mut out = [0usize; 4];
         // SAFETY: `bounds` is the vector's memory.
         let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
