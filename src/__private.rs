@@ -57,3 +57,74 @@ pub fn otel_service_name_mismatch() -> Option<(String, String)> {
 pub fn span_of(set: &LabelSet) -> (Option<u64>, Option<&str>) {
     (set.span_id, set.span_name.as_deref())
 }
+
+/// pprof for tests, the loopback upload receiver and the flame-graph renderer: the
+/// `profile.proto` messages, `decode`, `validate` (every rule of PROTOCOL.md "Server
+/// validation"), `samples` (a readable listing), and `encode_window` (aggregate and
+/// encode synthetic or captured stacks through the real collector code).
+pub mod pprof {
+    pub use crate::pprof::validate::*;
+
+    use std::time::SystemTime;
+
+    /// One raw sample for [`encode_window`]: frames (leaf PC first, then return
+    /// addresses), label id (0: none), weight.
+    pub type RawSample = (Vec<usize>, u64, u64);
+
+    /// A window encoded by [`encode_window`].
+    #[derive(Debug, Clone)]
+    pub struct EncodedWindow {
+        /// The gzipped pieces, each a complete profile.
+        pub pieces: Vec<Vec<u8>>,
+        /// Uncompressed size of each piece.
+        pub uncompressed_lens: Vec<usize>,
+        /// Samples per piece.
+        pub samples: Vec<usize>,
+        /// Total weight the window held before encoding.
+        pub total_weight: u64,
+        /// Samples the window aggregated (calls that had frames and weight).
+        pub samples_added: u64,
+    }
+
+    /// Aggregates `samples` into one window `[start, end]` with the default caps and
+    /// encodes it with a fresh symbolizer.
+    pub fn encode_window(
+        samples: &[RawSample],
+        start: SystemTime,
+        end: SystemTime,
+        sample_rate_hz: u32,
+        max_piece_bytes: Option<usize>,
+        max_piece_samples: Option<usize>,
+    ) -> EncodedWindow {
+        use crate::collect::aggregate::{WindowAggregator, WindowLimits};
+        use crate::pprof::encode::{encode, EncodeOptions};
+        let mut window = WindowAggregator::new(WindowLimits::default(), start);
+        for (frames, label_id, weight) in samples {
+            window.add(frames, *label_id, *weight);
+        }
+        let mut out = EncodedWindow { pieces: Vec::new(), uncompressed_lens: Vec::new(), samples: Vec::new(), total_weight: 0, samples_added: 0 };
+        if window.is_empty() {
+            return out;
+        }
+        let closed = window.close(end);
+        out.total_weight = closed.total_weight();
+        out.samples_added = closed.stats.samples;
+        let mut symbolizer = crate::collect::symbolize::Symbolizer::new();
+        let opts = EncodeOptions { max_piece_bytes, max_piece_samples, ..EncodeOptions::for_rate(sample_rate_hz) };
+        for piece in encode(&closed, &mut symbolizer, &opts) {
+            out.pieces.push(piece.gzipped);
+            out.uncompressed_lens.push(piece.uncompressed_len);
+            out.samples.push(piece.samples);
+        }
+        out
+    }
+}
+
+/// The uploader, for the upload tests (`tests/upload_*.rs`).
+#[cfg(feature = "upload")]
+pub mod upload {
+    pub use crate::sink::upload::request::{LabelPair, PushRequest, RawProfileSeries, RawSample};
+    pub use crate::sink::upload::{
+        Protocol, UploadConfig, UploadCounts, UploadDropped, UploadReport, UploadWindow, Uploader,
+    };
+}

@@ -20,6 +20,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
+/// Aggregation of samples per (stack, labels), symbolization, loaded modules.
+mod collect;
 /// Event counters behind `stats()` and the log-once helper.
 mod counters;
 /// Errors of the fallible areas.
@@ -31,6 +33,8 @@ mod labels;
 /// OpenTelemetry: ProfilingTracerProvider, span-id map, context lookups.
 #[cfg(feature = "otel")]
 mod otel;
+/// pprof messages, encoder, decoder and validator.
+mod pprof;
 /// The signal-based sampler.
 mod sampler;
 /// std / loom switch for the structures loom models.

@@ -1,0 +1,71 @@
+//! From raw samples to windows ready for encoding: aggregation per (stack, label set) with
+//! the per-window caps, symbolization, and the list of loaded modules.
+//!
+//! Everything here runs on the collector thread, never in the signal handler.
+
+pub(crate) mod aggregate;
+pub(crate) mod modules;
+pub(crate) mod symbolize;
+
+use crate::counters::Counter;
+
+/// Tallies of what aggregation, symbolization and encoding did, for `stats()`.
+///
+/// Every sample or label that a cap or a lookup changes is counted here; nothing is lost
+/// silently. "Samples" are calls of `WindowAggregator::add` (one signal each); "weight"
+/// is the sum of their weights (timer expiries).
+#[derive(Debug)]
+pub(crate) struct CollectCounters {
+    /// Samples added to a window (with non-zero weight and at least one frame).
+    pub(crate) samples: Counter,
+    /// Weight added to windows.
+    pub(crate) weight: Counter,
+    /// Samples whose label id no longer resolved (freed after its grace period): kept,
+    /// encoded without labels.
+    pub(crate) label_expired: Counter,
+    /// Samples that went to the unlabelled overflow bucket because their window already
+    /// had `max_label_sets` distinct label sets.
+    pub(crate) label_sets_overflowed_samples: Counter,
+    /// Weight of those samples (stacks and weights are kept, only labels are lost).
+    pub(crate) label_sets_overflowed_weight: Counter,
+    /// Samples whose `span_name` was replaced by `"other"` because their window already
+    /// had `max_span_names` distinct span names (their `span_id` is kept).
+    pub(crate) span_names_overflowed: Counter,
+    /// Samples that lost one or more label pairs because the pair's key was beyond the
+    /// window's `max_label_keys` distinct keys.
+    pub(crate) label_keys_removed: Counter,
+    /// Samples whose stack was deeper than the server keeps (1000 frames) and was cut to
+    /// its 1000 innermost frames.
+    pub(crate) stacks_truncated: Counter,
+    /// Samples dropped because they had no frame or zero weight (nothing to attribute).
+    pub(crate) samples_empty: Counter,
+    /// Windows closed.
+    pub(crate) windows_closed: Counter,
+    /// Distinct addresses symbolized (cache misses of the symbolizer).
+    pub(crate) addresses_symbolized: Counter,
+    /// Of those, addresses for which no function name was found (encoded with a hex name).
+    pub(crate) addresses_unresolved: Counter,
+    /// Complete pprof profiles produced by the encoder (one per piece).
+    pub(crate) pieces_encoded: Counter,
+    /// Pieces larger than `max_piece_bytes` because a single sample with its locations
+    /// did not fit into the limit on its own (sent whole rather than dropped).
+    pub(crate) pieces_oversized: Counter,
+}
+
+/// The process-wide collect tallies.
+pub(crate) static COLLECT: CollectCounters = CollectCounters {
+    samples: Counter::new(),
+    weight: Counter::new(),
+    label_expired: Counter::new(),
+    label_sets_overflowed_samples: Counter::new(),
+    label_sets_overflowed_weight: Counter::new(),
+    span_names_overflowed: Counter::new(),
+    label_keys_removed: Counter::new(),
+    stacks_truncated: Counter::new(),
+    samples_empty: Counter::new(),
+    windows_closed: Counter::new(),
+    addresses_symbolized: Counter::new(),
+    addresses_unresolved: Counter::new(),
+    pieces_encoded: Counter::new(),
+    pieces_oversized: Counter::new(),
+};

@@ -1,0 +1,668 @@
+//! A closed window to gzipped pprof CPU profiles, exactly as Go writes them
+//! (PROTOCOL.md "pprof CPU profile as Go writes it").
+//!
+//! Two passes. The first symbolizes every distinct address once and builds window-wide
+//! tables of strings, functions, mappings and locations. The second packs the samples
+//! into pieces: each piece is a complete profile holding only the table entries its
+//! samples use, with its own ids (from 1) and string table. Its encoded size is tracked
+//! exactly while samples are added (repeated fields encode independently, so the size is
+//! the header plus the sum of what each addition appends); a sample that would push a
+//! piece over `max_piece_bytes` or `max_piece_samples` starts the next piece. Nothing is
+//! dropped: a single sample too large for an empty piece is sent alone, counted in
+//! `pieces_oversized`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use prost::encoding::{message, string};
+use prost::Message;
+
+use crate::collect::aggregate::ClosedWindow;
+use crate::collect::symbolize::Symbolizer;
+use crate::collect::COLLECT;
+use crate::counters::Once;
+use crate::labels::set::{span_id_hex, trace_id_hex};
+use crate::pprof::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+
+/// gzip level: Go's `runtime/pprof` writes with `gzip.BestSpeed` too.
+const GZIP_LEVEL: u32 = 1;
+
+/// Strings every piece starts with, at these indices.
+const FIXED_STRINGS: [&str; 5] = ["", "samples", "count", "cpu", "nanoseconds"];
+const S_SAMPLES: i64 = 1;
+const S_COUNT: i64 = 2;
+const S_CPU: i64 = 3;
+const S_NANOSECONDS: i64 = 4;
+
+/// How to encode a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EncodeOptions {
+    /// Nanoseconds between samples: 1e9 / sampling rate in Hz.
+    pub period_ns: u64,
+    /// Largest uncompressed piece, in bytes (the uploader uses 1 MiB); `None`: no limit.
+    pub max_piece_bytes: Option<usize>,
+    /// Most samples per piece (the uploader uses 16,000); `None`: no limit.
+    pub max_piece_samples: Option<usize>,
+    /// Write a `trace_id` sample label for sets that carry one (off by default: older
+    /// servers make one series per trace).
+    pub trace_id_label: bool,
+}
+
+impl EncodeOptions {
+    /// Options for a sampling rate in Hz, without piece limits or trace ids.
+    pub(crate) fn for_rate(hz: u32) -> Self {
+        Self {
+            period_ns: 1_000_000_000 / u64::from(hz.max(1)),
+            max_piece_bytes: None,
+            max_piece_samples: None,
+            trace_id_label: false,
+        }
+    }
+}
+
+/// One complete, independently valid profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EncodedPiece {
+    /// The gzipped `Profile` message.
+    pub gzipped: Vec<u8>,
+    /// Its size before compression.
+    pub uncompressed_len: usize,
+    /// Its number of samples.
+    pub samples: usize,
+}
+
+/// Encodes `window` into one piece, or several when limits are set and exceeded. An
+/// empty window gives no piece.
+pub(crate) fn encode(window: &ClosedWindow, symbolizer: &mut Symbolizer, opts: &EncodeOptions) -> Vec<EncodedPiece> {
+    if window.samples.is_empty() {
+        return Vec::new();
+    }
+    let tables = Tables::build(window, symbolizer, opts);
+    let mut pieces = Vec::new();
+    let mut piece = PieceBuilder::new(&tables, window, opts, 1);
+    for sample in &window.samples {
+        let stack = &tables.stacks[sample.stack as usize];
+        let labels = &tables.label_sets[sample.labels as usize];
+        if piece.try_add(&tables, stack, labels, sample.weight) {
+            continue;
+        }
+        // Over a limit with at least one sample in the piece: finish it, start the next.
+        let next = PieceBuilder::new(&tables, window, opts, piece.generation + 1);
+        let full = std::mem::replace(&mut piece, next);
+        pieces.extend(full.finish());
+        let added = piece.try_add(&tables, stack, labels, sample.weight);
+        debug_assert!(added, "an empty piece accepts any sample");
+    }
+    pieces.extend(piece.finish());
+    pieces
+}
+
+/// Window-wide tables; indices here are "global" (per window), not piece ids.
+struct Tables {
+    strings: Vec<Arc<str>>,
+    functions: Vec<GFunction>,
+    mappings: Vec<GMapping>,
+    locations: Vec<GLocation>,
+    /// Per window stack: global location indices, leaf first.
+    stacks: Vec<Vec<u32>>,
+    /// Per window label set: (key, value) global string indices.
+    label_sets: Vec<Vec<(u32, u32)>>,
+}
+
+struct GFunction {
+    name: u32,
+    system_name: u32,
+    filename: u32,
+    start_line: u32,
+}
+
+struct GMapping {
+    memory_start: u64,
+    memory_limit: u64,
+    file_offset: u64,
+    filename: u32,
+    build_id: u32,
+    has_functions: bool,
+    has_filenames: bool,
+    has_inline_frames: bool,
+}
+
+struct GLocation {
+    mapping: Option<u32>,
+    address: u64,
+    /// (global function, line), callee first.
+    lines: Vec<(u32, u32)>,
+}
+
+#[derive(Default)]
+struct Interner {
+    strings: Vec<Arc<str>>,
+    index: HashMap<Arc<str>, u32>,
+}
+
+impl Interner {
+    fn get(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as u32;
+        let arc: Arc<str> = Arc::from(s);
+        self.strings.push(arc.clone());
+        self.index.insert(arc, i);
+        i
+    }
+
+    fn get_arc(&mut self, s: &Arc<str>) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as u32;
+        self.strings.push(s.clone());
+        self.index.insert(s.clone(), i);
+        i
+    }
+}
+
+impl Tables {
+    fn build(window: &ClosedWindow, symbolizer: &mut Symbolizer, opts: &EncodeOptions) -> Self {
+        let mut strings = Interner::default();
+        for s in FIXED_STRINGS {
+            strings.get(s);
+        }
+        let mut functions = Vec::new();
+        let mut function_index: HashMap<(u32, u32, u32, u32), u32> = HashMap::new();
+        let mut mappings = Vec::new();
+        let mut mapping_index: HashMap<usize, u32> = HashMap::new();
+        let mut locations = Vec::new();
+        let mut location_index: HashMap<usize, u32> = HashMap::new();
+        let mut stacks = Vec::with_capacity(window.stacks.len());
+        for frames in &window.stacks {
+            let mut stack = Vec::with_capacity(frames.len());
+            for (depth, &frame) in frames.iter().enumerate() {
+                // Callers are return addresses: look up the call instruction.
+                let addr = if depth == 0 { frame } else { frame.saturating_sub(1) };
+                if let Some(&loc) = location_index.get(&addr) {
+                    stack.push(loc);
+                    continue;
+                }
+                let sym = symbolizer.symbolize(addr);
+                let mapping = sym.module.map(|module| {
+                    *mapping_index.entry(module).or_insert_with(|| {
+                        let info = symbolizer.mapping_info(module);
+                        mappings.push(GMapping {
+                            memory_start: info.memory_start,
+                            memory_limit: info.memory_limit,
+                            file_offset: info.file_offset,
+                            filename: strings.get_arc(&info.name),
+                            build_id: strings.get_arc(&info.build_id),
+                            has_functions: info.has_functions,
+                            has_filenames: info.has_filenames,
+                            has_inline_frames: info.has_inline_frames,
+                        });
+                        (mappings.len() - 1) as u32
+                    })
+                });
+                let lines = sym
+                    .frames
+                    .iter()
+                    .map(|f| {
+                        let key = (
+                            strings.get_arc(&f.name),
+                            strings.get_arc(&f.system_name),
+                            strings.get_arc(&f.file),
+                            f.start_line,
+                        );
+                        let function = *function_index.entry(key).or_insert_with(|| {
+                            functions.push(GFunction {
+                                name: key.0,
+                                system_name: key.1,
+                                filename: key.2,
+                                start_line: key.3,
+                            });
+                            (functions.len() - 1) as u32
+                        });
+                        (function, f.line)
+                    })
+                    .collect();
+                locations.push(GLocation { mapping, address: addr as u64, lines });
+                let loc = (locations.len() - 1) as u32;
+                location_index.insert(addr, loc);
+                stack.push(loc);
+            }
+            stacks.push(stack);
+        }
+        let label_sets = window
+            .label_sets
+            .iter()
+            .map(|set| {
+                let mut pairs = Vec::with_capacity(3 + set.pairs.len());
+                if let Some(id) = set.span_id {
+                    pairs.push((strings.get("span_id"), strings.get(&span_id_hex(id))));
+                }
+                if let Some(name) = &set.span_name {
+                    pairs.push((strings.get("span_name"), strings.get(name)));
+                }
+                if let (Some(id), true) = (set.trace_id, opts.trace_id_label) {
+                    pairs.push((strings.get("trace_id"), strings.get(&trace_id_hex(id))));
+                }
+                for (k, v) in &set.pairs {
+                    pairs.push((strings.get(k), strings.get(v)));
+                }
+                pairs
+            })
+            .collect();
+        Self { strings: strings.strings, functions, mappings, locations, stacks, label_sets }
+    }
+}
+
+/// Global index -> piece id, valid when `stamp` equals the piece's generation; so tables
+/// are reused across pieces without clearing.
+struct LocalIds {
+    stamp: Vec<u32>,
+    id: Vec<u32>,
+}
+
+impl LocalIds {
+    fn new(len: usize) -> Self {
+        Self { stamp: vec![0; len], id: vec![0; len] }
+    }
+
+    fn get(&self, global: u32, generation: u32) -> Option<u32> {
+        let g = global as usize;
+        (self.stamp[g] == generation).then(|| self.id[g])
+    }
+
+    fn set(&mut self, global: u32, generation: u32, id: u32) {
+        self.stamp[global as usize] = generation;
+        self.id[global as usize] = id;
+    }
+
+    fn unset(&mut self, global: u32) {
+        self.stamp[global as usize] = 0;
+    }
+}
+
+/// What one `try_add` appended, to undo it when the piece overflows.
+#[derive(Default)]
+struct Undo {
+    strings: Vec<u32>,
+    functions: Vec<u32>,
+    mappings: Vec<u32>,
+    locations: Vec<u32>,
+}
+
+/// One piece being filled.
+struct PieceBuilder {
+    generation: u32,
+    profile: Profile,
+    /// Exact encoded length of `profile`.
+    bytes: usize,
+    max_bytes: usize,
+    max_samples: usize,
+    strings: LocalIds,
+    functions: LocalIds,
+    mappings: LocalIds,
+    locations: LocalIds,
+}
+
+impl PieceBuilder {
+    fn new(tables: &Tables, window: &ClosedWindow, opts: &EncodeOptions, generation: u32) -> Self {
+        let time_nanos = window.start.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        let duration_nanos = window.end.duration_since(window.start).map_or(0, |d| d.as_nanos() as i64);
+        let profile = Profile {
+            sample_type: vec![
+                ValueType { r#type: S_SAMPLES, unit: S_COUNT },
+                ValueType { r#type: S_CPU, unit: S_NANOSECONDS },
+            ],
+            string_table: FIXED_STRINGS.iter().map(|s| (*s).to_owned()).collect(),
+            time_nanos,
+            duration_nanos,
+            period_type: Some(ValueType { r#type: S_CPU, unit: S_NANOSECONDS }),
+            period: opts.period_ns as i64,
+            ..Profile::default()
+        };
+        let mut strings = LocalIds::new(tables.strings.len());
+        for i in 0..FIXED_STRINGS.len() as u32 {
+            strings.set(i, generation, i);
+        }
+        Self {
+            generation,
+            bytes: profile.encoded_len(),
+            profile,
+            max_bytes: opts.max_piece_bytes.unwrap_or(usize::MAX),
+            max_samples: opts.max_piece_samples.unwrap_or(usize::MAX).max(1),
+            strings,
+            functions: LocalIds::new(tables.functions.len()),
+            mappings: LocalIds::new(tables.mappings.len()),
+            locations: LocalIds::new(tables.locations.len()),
+        }
+    }
+
+    /// Adds one sample with everything it references. Returns false (and changes
+    /// nothing) when that would break a limit and the piece already has samples.
+    fn try_add(&mut self, t: &Tables, stack: &[u32], labels: &[(u32, u32)], weight: u64) -> bool {
+        let had_samples = !self.profile.sample.is_empty();
+        if had_samples && self.profile.sample.len() >= self.max_samples {
+            return false;
+        }
+        let before = (
+            self.bytes,
+            self.profile.string_table.len(),
+            self.profile.function.len(),
+            self.profile.mapping.len(),
+            self.profile.location.len(),
+        );
+        let mut undo = Undo::default();
+        let location_id = stack.iter().map(|&loc| u64::from(self.location(t, loc, &mut undo))).collect();
+        let label = labels
+            .iter()
+            .map(|&(k, v)| Label {
+                key: self.string(t, k, &mut undo),
+                str: self.string(t, v, &mut undo),
+                num: 0,
+                num_unit: 0,
+            })
+            .collect();
+        let weight = i64::try_from(weight).unwrap_or(i64::MAX);
+        let value = vec![weight, weight.saturating_mul(self.profile.period)];
+        let sample = Sample { location_id, value, label };
+        self.bytes += message::encoded_len(2, &sample);
+        if had_samples && self.bytes > self.max_bytes {
+            self.bytes = before.0;
+            self.profile.string_table.truncate(before.1);
+            self.profile.function.truncate(before.2);
+            self.profile.mapping.truncate(before.3);
+            self.profile.location.truncate(before.4);
+            undo.strings.iter().for_each(|&g| self.strings.unset(g));
+            undo.functions.iter().for_each(|&g| self.functions.unset(g));
+            undo.mappings.iter().for_each(|&g| self.mappings.unset(g));
+            undo.locations.iter().for_each(|&g| self.locations.unset(g));
+            return false;
+        }
+        self.profile.sample.push(sample);
+        true
+    }
+
+    /// Piece string index of global string `global`, adding it if new.
+    fn string(&mut self, t: &Tables, global: u32, undo: &mut Undo) -> i64 {
+        if let Some(id) = self.strings.get(global, self.generation) {
+            return i64::from(id);
+        }
+        let id = self.profile.string_table.len() as u32;
+        self.strings.set(global, self.generation, id);
+        undo.strings.push(global);
+        let s = t.strings[global as usize].to_string();
+        self.bytes += string::encoded_len(6, &s);
+        self.profile.string_table.push(s);
+        i64::from(id)
+    }
+
+    /// Piece id of global function `global`, adding it if new.
+    fn function(&mut self, t: &Tables, global: u32, undo: &mut Undo) -> u64 {
+        if let Some(id) = self.functions.get(global, self.generation) {
+            return u64::from(id);
+        }
+        let f = &t.functions[global as usize];
+        let function = Function {
+            id: 0,
+            name: self.string(t, f.name, undo),
+            system_name: self.string(t, f.system_name, undo),
+            filename: self.string(t, f.filename, undo),
+            start_line: i64::from(f.start_line),
+        };
+        let id = self.profile.function.len() as u32 + 1;
+        let function = Function { id: u64::from(id), ..function };
+        self.functions.set(global, self.generation, id);
+        undo.functions.push(global);
+        self.bytes += message::encoded_len(5, &function);
+        self.profile.function.push(function);
+        u64::from(id)
+    }
+
+    /// Piece id of global mapping `global`, adding it if new.
+    fn mapping(&mut self, t: &Tables, global: u32, undo: &mut Undo) -> u64 {
+        if let Some(id) = self.mappings.get(global, self.generation) {
+            return u64::from(id);
+        }
+        let m = &t.mappings[global as usize];
+        let filename = self.string(t, m.filename, undo);
+        let build_id = self.string(t, m.build_id, undo);
+        let id = self.profile.mapping.len() as u32 + 1;
+        let mapping = Mapping {
+            id: u64::from(id),
+            memory_start: m.memory_start,
+            memory_limit: m.memory_limit,
+            file_offset: m.file_offset,
+            filename,
+            build_id,
+            has_functions: m.has_functions,
+            has_filenames: m.has_filenames,
+            has_line_numbers: m.has_filenames,
+            has_inline_frames: m.has_inline_frames,
+        };
+        self.mappings.set(global, self.generation, id);
+        undo.mappings.push(global);
+        self.bytes += message::encoded_len(3, &mapping);
+        self.profile.mapping.push(mapping);
+        u64::from(id)
+    }
+
+    /// Piece id of global location `global`, adding it (and what it uses) if new.
+    fn location(&mut self, t: &Tables, global: u32, undo: &mut Undo) -> u32 {
+        if let Some(id) = self.locations.get(global, self.generation) {
+            return id;
+        }
+        let l = &t.locations[global as usize];
+        let mapping_id = match l.mapping {
+            Some(m) => self.mapping(t, m, undo),
+            None => 0,
+        };
+        let line = l
+            .lines
+            .iter()
+            .map(|&(f, line)| Line { function_id: self.function(t, f, undo), line: i64::from(line), column: 0 })
+            .collect();
+        let id = self.profile.location.len() as u32 + 1;
+        let location = Location { id: u64::from(id), mapping_id, address: l.address, line, is_folded: false };
+        self.locations.set(global, self.generation, id);
+        undo.locations.push(global);
+        self.bytes += message::encoded_len(4, &location);
+        self.profile.location.push(location);
+        id
+    }
+
+    /// Encodes and compresses the piece; `None` for a piece without samples.
+    fn finish(self) -> Option<EncodedPiece> {
+        if self.profile.sample.is_empty() {
+            return None;
+        }
+        let raw = self.profile.encode_to_vec();
+        debug_assert_eq!(raw.len(), self.bytes, "size tracking must be exact");
+        if raw.len() > self.max_bytes {
+            COLLECT.pieces_oversized.incr();
+        }
+        let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 4 + 64), Compression::new(GZIP_LEVEL));
+        // Writing into a Vec cannot fail; the error arm only keeps this panic-free.
+        let gzipped = match gz.write_all(&raw).and_then(|()| gz.finish()) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                static LOGGED: Once = Once::new();
+                if LOGGED.first() {
+                    log::error!(target: "span_profiler", "gzip of a profile failed ({err}); the profile is sent uncompressed");
+                }
+                raw.clone()
+            }
+        };
+        COLLECT.pieces_encoded.incr();
+        Some(EncodedPiece { gzipped, uncompressed_len: raw.len(), samples: self.profile.sample.len() })
+    }
+}
+
+#[cfg(all(test, not(span_profiler_loom)))]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::collect::aggregate::{WindowAggregator, WindowLimits};
+    use crate::collect::modules::frame_pointer_backtrace;
+    use crate::labels::registry::{LabelHandle, Registry};
+    use crate::labels::set::LabelSet;
+    use crate::pprof::validate::{decode, samples, validate};
+
+    fn register(span_id: u64, name: &str, trace_id: Option<u128>, pairs: &[(&str, &str)]) -> LabelHandle {
+        let set = LabelSet {
+            span_id: Some(span_id),
+            span_name: Some(name.to_owned()),
+            trace_id,
+            pairs: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        };
+        Registry::global().register(Arc::new(set))
+    }
+
+    #[inline(never)]
+    fn encoder_test_leaf() -> Vec<usize> {
+        // A real captured stack: this function's return address into the caller, etc.
+        let mut frames = frame_pointer_backtrace(3);
+        frames.insert(0, encoder_test_leaf as usize + 1);
+        frames
+    }
+
+    #[inline(never)]
+    fn encoder_test_caller() -> Vec<usize> {
+        let frames = encoder_test_leaf();
+        std::hint::black_box(frames)
+    }
+
+    fn decode_all(pieces: &[EncodedPiece]) -> Vec<Profile> {
+        pieces
+            .iter()
+            .map(|p| {
+                let profile = decode(&p.gzipped).expect("decodes");
+                assert_eq!(profile.encoded_len(), p.uncompressed_len);
+                validate(&profile).expect("valid");
+                profile
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_encodes_as_a_go_style_cpu_profile_that_passes_validation() {
+        let frames = encoder_test_caller();
+        let labels = register(0x00f0_67aa_0ba9_02b7, "GET /orders/{id}", Some(7), &[("region", "eu")]);
+        let start = SystemTime::now() - Duration::from_secs(10);
+        let mut w = WindowAggregator::new(WindowLimits::default(), start);
+        w.add(&frames, labels.id(), 3);
+        w.add(&frames, 0, 2);
+        let window = w.close(start + Duration::from_secs(10));
+        let mut symbolizer = Symbolizer::new();
+        let pieces = encode(&window, &mut symbolizer, &EncodeOptions::for_rate(100));
+        assert_eq!(pieces.len(), 1);
+        let p = &decode_all(&pieces)[0];
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        let types: Vec<_> = p.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
+        assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
+        let period_type = p.period_type.unwrap();
+        assert_eq!((s(period_type.r#type), s(period_type.unit)), ("cpu", "nanoseconds"));
+        assert_eq!(p.period, 10_000_000);
+        assert_eq!(p.time_nanos, start.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64);
+        assert_eq!(p.duration_nanos, 10_000_000_000);
+        assert_eq!(p.mapping[0].id, 1);
+        assert!(p.mapping[0].has_functions && p.mapping[0].has_filenames);
+        assert_eq!(s(p.mapping[0].filename), std::env::current_exe().unwrap().display().to_string());
+        let views = samples(p);
+        assert_eq!(views.len(), 2);
+        let labelled = views.iter().find(|v| !v.labels.is_empty()).unwrap();
+        assert_eq!(labelled.values, vec![3, 30_000_000]);
+        assert_eq!(labelled.labels["span_id"], "00f067aa0ba902b7");
+        assert_eq!(labelled.labels["span_name"], "GET /orders/{id}");
+        assert_eq!(labelled.labels["region"], "eu");
+        assert!(!labelled.labels.contains_key("trace_id"), "trace ids are off by default");
+        assert!(labelled.functions[0].ends_with("tests::encoder_test_leaf"), "{:?}", labelled.functions);
+        let caller_pos = labelled.functions.iter().position(|f| f.ends_with("tests::encoder_test_caller"));
+        assert!(caller_pos.is_some_and(|i| i > 0), "callers follow the leaf: {:?}", labelled.functions);
+        let unlabelled = views.iter().find(|v| v.labels.is_empty()).unwrap();
+        assert_eq!(unlabelled.values, vec![2, 20_000_000]);
+        // The leaf is symbolized at its PC, callers at return address - 1.
+        let leaf = &p.location[(p.sample[0].location_id[0] - 1) as usize];
+        assert_eq!(leaf.address, frames[0] as u64);
+        let caller = &p.location[(p.sample[0].location_id[1] - 1) as usize];
+        assert_eq!(caller.address, frames[1] as u64 - 1);
+    }
+
+    #[test]
+    fn trace_ids_are_written_only_when_asked() {
+        let labels = register(1, "r", Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736), &[]);
+        let mut w = WindowAggregator::new(WindowLimits::default(), SystemTime::now());
+        w.add(&[encoder_test_leaf as usize], labels.id(), 1);
+        let window = w.close(SystemTime::now());
+        let opts = EncodeOptions { trace_id_label: true, ..EncodeOptions::for_rate(250) };
+        let pieces = encode(&window, &mut Symbolizer::new(), &opts);
+        let p = &decode_all(&pieces)[0];
+        assert_eq!(samples(p)[0].labels["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(p.period, 4_000_000);
+    }
+
+    #[test]
+    fn a_large_window_splits_into_valid_pieces_within_the_limits_and_loses_nothing() {
+        let handles: Vec<_> = (0..50).map(|i| register(1000 + i, &format!("route{}", i % 7), None, &[])).collect();
+        let base = encoder_test_leaf as usize;
+        let mut w = WindowAggregator::new(WindowLimits::default(), SystemTime::now());
+        let mut expected_weight = 0;
+        for i in 0..3000usize {
+            let frames: Vec<usize> = (0..20).map(|d| base + (i * 7 + d * 13) % 4000).collect();
+            let weight = (i % 5 + 1) as u64;
+            expected_weight += weight;
+            w.add(&frames, handles[i % handles.len()].id(), weight);
+        }
+        let window = w.close(SystemTime::now());
+        let opts = EncodeOptions {
+            max_piece_bytes: Some(64 * 1024),
+            max_piece_samples: Some(1000),
+            ..EncodeOptions::for_rate(100)
+        };
+        let pieces = encode(&window, &mut Symbolizer::new(), &opts);
+        assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+        let profiles = decode_all(&pieces);
+        let mut count = 0;
+        let mut cpu = 0;
+        let mut sample_total = 0;
+        for (piece, p) in pieces.iter().zip(&profiles) {
+            assert!(piece.uncompressed_len <= 64 * 1024, "{}", piece.uncompressed_len);
+            assert!(p.sample.len() <= 1000);
+            assert_eq!(p.sample.len(), piece.samples);
+            sample_total += p.sample.len();
+            for s in &p.sample {
+                count += s.value[0];
+                cpu += s.value[1];
+            }
+        }
+        assert_eq!(sample_total, window.samples.len());
+        assert_eq!(count as u64, expected_weight);
+        assert_eq!(cpu as u64, expected_weight * 10_000_000);
+    }
+
+    #[test]
+    fn a_sample_too_large_for_the_byte_limit_is_sent_alone_and_counted() {
+        let base = encoder_test_leaf as usize;
+        let mut w = WindowAggregator::new(WindowLimits::default(), SystemTime::now());
+        w.add(&[base, base + 1], 0, 1);
+        w.add(&[base + 2, base + 3], 0, 1);
+        let window = w.close(SystemTime::now());
+        let before = COLLECT.pieces_oversized.get();
+        let opts = EncodeOptions { max_piece_bytes: Some(10), ..EncodeOptions::for_rate(100) };
+        let pieces = encode(&window, &mut Symbolizer::new(), &opts);
+        assert_eq!(pieces.len(), 2);
+        assert!(COLLECT.pieces_oversized.get() >= before + 2);
+        decode_all(&pieces);
+    }
+
+    #[test]
+    fn an_empty_window_gives_no_piece() {
+        let window = WindowAggregator::new(WindowLimits::default(), SystemTime::now()).close(SystemTime::now());
+        assert!(encode(&window, &mut Symbolizer::new(), &EncodeOptions::for_rate(100)).is_empty());
+    }
+}
