@@ -2,6 +2,10 @@
 
 pub use crate::labels::registry::{LabelHandle, Registry, RegistryLen};
 pub use crate::labels::set::LabelSet;
+pub use crate::tokio_hooks::state::{
+    hook_counters, HookCountersSnapshot, LabelSlot, PollFrames, TaskTable, ThreadSlot,
+    DEFAULT_SHARDS as HOOK_SHARDS, SPAWNED_AT_KEY,
+};
 pub use crate::sampler::buffer::{Record as SampleRecord, SampleBuffer, MAX_FRAMES};
 pub use crate::sampler::{
     in_handler as in_sampler_handler, set_in_handler as set_in_sampler_handler, RawSample,

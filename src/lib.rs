@@ -20,6 +20,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
+/// Carrying labels into blocking closures (`spawn_blocking`).
+mod blocking;
 /// Aggregation of samples per (stack, labels), symbolization, loaded modules.
 mod collect;
 /// Event counters behind `stats()` and the log-once helper.
@@ -39,7 +41,10 @@ mod pprof;
 mod sampler;
 /// std / loom switch for the structures loom models.
 mod sync;
+/// Tokio task hooks: spawned tasks inherit labels (needs `--cfg tokio_unstable`).
+pub mod tokio_hooks;
 
+pub use blocking::{spawn_blocking, with_current_labels};
 pub use error::{BuildError, StartError};
 pub use instrument::{Profiled, ProfiledExt};
 pub use labels::{LabelError, Labels, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
