@@ -172,34 +172,33 @@ impl BoundsTable {
 }
 
 thread_local! {
-    /// This thread's own stack range, set before it arms its own timer. `lo` is written
-    /// last and read first: `lo != 0` means `hi` is valid too (same thread, ordered by
-    /// compiler fences). Const-initialised, no destructor: safe to read in a handler.
-    static OWN: (Cell<usize>, Cell<usize>) = const { (Cell::new(0), Cell::new(0)) };
+    /// Low end of this thread's own stack range (0: unknown), set before it arms its own
+    /// timer and written after `OWN_HI` (ordered by a compiler fence): `lo != 0` means
+    /// `hi` is valid too. Const-initialised, no destructor: safe to read in a handler.
+    static OWN_LO: Cell<usize> = const { Cell::new(0) };
+    /// High end of this thread's own stack range.
+    static OWN_HI: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Records the calling thread's stack range for its own handler.
 pub fn set_own(bounds: StackBounds) {
-    OWN.with(|(lo, hi)| {
-        hi.set(bounds.hi);
-        std::sync::atomic::compiler_fence(SeqCst);
-        lo.set(bounds.lo);
-    });
+    OWN_HI.with(|hi| hi.set(bounds.hi));
+    std::sync::atomic::compiler_fence(SeqCst);
+    OWN_LO.with(|lo| lo.set(bounds.lo));
 }
 
 /// The calling thread's own range, if it set one. Signal-safe.
 #[inline(always)]
 pub fn own() -> Option<StackBounds> {
-    OWN.with(|(lo, hi)| {
-        let lo = lo.get();
-        std::sync::atomic::compiler_fence(SeqCst);
-        let hi = hi.get();
-        if lo != 0 && lo < hi {
-            Some(StackBounds { lo, hi })
-        } else {
-            None
-        }
-    })
+    // Trivial closures keep `LocalKey::with` inlined (see `handler::current_tid`). No
+    // fence needed here: nothing changes while this thread's handler runs.
+    let lo = OWN_LO.with(Cell::get);
+    let hi = OWN_HI.with(Cell::get);
+    if lo != 0 && lo < hi {
+        Some(StackBounds { lo, hi })
+    } else {
+        None
+    }
 }
 
 /// Whether the calling thread already has its own range.

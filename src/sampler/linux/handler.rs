@@ -79,16 +79,16 @@ const MAX_OVERRUN: i32 = 1_000_000;
 /// The calling thread's kernel tid. Signal-safe (a raw syscall once per thread).
 #[inline]
 pub fn current_tid() -> i32 {
-    TID.with(|tid| {
-        let cached = tid.get();
-        if cached != 0 {
-            return cached;
-        }
-        // SAFETY: `gettid` has no preconditions and is async-signal-safe.
-        let fresh = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
-        tid.set(fresh);
-        fresh
-    })
+    // Trivial closures only: they keep `LocalKey::with` inlined, so the thread-local is
+    // a direct `%fs`-relative access (checked by `tests/sampler_no_alloc_disasm.rs`).
+    let cached = TID.with(Cell::get);
+    if cached != 0 {
+        return cached;
+    }
+    // SAFETY: `gettid` has no preconditions and is async-signal-safe.
+    let fresh = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+    TID.with(|tid| tid.set(fresh));
+    fresh
 }
 
 /// Forgets the cached tid (in a forked child, whose one thread has a new tid).
