@@ -1,0 +1,76 @@
+//! Carrying labels into blocking closures, which no task hook sees.
+
+use crate::labels::registry::{LabelHandle, Registry};
+use crate::labels::slot::{self, Scope};
+
+/// Runs `f` on Tokio's blocking pool (`tokio::task::spawn_blocking`) with the labels in
+/// force here: every CPU sample of the closure carries them, as if it were a task
+/// spawned under the hooks. Without labels in force, the closure runs unlabelled.
+///
+/// Tokio's task hooks never see `spawn_blocking` closures, so a plain
+/// `tokio::task::spawn_blocking` runs unlabelled even with
+/// [`tokio_hooks`](crate::tokio_hooks) installed. This works with or without the hooks
+/// and `tokio_unstable`.
+///
+/// Panics like `tokio::task::spawn_blocking` when called outside a Tokio runtime.
+///
+/// ```
+/// use span_profiler::{Labels, ProfiledExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let span = Labels::span(0xabc, "GET /report");
+/// let total = async {
+///     span_profiler::spawn_blocking(|| (0..1_000u64).sum::<u64>()).await.unwrap()
+/// }
+/// .with_labels(span)
+/// .await;
+/// assert_eq!(total, 499_500);
+/// # }
+/// ```
+#[track_caller]
+pub fn spawn_blocking<F, R>(f: F) -> tokio::task::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    tokio::task::spawn_blocking(with_current_labels(f))
+}
+
+/// Wraps `f` so that it runs with the labels in force *here*, wherever and whenever it
+/// is called: for thread pools, `std::thread::spawn`, `rayon`, or
+/// `Handle::spawn_blocking`. The returned closure keeps the labels registered until it
+/// has run or is dropped, and is `Send` when `f` is.
+///
+/// The labels are in force for exactly the call (restored afterwards, also on panic);
+/// with no labels in force here, the closure runs with none (id 0), whatever its
+/// thread had.
+///
+/// ```
+/// use span_profiler::{Labels, ProfiledExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let job = async { span_profiler::with_current_labels(|| Labels::current()) }
+///     .with_labels(Labels::span(7, "import"))
+///     .await;
+/// let seen = std::thread::spawn(job).join().unwrap();
+/// assert_eq!(seen.span_name(), Some("import"));
+/// # }
+/// ```
+pub fn with_current_labels<F, R>(f: F) -> impl FnOnce() -> R
+where
+    F: FnOnce() -> R,
+{
+    let handle: Option<LabelHandle> = match slot::current() {
+        0 => None,
+        id => Registry::global().acquire(id),
+    };
+    move || {
+        let scope = Scope::enter(handle.as_ref().map_or(0, LabelHandle::id));
+        let result = f();
+        drop(scope);
+        drop(handle); // after the restore: the id stays registered while it is in force
+        result
+    }
+}
