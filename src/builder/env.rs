@@ -1,0 +1,278 @@
+//! `ProfilerBuilder::from_env()`: the environment variables, parsed into builder calls.
+//! The table of variables is in `from_env`'s documentation (the one place it is written).
+
+use std::time::Duration;
+
+use super::ProfilerBuilder;
+use crate::error::BuildError;
+
+/// `SPAN_PROFILER_ENABLED`: the switch read by every `start()`.
+pub(crate) const ENABLED_VAR: &str = "SPAN_PROFILER_ENABLED";
+
+impl ProfilerBuilder {
+    /// Defaults, then these environment variables, then the builder calls made after it
+    /// (a later call replaces a variable's value). Empty variables count as unset. A
+    /// malformed value is reported by [`start`](Self::start) as a
+    /// [`BuildError`](crate::BuildError) naming the variable; nothing here panics.
+    ///
+    /// | variable | builder call | format |
+    /// | --- | --- | --- |
+    /// | `PYROSCOPE_SERVER_ADDRESS` | [`server_address`](Self::server_address) | `http://host:4040` |
+    /// | `PYROSCOPE_APPLICATION_NAME` (else `OTEL_SERVICE_NAME`) | [`application_name`](Self::application_name) | letters, digits, `_ . - /` |
+    /// | `PYROSCOPE_BASIC_AUTH_USER` and `PYROSCOPE_BASIC_AUTH_PASSWORD` | [`basic_auth`](Self::basic_auth) | both or neither |
+    /// | `PYROSCOPE_AUTH_TOKEN` | [`bearer_token`](Self::bearer_token) | the token |
+    /// | `PYROSCOPE_TENANT_ID` | [`tenant_id`](Self::tenant_id) | the tenant |
+    /// | `PYROSCOPE_LABELS` | [`tag`](Self::tag), once per pair | `k=v,k=v` |
+    /// | `PYROSCOPE_UPLOAD_INTERVAL` | [`upload_interval`](Self::upload_interval) | `10s`, `1m30s`, `500ms` |
+    /// | `PYROSCOPE_SAMPLE_RATE` | [`sample_rate`](Self::sample_rate) | Hz, e.g. `100` |
+    /// | `SPAN_PROFILER_ENABLED` | (none: read by every `start()`) | `false`/`0`/`no`/`off` make `start()` return a profiler that does nothing; `true`/`1`/`yes`/`on` or unset: profile |
+    ///
+    /// `SPAN_PROFILER_ENABLED` is honoured however the builder was made, so profiling can
+    /// be switched off in production without a rebuild.
+    ///
+    /// ```no_run
+    /// let profiler = span_profiler::ProfilerBuilder::from_env()
+    ///     .tag("region", "eu-west-1")
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_env() -> Self {
+        Self::default().apply_env(&|name| std::env::var(name).ok())
+    }
+
+    /// Applies the variables read through `env` (tests pass a map).
+    pub(crate) fn apply_env(mut self, env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let mut first_error = None;
+        let mut fail = |err: BuildError| {
+            first_error.get_or_insert(err);
+        };
+        if let Some(address) = get("PYROSCOPE_SERVER_ADDRESS") {
+            self = self.server_address(address.trim());
+        }
+        if let Some(name) = get("PYROSCOPE_APPLICATION_NAME") {
+            self = self.application_name(name.trim());
+        }
+        match (get("PYROSCOPE_BASIC_AUTH_USER"), get("PYROSCOPE_BASIC_AUTH_PASSWORD")) {
+            (Some(user), Some(password)) => self = self.basic_auth(user, password),
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => fail(invalid(
+                "PYROSCOPE_BASIC_AUTH_USER",
+                "only one of PYROSCOPE_BASIC_AUTH_USER and PYROSCOPE_BASIC_AUTH_PASSWORD is set; set both or neither".into(),
+            )),
+        }
+        if let Some(token) = get("PYROSCOPE_AUTH_TOKEN") {
+            self = self.bearer_token(token);
+        }
+        if let Some(tenant) = get("PYROSCOPE_TENANT_ID") {
+            self = self.tenant_id(tenant.trim());
+        }
+        if let Some(labels) = get("PYROSCOPE_LABELS") {
+            match parse_labels(&labels) {
+                Ok(pairs) => {
+                    for (k, v) in pairs {
+                        self = self.tag(k, v);
+                    }
+                }
+                Err(err) => fail(err),
+            }
+        }
+        if let Some(interval) = get("PYROSCOPE_UPLOAD_INTERVAL") {
+            match parse_duration(interval.trim()) {
+                Some(d) => self = self.upload_interval(d),
+                None => fail(invalid(
+                    "PYROSCOPE_UPLOAD_INTERVAL",
+                    format!("`{interval}` is not a duration; write e.g. `10s`, `1m30s` or `500ms`"),
+                )),
+            }
+        }
+        if let Some(rate) = get("PYROSCOPE_SAMPLE_RATE") {
+            match rate.trim().parse::<u32>() {
+                Ok(hz) => self = self.sample_rate(hz),
+                Err(_) => fail(invalid(
+                    "PYROSCOPE_SAMPLE_RATE",
+                    format!("`{rate}` is not a whole number of Hz; write e.g. `100`"),
+                )),
+            }
+        }
+        if self.env_error.is_none() {
+            self.env_error = first_error;
+        }
+        self
+    }
+}
+
+fn invalid(option: &'static str, reason: String) -> BuildError {
+    BuildError::InvalidOption { option, reason }
+}
+
+/// Reads `SPAN_PROFILER_ENABLED` (unset or empty: enabled).
+pub(crate) fn enabled(env: &dyn Fn(&str) -> Option<String>) -> Result<bool, BuildError> {
+    let Some(value) = env(ENABLED_VAR) else { return Ok(true) };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(
+            ENABLED_VAR,
+            format!("`{value}` is not a switch; use `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`)"),
+        )),
+    }
+}
+
+/// `k=v,k=v` (spaces around pairs ignored, empty pairs skipped). Keys and values are
+/// checked by the tag rules at start.
+fn parse_labels(text: &str) -> Result<Vec<(String, String)>, BuildError> {
+    let mut pairs = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(invalid(
+                "PYROSCOPE_LABELS",
+                format!("`{item}` has no `=`; write the labels as `key=value,key=value`"),
+            ));
+        };
+        pairs.push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    Ok(pairs)
+}
+
+/// Go-style durations: one or more `<number><unit>` with units `h`, `m`, `s`, `ms`, `us`
+/// (`µs`), `ns`, e.g. `10s`, `1m30s`, `1.5s`, `250ms`.
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    const UNITS: [(&str, f64); 7] = [
+        ("ns", 1e-9),
+        ("us", 1e-6),
+        ("µs", 1e-6),
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ];
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        // Longest unit first, so `ms` is not read as `m` followed by `s`.
+        let (unit, scale) = UNITS
+            .iter()
+            .filter(|(unit, _)| rest.starts_with(unit))
+            .max_by_key(|(unit, _)| unit.len())?;
+        rest = &rest[unit.len()..];
+        total += number * scale;
+    }
+    (total.is_finite() && total < 1e9).then(|| Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::sink::upload::{Auth, Protocol};
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn durations_are_read_like_go_writes_them() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        for bad in ["", "10", "s", "10x", "1..5s", "-1s", "10 s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_variable_of_the_table_sets_its_option() {
+        let env = env_of(&[
+            ("PYROSCOPE_SERVER_ADDRESS", "http://127.0.0.1:4040"),
+            ("PYROSCOPE_APPLICATION_NAME", "checkout"),
+            ("PYROSCOPE_BASIC_AUTH_USER", "123"),
+            ("PYROSCOPE_BASIC_AUTH_PASSWORD", "glc_secret"),
+            ("PYROSCOPE_TENANT_ID", "team-a"),
+            ("PYROSCOPE_LABELS", "region=eu, pod=p-1,"),
+            ("PYROSCOPE_UPLOAD_INTERVAL", "15s"),
+            ("PYROSCOPE_SAMPLE_RATE", "250"),
+        ]);
+        let b = ProfilerBuilder::default().apply_env(&env);
+        assert_eq!(b.server_address.as_deref(), Some("http://127.0.0.1:4040"));
+        assert_eq!(b.application_name.as_deref(), Some("checkout"));
+        assert!(matches!(&b.auth, Auth::Basic { user, password } if user == "123" && password.expose() == "glc_secret"));
+        assert_eq!(b.tenant_id.as_deref(), Some("team-a"));
+        assert_eq!(b.tags, vec![("region".to_string(), "eu".to_string()), ("pod".to_string(), "p-1".to_string())]);
+        assert_eq!(b.upload_interval, Duration::from_secs(15));
+        assert_eq!(b.sample_rate, 250);
+        assert!(!format!("{b:?}").contains("glc_secret"));
+        let config = b.validate_with(&env).unwrap();
+        let upload = config.upload.expect("a server address was set");
+        assert_eq!(upload.tags.len(), 2);
+        assert!(!config.write_files, "files only when output_dir is set explicitly");
+        let token = ProfilerBuilder::default().apply_env(&env_of(&[("PYROSCOPE_AUTH_TOKEN", "t0k")]));
+        assert!(matches!(&token.auth, Auth::Bearer(t) if t.expose() == "t0k"));
+    }
+
+    #[test]
+    fn builder_calls_after_from_env_win() {
+        let env = env_of(&[("PYROSCOPE_SAMPLE_RATE", "250"), ("PYROSCOPE_LABELS", "region=eu")]);
+        let b = ProfilerBuilder::default().apply_env(&env).sample_rate(99).tag("region", "us");
+        assert_eq!(b.sample_rate, 99);
+        assert_eq!(b.tags, vec![("region".to_string(), "us".to_string())]);
+    }
+
+    #[test]
+    fn malformed_variables_are_build_errors_naming_the_variable() {
+        let cases = [
+            ("PYROSCOPE_SAMPLE_RATE", "fast", "not a whole number"),
+            ("PYROSCOPE_UPLOAD_INTERVAL", "10", "not a duration"),
+            ("PYROSCOPE_LABELS", "region", "has no `=`"),
+            ("PYROSCOPE_BASIC_AUTH_USER", "u", "set both or neither"),
+        ];
+        for (var, value, rule) in cases {
+            let env = env_of(&[(var, value), ("PYROSCOPE_APPLICATION_NAME", "app")]);
+            let err = ProfilerBuilder::default().apply_env(&env).validate_with(&env).unwrap_err().to_string();
+            assert!(err.contains(var) && err.contains(rule), "{var}: {err}");
+        }
+        let env = env_of(&[("PYROSCOPE_SERVER_ADDRESS", "localhost:4040"), ("PYROSCOPE_APPLICATION_NAME", "app")]);
+        let err = ProfilerBuilder::default().apply_env(&env).validate_with(&env).unwrap_err().to_string();
+        assert!(err.contains("server_address") && err.contains("no scheme"), "{err}");
+    }
+
+    #[test]
+    fn the_switch_turns_off_any_builder_without_checking_its_options() {
+        for off in ["false", "0", "No", "OFF"] {
+            let env = env_of(&[(ENABLED_VAR, off)]);
+            // An invalid builder: no application name, a bad address.
+            let config = ProfilerBuilder::default().server_address("nonsense").validate_with(&env).unwrap();
+            assert!(!config.enabled && config.upload.is_none() && !config.write_files);
+        }
+        for on in ["true", "1", "", "yes"] {
+            let env = env_of(&[(ENABLED_VAR, on)]);
+            assert!(ProfilerBuilder::default().application_name("a").validate_with(&env).unwrap().enabled);
+        }
+        let env = env_of(&[(ENABLED_VAR, "maybe")]);
+        let err = ProfilerBuilder::default().validate_with(&env).unwrap_err().to_string();
+        assert!(err.contains(ENABLED_VAR) && err.contains("`maybe`"), "{err}");
+    }
+
+    #[test]
+    fn ingest_tags_are_checked_against_the_ingest_grammar() {
+        let env = env_of(&[]);
+        let b = ProfilerBuilder::default()
+            .application_name("app")
+            .server_address("http://127.0.0.1:4040")
+            .protocol(Protocol::Ingest)
+            .tag("path", "a,b");
+        let err = b.clone().validate_with(&env).unwrap_err().to_string();
+        assert!(err.contains("`tag`") && err.contains("contains `,`"), "{err}");
+        assert!(b.protocol(Protocol::Push).validate_with(&env).is_ok());
+    }
+}
