@@ -61,6 +61,11 @@ impl UploadWindow {
         self.pieces.len()
     }
 
+    /// When the window began (the profiles' `time_nanos`).
+    pub fn start(&self) -> SystemTime {
+        self.start
+    }
+
     /// True for a window without pieces.
     pub fn is_empty(&self) -> bool {
         self.pieces.is_empty()
