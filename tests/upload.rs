@@ -19,7 +19,11 @@ fn push_requests_carry_the_series_labels_and_valid_labelled_profiles() {
     let receiver = Receiver::start();
     let labels = label_ids(3);
     let (w, _) = window(20, &labels.ids, Duration::from_secs(10));
-    let uploader = start(builder(&receiver.url()).tag("region", "eu-west-1").tag("pod", "p,1}"));
+    let uploader = start(
+        builder(&receiver.url())
+            .tag("region", "eu-west-1")
+            .tag("pod", "p,1}"),
+    );
     uploader.enqueue(w);
     let report = uploader.stop(Duration::from_secs(5));
     assert_eq!(report.delivered, 1);
@@ -28,25 +32,41 @@ fn push_requests_carry_the_series_labels_and_valid_labelled_profiles() {
     assert_eq!(r.endpoint, Endpoint::Push);
     assert_eq!(r.path, "/push.v1.PusherService/Push");
     assert_eq!(r.header("content-type"), Some("application/proto"));
-    assert_eq!(r.header("content-encoding"), None, "the raw profile is gzipped; the body is not");
+    assert_eq!(
+        r.header("content-encoding"),
+        None,
+        "the raw profile is gzipped; the body is not"
+    );
     assert_eq!(r.header("connect-protocol-version"), Some("1"));
     assert_eq!(r.label("__name__"), Some("process_cpu"));
     assert_eq!(r.label("service_name"), Some("upload-test"));
     assert_eq!(r.label("region"), Some("eu-west-1"));
     assert_eq!(r.label("pod"), Some("p,1}"), "push values need no escaping");
     assert_eq!(r.label("otel.scope.name"), Some("span-profiler"));
-    assert_eq!(r.label("otel.scope.version"), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        r.label("otel.scope.version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(r.label("process.runtime.name"), Some("rust"));
-    assert!(r.label("process.runtime.version").is_some_and(|v| v.starts_with("1.")));
+    assert!(r
+        .label("process.runtime.version")
+        .is_some_and(|v| v.starts_with("1.")));
     assert_eq!(r.series_labels.len(), 8);
     let p = &r.profiles[0];
     assert_eq!(p.sample.len(), 60);
     let keys: std::collections::BTreeSet<&str> = p
         .sample
         .iter()
-        .flat_map(|s| s.label.iter().map(|l| p.string_table[l.key as usize].as_str()))
+        .flat_map(|s| {
+            s.label
+                .iter()
+                .map(|l| p.string_table[l.key as usize].as_str())
+        })
         .collect();
-    assert!(keys.contains("span_id") && keys.contains("span_name"), "{keys:?}");
+    assert!(
+        keys.contains("span_id") && keys.contains("span_name"),
+        "{keys:?}"
+    );
 }
 
 #[test]
@@ -65,9 +85,18 @@ fn ingest_requests_follow_the_name_grammar_and_the_query_fields() {
     let r = &received[0];
     assert_eq!(r.path, "/ingest");
     let query = r.query.as_deref().unwrap();
-    assert!(query.contains("%2B") && !query.contains('+'), "`+` must be sent as %2B: {query}");
+    assert!(
+        query.contains("%2B") && !query.contains('+'),
+        "`+` must be sent as %2B: {query}"
+    );
     match &r.endpoint {
-        Endpoint::Ingest { name, from, until, spy_name, sample_rate } => {
+        Endpoint::Ingest {
+            name,
+            from,
+            until,
+            spy_name,
+            sample_rate,
+        } => {
             assert_eq!(name, "upload-test{env=a+b c=d,zone=z1}");
             assert!(until > from, "{from}..{until}");
             assert_eq!(until - from, 10);
@@ -79,14 +108,24 @@ fn ingest_requests_follow_the_name_grammar_and_the_query_fields() {
     assert_eq!(r.label("env"), Some("a+b c=d"));
     assert_eq!(r.label("zone"), Some("z1"));
     assert_eq!(r.profiles.len(), 1);
-    assert!(!r.header("content-type").unwrap_or("").starts_with("multipart/"));
+    assert!(!r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("multipart/"));
 }
 
 #[test]
 fn ingest_refuses_tag_values_with_a_comma_or_brace_at_start() {
-    let err = builder("http://127.0.0.1:1").protocol(Protocol::Ingest).tag("k", "a}b").start().unwrap_err();
+    let err = builder("http://127.0.0.1:1")
+        .protocol(Protocol::Ingest)
+        .tag("k", "a}b")
+        .start()
+        .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("`tag`") && text.contains("contains `}`"), "{text}");
+    assert!(
+        text.contains("`tag`") && text.contains("contains `}`"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -102,16 +141,24 @@ fn auth_headers_arrive_as_configured() {
     assert_eq!(uploader.stop(Duration::from_secs(5)).delivered, 1);
     let r = &receiver.assert_all_valid()[0];
     // base64("123456:glc_s3cr3t")
-    assert_eq!(r.header("authorization"), Some("Basic MTIzNDU2OmdsY19zM2NyM3Q="));
+    assert_eq!(
+        r.header("authorization"),
+        Some("Basic MTIzNDU2OmdsY19zM2NyM3Q=")
+    );
     assert_eq!(r.header("x-scope-orgid"), Some("team-a"));
     assert_eq!(r.header("x-gateway-key"), Some("k3y"));
-    assert!(r.header("user-agent").is_some_and(|ua| ua.starts_with("span-profiler/")));
+    assert!(r
+        .header("user-agent")
+        .is_some_and(|ua| ua.starts_with("span-profiler/")));
 
     let receiver = Receiver::start();
     let uploader = start(builder(&receiver.url()).bearer_token("t0k3n"));
     uploader.enqueue(small_window());
     assert_eq!(uploader.stop(Duration::from_secs(5)).delivered, 1);
-    assert_eq!(receiver.assert_all_valid()[0].header("authorization"), Some("Bearer t0k3n"));
+    assert_eq!(
+        receiver.assert_all_valid()[0].header("authorization"),
+        Some("Bearer t0k3n")
+    );
 }
 
 #[test]
@@ -126,7 +173,10 @@ fn secrets_stay_out_of_debug_output_and_errors() {
     }
     let config = span_profiler::__private::upload::config(b.basic_auth("user", "hunter2")).unwrap();
     assert!(!format!("{config:?}").contains("hunter2"));
-    let err = builder("http://user:hunter2@127.0.0.1:1").start().unwrap_err().to_string();
+    let err = builder("http://user:hunter2@127.0.0.1:1")
+        .start()
+        .unwrap_err()
+        .to_string();
     assert!(!err.contains("hunter2"), "{err}");
 }
 
@@ -137,7 +187,11 @@ fn a_redirect_is_not_followed_and_counts_as_refused() {
     let uploader = start(builder(&receiver.url()).basic_auth("u", "p"));
     uploader.enqueue(small_window());
     receiver.wait_for(1, Duration::from_secs(5));
-    assert!(wait_until(Duration::from_secs(5), || uploader.counts().dropped.rejected == 1));
+    assert!(wait_until(Duration::from_secs(5), || uploader
+        .counts()
+        .dropped
+        .rejected
+        == 1));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(receiver.received().len(), 1);
     uploader.stop(Duration::from_secs(1));
@@ -161,10 +215,16 @@ fn https_to_an_untrusted_certificate_is_never_delivered() {
     let receiver = Receiver::start_tls(&tls);
     let uploader = start(builder(&receiver.https_url()));
     uploader.enqueue(small_window());
-    assert!(wait_until(Duration::from_secs(5), || uploader.counts().uploads_failed >= 1));
+    assert!(wait_until(Duration::from_secs(5), || uploader
+        .counts()
+        .uploads_failed
+        >= 1));
     let report = uploader.stop(Duration::from_millis(200));
     assert_eq!(report.delivered, 0);
-    assert!(receiver.received().is_empty(), "no request may pass an untrusted handshake");
+    assert!(
+        receiver.received().is_empty(),
+        "no request may pass an untrusted handshake"
+    );
 }
 
 #[test]
@@ -172,11 +232,17 @@ fn a_graph_with_both_rustls_providers_still_uploads_over_https() {
     // The dev-dependencies enable rustls' `aws-lc-rs` next to `ring`: with both compiled in
     // and no process default, rustls cannot choose, and `ClientConfig::builder()` panics.
     assert!(rustls::crypto::CryptoProvider::get_default().is_none());
-    let _both = (rustls::crypto::aws_lc_rs::default_provider(), rustls::crypto::ring::default_provider());
+    let _both = (
+        rustls::crypto::aws_lc_rs::default_provider(),
+        rustls::crypto::ring::default_provider(),
+    );
     let ambiguous = std::panic::catch_unwind(|| {
         let _ = rustls::ClientConfig::builder();
     });
-    assert!(ambiguous.is_err(), "both providers must be compiled in for this test to mean anything");
+    assert!(
+        ambiguous.is_err(),
+        "both providers must be compiled in for this test to mean anything"
+    );
     // The uploader passes `ring` explicitly, so it is unaffected.
     let tls = TlsMaterial::generate();
     let receiver = Receiver::start_tls(&tls);
@@ -193,15 +259,32 @@ fn bad_upload_options_are_reported_by_start_with_the_rule() {
         (builder("ftp://h"), "scheme `ftp`"),
         (builder("http://h").tag("__x", "v"), "reserves"),
         (builder("http://h").tag("service_name", "v"), "sets itself"),
-        (builder("http://h").retry_backoff(Duration::from_secs(2), Duration::from_secs(1)), "retry_backoff"),
-        (builder("http://h").max_profile_age(Duration::from_secs(7200)), "max_profile_age"),
-        (builder("http://h").max_request_bytes(8 << 20), "max_request_bytes"),
+        (
+            builder("http://h").retry_backoff(Duration::from_secs(2), Duration::from_secs(1)),
+            "retry_backoff",
+        ),
+        (
+            builder("http://h").max_profile_age(Duration::from_secs(7200)),
+            "max_profile_age",
+        ),
+        (
+            builder("http://h").max_request_bytes(8 << 20),
+            "max_request_bytes",
+        ),
         (builder("http://h").queue_capacity(0), "queue_capacity"),
-        (builder("http://h").http_header("Host", "x"), "set by the uploader"),
-        (builder("http://h").tls_root_certificate_pem("not pem"), "CERTIFICATE"),
+        (
+            builder("http://h").http_header("Host", "x"),
+            "set by the uploader",
+        ),
+        (
+            builder("http://h").tls_root_certificate_pem("not pem"),
+            "CERTIFICATE",
+        ),
     ];
     for (b, rule) in cases {
-        let err = span_profiler::__private::upload::config(b).unwrap_err().to_string();
+        let err = span_profiler::__private::upload::config(b)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(rule), "expected `{rule}` in: {err}");
     }
 }

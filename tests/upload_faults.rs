@@ -14,7 +14,11 @@ use receiver::{unused_addr, Fault, Receiver};
 use upload_util::{builder, captured_logs, label_ids, small_window, start, wait_until, window};
 
 fn accepted(receiver: &Receiver) -> usize {
-    receiver.received().iter().filter(|r| r.answered == 200).count()
+    receiver
+        .received()
+        .iter()
+        .filter(|r| r.answered == 200)
+        .count()
 }
 
 #[test]
@@ -48,7 +52,10 @@ fn a_429_is_retried_no_sooner_than_the_minimum_backoff() {
     uploader.enqueue(small_window());
     let received = receiver.wait_for(2, Duration::from_secs(10));
     let gap = received[1].at - received[0].at;
-    assert!(gap >= min, "second attempt after {gap:?}, before the minimum backoff {min:?}");
+    assert!(
+        gap >= min,
+        "second attempt after {gap:?}, before the minimum backoff {min:?}"
+    );
     assert_eq!(received[1].answered, 200);
     let report = uploader.stop(Duration::from_secs(2));
     assert_eq!((report.delivered, report.counts.retries), (1, 1));
@@ -58,11 +65,16 @@ fn a_429_is_retried_no_sooner_than_the_minimum_backoff() {
 fn retry_after_of_a_429_is_honoured_within_the_maximum_backoff() {
     let receiver = Receiver::start();
     receiver.script([Fault::RetryAfter(1)]);
-    let uploader = start(builder(&receiver.url()).retry_backoff(Duration::from_millis(50), Duration::from_secs(3)));
+    let uploader = start(
+        builder(&receiver.url()).retry_backoff(Duration::from_millis(50), Duration::from_secs(3)),
+    );
     uploader.enqueue(small_window());
     let received = receiver.wait_for(2, Duration::from_secs(10));
     let gap = received[1].at - received[0].at;
-    assert!(gap >= Duration::from_secs(1), "Retry-After: 1 ignored ({gap:?})");
+    assert!(
+        gap >= Duration::from_secs(1),
+        "Retry-After: 1 ignored ({gap:?})"
+    );
     assert_eq!(uploader.stop(Duration::from_secs(2)).delivered, 1);
 }
 
@@ -84,9 +96,19 @@ fn a_422_is_not_retried_and_is_counted_and_logged_once() {
     assert_eq!(counts.uploads_failed, 2);
     assert_eq!(report.delivered, 0);
     assert_eq!(report.lost, 2);
-    let lines: Vec<String> = logs.lock().unwrap().iter().filter(|l| l.contains("422")).cloned().collect();
+    let lines: Vec<String> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("422"))
+        .cloned()
+        .collect();
     assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert!(lines[0].contains("scripted fault 422"), "the server's message is logged: {}", lines[0]);
+    assert!(
+        lines[0].contains("scripted fault 422"),
+        "the server's message is logged: {}",
+        lines[0]
+    );
     assert!(lines[0].starts_with("WARN span_profiler"), "{}", lines[0]);
 }
 
@@ -98,10 +120,23 @@ fn a_server_that_never_answers_times_out_and_the_upload_is_retried() {
     let uploader = start(builder(&receiver.url()).request_timeout(timeout));
     uploader.enqueue(small_window());
     let received = receiver.wait_for(2, Duration::from_secs(10));
-    assert!(received[1].at - received[0].at >= timeout, "retried before the timeout");
-    assert!(wait_until(Duration::from_secs(5), || uploader.counts().uploads_ok == 1));
+    assert!(
+        received[1].at - received[0].at >= timeout,
+        "retried before the timeout"
+    );
+    assert!(wait_until(Duration::from_secs(5), || uploader
+        .counts()
+        .uploads_ok
+        == 1));
     let report = uploader.stop(Duration::from_secs(2));
-    assert_eq!((report.counts.uploads_failed, report.counts.retries, report.delivered), (1, 1, 1));
+    assert_eq!(
+        (
+            report.counts.uploads_failed,
+            report.counts.retries,
+            report.delivered
+        ),
+        (1, 1, 1)
+    );
     // The hung connection is not reused: the retry came on a new one.
     assert!(receiver.connections() >= 2);
 }
@@ -111,11 +146,17 @@ fn refused_connections_are_retried_until_the_server_appears() {
     let addr = unused_addr();
     let uploader = start(builder(&format!("http://{addr}")));
     uploader.enqueue(small_window());
-    assert!(wait_until(Duration::from_secs(5), || uploader.counts().uploads_failed >= 2));
+    assert!(wait_until(Duration::from_secs(5), || uploader
+        .counts()
+        .uploads_failed
+        >= 2));
     assert_eq!(uploader.counts().uploads_ok, 0);
     let receiver = Receiver::start_on(addr, None);
     receiver.wait_for(1, Duration::from_secs(10));
-    assert!(wait_until(Duration::from_secs(5), || uploader.counts().uploads_ok == 1));
+    assert!(wait_until(Duration::from_secs(5), || uploader
+        .counts()
+        .uploads_ok
+        == 1));
     let report = uploader.stop(Duration::from_secs(2));
     receiver.assert_all_valid();
     assert_eq!(accepted(&receiver), 1);
@@ -128,7 +169,11 @@ fn a_full_queue_drops_the_oldest_window_and_counts_it() {
     let receiver = Receiver::start();
     // The first attempt hangs until its timeout, so windows pile up behind it.
     receiver.script([Fault::NeverAnswer]);
-    let uploader = start(builder(&receiver.url()).queue_capacity(2).request_timeout(Duration::from_millis(800)));
+    let uploader = start(
+        builder(&receiver.url())
+            .queue_capacity(2)
+            .request_timeout(Duration::from_millis(800)),
+    );
     // Encoded first: encoding (symbolization) takes longer than the hang.
     let windows: Vec<_> = [50u64, 40, 30, 20]
         .iter()
@@ -149,7 +194,10 @@ fn a_full_queue_drops_the_oldest_window_and_counts_it() {
     let counts = uploader.counts();
     assert_eq!(counts.dropped.queue_full, 1, "{counts:?}");
     assert_eq!(counts.windows_enqueued, 4);
-    assert!(wait_until(Duration::from_secs(10), || uploader.counts().uploads_ok == 3));
+    assert!(wait_until(Duration::from_secs(10), || uploader
+        .counts()
+        .uploads_ok
+        == 3));
     let report = uploader.stop(Duration::from_secs(2));
     assert_eq!(report.lost, 1);
     // Which windows arrived, by their profiles' start times: the oldest *queued* window
@@ -160,7 +208,10 @@ fn a_full_queue_drops_the_oldest_window_and_counts_it() {
         .filter(|r| r.answered == 200)
         .map(|r| {
             let t = UNIX_EPOCH + Duration::from_nanos(r.profiles[0].time_nanos as u64);
-            starts.iter().position(|s| s == &t).expect("a profile of one of the windows")
+            starts
+                .iter()
+                .position(|s| s == &t)
+                .expect("a profile of one of the windows")
         })
         .collect();
     assert_eq!(arrived, BTreeSet::from([0, 2, 3]), "windows delivered");
@@ -177,8 +228,14 @@ fn stop_while_the_server_is_down_returns_within_its_deadline_and_reports_the_los
     let started = Instant::now();
     let report = uploader.stop(deadline);
     let took = started.elapsed();
-    assert!(took <= deadline + Duration::from_secs(1), "stop took {took:?}");
-    assert!(took >= deadline - Duration::from_millis(50), "gave up early: {took:?}");
+    assert!(
+        took <= deadline + Duration::from_secs(1),
+        "stop took {took:?}"
+    );
+    assert!(
+        took >= deadline - Duration::from_millis(50),
+        "gave up early: {took:?}"
+    );
     assert!(!report.flushed);
     assert_eq!(report.delivered, 0);
     assert_eq!(report.lost_at_stop, 2);
@@ -205,11 +262,14 @@ fn a_window_of_50000_distinct_stack_label_pairs_is_split_and_every_piece_is_deli
     let labels = label_ids(10);
     let (w, pieces) = window(5_000, &labels.ids, Duration::from_secs(10));
     let expected_weight: i64 = (0..5_000i64).map(|i| 1 + i % 3).sum::<i64>() * 10;
-    assert!(pieces >= 4, "50,000 samples need at least 4 pieces of 16,000: {pieces}");
+    assert!(
+        pieces >= 4,
+        "50,000 samples need at least 4 pieces of 16,000: {pieces}"
+    );
     let receiver = Receiver::start();
     let uploader = start(builder(&receiver.url()));
     uploader.enqueue(w);
-    let received = receiver.wait_for(pieces, Duration::from_secs(30));
+    let _received = receiver.wait_for(pieces, Duration::from_secs(30));
     let report = uploader.stop(Duration::from_secs(5));
     assert_eq!(report.delivered, pieces as u64);
     let received = receiver.assert_all_valid();
@@ -222,7 +282,11 @@ fn a_window_of_50000_distinct_stack_label_pairs_is_split_and_every_piece_is_deli
         samples += p.sample.len();
         for s in &p.sample {
             weight += s.value[0];
-            let span = s.label.iter().find(|l| p.string_table[l.key as usize] == "span_id").expect("labelled");
+            let span = s
+                .label
+                .iter()
+                .find(|l| p.string_table[l.key as usize] == "span_id")
+                .expect("labelled");
             spans.insert(p.string_table[span.str as usize].clone());
         }
     }

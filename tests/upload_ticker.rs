@@ -18,7 +18,11 @@ use upload_util::{builder, small_window, start, wait_until};
 fn a_server_that_never_answers_leaves_an_application_ticker_on_time() {
     let receiver = Receiver::start();
     receiver.script(std::iter::repeat_n(Fault::NeverAnswer, 1000));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let uploader = start(
         builder(&receiver.url())
             .request_timeout(Duration::from_millis(300))
@@ -45,10 +49,19 @@ fn a_server_that_never_answers_leaves_an_application_ticker_on_time() {
     }
     let (worst, ticks) = runtime.block_on(ticker).unwrap();
     let counts = uploader.counts();
-    assert!(wait_until(Duration::from_secs(1), || receiver.received().len() >= 3));
+    assert!(wait_until(Duration::from_secs(1), || receiver
+        .received()
+        .len()
+        >= 3));
     let report = uploader.stop(Duration::from_millis(500));
-    assert!(counts.uploads_failed >= 3, "the timeouts really happened: {counts:?}");
+    assert!(
+        counts.uploads_failed >= 3,
+        "the timeouts really happened: {counts:?}"
+    );
     assert_eq!(report.delivered, 0);
     assert!(ticks >= 200, "{ticks} ticks in 3 s");
-    assert!(worst <= Duration::from_millis(250), "the ticker saw a gap of {worst:?}");
+    assert!(
+        worst <= Duration::from_millis(250),
+        "the ticker saw a gap of {worst:?}"
+    );
 }

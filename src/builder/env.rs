@@ -108,7 +108,9 @@ fn invalid(option: &'static str, reason: String) -> BuildError {
 
 /// Reads `SPAN_PROFILER_ENABLED` (unset or empty: enabled).
 pub(crate) fn enabled(env: &dyn Fn(&str) -> Option<String>) -> Result<bool, BuildError> {
-    let Some(value) = env(ENABLED_VAR) else { return Ok(true) };
+    let Some(value) = env(ENABLED_VAR) else {
+        return Ok(true);
+    };
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -123,7 +125,11 @@ pub(crate) fn enabled(env: &dyn Fn(&str) -> Option<String>) -> Result<bool, Buil
 /// checked by the tag rules at start.
 fn parse_labels(text: &str) -> Result<Vec<(String, String)>, BuildError> {
     let mut pairs = Vec::new();
-    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
         let Some((key, value)) = item.split_once('=') else {
             return Err(invalid(
                 "PYROSCOPE_LABELS",
@@ -153,7 +159,9 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let number: f64 = rest[..number_len].parse().ok()?;
         rest = &rest[number_len..];
         // Longest unit first, so `ms` is not read as `m` followed by `s`.
@@ -175,7 +183,10 @@ mod tests {
     use crate::sink::upload::{Auth, Protocol};
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |name| map.get(name).cloned()
     }
 
@@ -206,24 +217,42 @@ mod tests {
         let b = ProfilerBuilder::default().apply_env(&env);
         assert_eq!(b.server_address.as_deref(), Some("http://127.0.0.1:4040"));
         assert_eq!(b.application_name.as_deref(), Some("checkout"));
-        assert!(matches!(&b.auth, Auth::Basic { user, password } if user == "123" && password.expose() == "glc_secret"));
+        assert!(
+            matches!(&b.auth, Auth::Basic { user, password } if user == "123" && password.expose() == "glc_secret")
+        );
         assert_eq!(b.tenant_id.as_deref(), Some("team-a"));
-        assert_eq!(b.tags, vec![("region".to_string(), "eu".to_string()), ("pod".to_string(), "p-1".to_string())]);
+        assert_eq!(
+            b.tags,
+            vec![
+                ("region".to_string(), "eu".to_string()),
+                ("pod".to_string(), "p-1".to_string())
+            ]
+        );
         assert_eq!(b.upload_interval, Duration::from_secs(15));
         assert_eq!(b.sample_rate, 250);
         assert!(!format!("{b:?}").contains("glc_secret"));
         let config = b.validate_with(&env).unwrap();
         let upload = config.upload.expect("a server address was set");
         assert_eq!(upload.tags.len(), 2);
-        assert!(!config.write_files, "files only when output_dir is set explicitly");
-        let token = ProfilerBuilder::default().apply_env(&env_of(&[("PYROSCOPE_AUTH_TOKEN", "t0k")]));
+        assert!(
+            !config.write_files,
+            "files only when output_dir is set explicitly"
+        );
+        let token =
+            ProfilerBuilder::default().apply_env(&env_of(&[("PYROSCOPE_AUTH_TOKEN", "t0k")]));
         assert!(matches!(&token.auth, Auth::Bearer(t) if t.expose() == "t0k"));
     }
 
     #[test]
     fn builder_calls_after_from_env_win() {
-        let env = env_of(&[("PYROSCOPE_SAMPLE_RATE", "250"), ("PYROSCOPE_LABELS", "region=eu")]);
-        let b = ProfilerBuilder::default().apply_env(&env).sample_rate(99).tag("region", "us");
+        let env = env_of(&[
+            ("PYROSCOPE_SAMPLE_RATE", "250"),
+            ("PYROSCOPE_LABELS", "region=eu"),
+        ]);
+        let b = ProfilerBuilder::default()
+            .apply_env(&env)
+            .sample_rate(99)
+            .tag("region", "us");
         assert_eq!(b.sample_rate, 99);
         assert_eq!(b.tags, vec![("region".to_string(), "us".to_string())]);
     }
@@ -238,12 +267,26 @@ mod tests {
         ];
         for (var, value, rule) in cases {
             let env = env_of(&[(var, value), ("PYROSCOPE_APPLICATION_NAME", "app")]);
-            let err = ProfilerBuilder::default().apply_env(&env).validate_with(&env).unwrap_err().to_string();
+            let err = ProfilerBuilder::default()
+                .apply_env(&env)
+                .validate_with(&env)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(var) && err.contains(rule), "{var}: {err}");
         }
-        let env = env_of(&[("PYROSCOPE_SERVER_ADDRESS", "localhost:4040"), ("PYROSCOPE_APPLICATION_NAME", "app")]);
-        let err = ProfilerBuilder::default().apply_env(&env).validate_with(&env).unwrap_err().to_string();
-        assert!(err.contains("server_address") && err.contains("no scheme"), "{err}");
+        let env = env_of(&[
+            ("PYROSCOPE_SERVER_ADDRESS", "localhost:4040"),
+            ("PYROSCOPE_APPLICATION_NAME", "app"),
+        ]);
+        let err = ProfilerBuilder::default()
+            .apply_env(&env)
+            .validate_with(&env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server_address") && err.contains("no scheme"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -251,16 +294,31 @@ mod tests {
         for off in ["false", "0", "No", "OFF"] {
             let env = env_of(&[(ENABLED_VAR, off)]);
             // An invalid builder: no application name, a bad address.
-            let config = ProfilerBuilder::default().server_address("nonsense").validate_with(&env).unwrap();
+            let config = ProfilerBuilder::default()
+                .server_address("nonsense")
+                .validate_with(&env)
+                .unwrap();
             assert!(!config.enabled && config.upload.is_none() && !config.write_files);
         }
         for on in ["true", "1", "", "yes"] {
             let env = env_of(&[(ENABLED_VAR, on)]);
-            assert!(ProfilerBuilder::default().application_name("a").validate_with(&env).unwrap().enabled);
+            assert!(
+                ProfilerBuilder::default()
+                    .application_name("a")
+                    .validate_with(&env)
+                    .unwrap()
+                    .enabled
+            );
         }
         let env = env_of(&[(ENABLED_VAR, "maybe")]);
-        let err = ProfilerBuilder::default().validate_with(&env).unwrap_err().to_string();
-        assert!(err.contains(ENABLED_VAR) && err.contains("`maybe`"), "{err}");
+        let err = ProfilerBuilder::default()
+            .validate_with(&env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(ENABLED_VAR) && err.contains("`maybe`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -272,7 +330,10 @@ mod tests {
             .protocol(Protocol::Ingest)
             .tag("path", "a,b");
         let err = b.clone().validate_with(&env).unwrap_err().to_string();
-        assert!(err.contains("`tag`") && err.contains("contains `,`"), "{err}");
+        assert!(
+            err.contains("`tag`") && err.contains("contains `,`"),
+            "{err}"
+        );
         assert!(b.protocol(Protocol::Push).validate_with(&env).is_ok());
     }
 }

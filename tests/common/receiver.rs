@@ -80,7 +80,13 @@ pub enum Fault {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
     Push,
-    Ingest { name: String, from: u64, until: u64, spy_name: String, sample_rate: u32 },
+    Ingest {
+        name: String,
+        from: u64,
+        until: u64,
+        spy_name: String,
+        sample_rate: u32,
+    },
     Other,
 }
 
@@ -108,11 +114,17 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.series_labels.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.series_labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -150,13 +162,19 @@ impl TlsMaterial {
         let ca_key = KeyPair::generate().expect("ca key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "span-profiler test CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "span-profiler test CA");
         let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
         let issuer = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate().expect("server key");
         let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server params");
         let cert = params.signed_by(&key, &issuer).expect("server cert");
-        Self { ca_pem: ca_cert.pem(), cert_der: cert.der().to_vec(), key_der: key.serialize_der() }
+        Self {
+            ca_pem: ca_cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        }
     }
 }
 
@@ -214,7 +232,11 @@ impl Receiver {
                 runtime.block_on(accept_loop(listener, acceptor, thread_shared));
             })
             .expect("receiver thread");
-        Self { addr, shared, thread: Some(thread) }
+        Self {
+            addr,
+            shared,
+            thread: Some(thread),
+        }
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -249,9 +271,18 @@ impl Receiver {
         while state.received.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!("waited {timeout:?} for {n} requests, got {}: {:#?}", state.received.len(), state.received);
+                panic!(
+                    "waited {timeout:?} for {n} requests, got {}: {:#?}",
+                    state.received.len(),
+                    state.received
+                );
             }
-            state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         state.received.clone()
     }
@@ -315,7 +346,10 @@ async fn accept_loop(
     }
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -330,7 +364,12 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         headers: parts
             .headers
             .iter()
-            .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body_len: body.len(),
         endpoint: Endpoint::Other,
@@ -356,7 +395,11 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         None => (normal.0, None),
     };
     received.answered = status;
-    let message = if status == normal.0 { normal.1 } else { format!("scripted fault {status}") };
+    let message = if status == normal.0 {
+        normal.1
+    } else {
+        format!("scripted fault {status}")
+    };
     record(&shared, received);
     let mut response = Response::builder().status(StatusCode::from_u16(status).unwrap());
     if let Some(secs) = retry_after {
@@ -375,7 +418,10 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         let message = message.replace('"', "'");
         Bytes::from(format!("{{\"code\":\"{code}\",\"message\":\"{message}\"}}"))
     };
-    Ok(response.header("content-type", "application/json").body(Full::new(body)).unwrap())
+    Ok(response
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap())
 }
 
 fn record(shared: &Shared, received: Received) {
@@ -422,26 +468,45 @@ fn is_gzip(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0x1f, 0x8b])
 }
 
-fn check_push(parts: &http::request::Parts, body: &[u8], received: &mut Received) -> Result<(), Rule> {
+fn check_push(
+    parts: &http::request::Parts,
+    body: &[u8],
+    received: &mut Received,
+) -> Result<(), Rule> {
     received.endpoint = Endpoint::Push;
     if parts.method != http::Method::POST {
         return Err((405, "the Push API takes POST".into()));
     }
     if header(parts, "content-type") != Some("application/proto") {
-        return Err((415, format!("content-type must be application/proto, got {:?}", header(parts, "content-type"))));
+        return Err((
+            415,
+            format!(
+                "content-type must be application/proto, got {:?}",
+                header(parts, "content-type")
+            ),
+        ));
     }
     let body_gzipped = match header(parts, "content-encoding") {
         None | Some("identity") => false,
         Some("gzip") => true,
         Some(other) => return Err((415, format!("unsupported content-encoding {other}"))),
     };
-    let raw = if body_gzipped { gunzip(body)? } else { body.to_vec() };
-    let request = push::PushRequest::decode(&raw[..]).map_err(|e| bad(format!("PushRequest: {e}")))?;
+    let raw = if body_gzipped {
+        gunzip(body)?
+    } else {
+        body.to_vec()
+    };
+    let request =
+        push::PushRequest::decode(&raw[..]).map_err(|e| bad(format!("PushRequest: {e}")))?;
     if request.series.is_empty() {
         return Err(bad("a push request without series"));
     }
     for series in &request.series {
-        let labels: Vec<(String, String)> = series.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+        let labels: Vec<(String, String)> = series
+            .labels
+            .iter()
+            .map(|l| (l.name.clone(), l.value.clone()))
+            .collect();
         check_series_labels(&labels)?;
         if series.samples.is_empty() {
             return Err(bad("a series without samples"));
@@ -449,7 +514,9 @@ fn check_push(parts: &http::request::Parts, body: &[u8], received: &mut Received
         let mut profiles = Vec::new();
         for sample in &series.samples {
             if body_gzipped && is_gzip(&sample.raw_profile) {
-                return Err(bad("the profile is gzipped twice (body and raw_profile): gzip once"));
+                return Err(bad(
+                    "the profile is gzipped twice (body and raw_profile): gzip once",
+                ));
             }
             let profile = check_profile(&sample.raw_profile)?;
             check_series_with_sample_keys(&labels, &profile)?;
@@ -473,12 +540,18 @@ fn check_series_labels(labels: &[(String, String)]) -> Result<(), Rule> {
             return Err(bad(format!("series label name of {} bytes", name.len())));
         }
         if value.is_empty() || value.len() > 2048 {
-            return Err(bad(format!("series label {name} has a value of {} bytes", value.len())));
+            return Err(bad(format!(
+                "series label {name} has a value of {} bytes",
+                value.len()
+            )));
         }
         if name.starts_with("__") && name != "__name__" {
             return Err(bad(format!("reserved series label name {name}")));
         }
-        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        {
             return Err(bad(format!("invalid series label name {name}")));
         }
     }
@@ -491,13 +564,19 @@ fn check_series_labels(labels: &[(String, String)]) -> Result<(), Rule> {
         None => return Err(bad("no service_name series label")),
     }
     if labels.len() > MAX_SERIES_LABEL_NAMES {
-        return Err(bad(format!("{} series label names; at most {MAX_SERIES_LABEL_NAMES}", labels.len())));
+        return Err(bad(format!(
+            "{} series label names; at most {MAX_SERIES_LABEL_NAMES}",
+            labels.len()
+        )));
     }
     Ok(())
 }
 
 /// Every string sample-label key except `span_id`/`trace_id` becomes a series label.
-fn check_series_with_sample_keys(labels: &[(String, String)], profile: &Profile) -> Result<(), Rule> {
+fn check_series_with_sample_keys(
+    labels: &[(String, String)],
+    profile: &Profile,
+) -> Result<(), Rule> {
     let mut names: HashSet<String> = labels.iter().map(|(n, _)| n.clone()).collect();
     for sample in &profile.sample {
         for label in &sample.label {
@@ -525,13 +604,20 @@ fn check_profile(bytes: &[u8]) -> Result<Profile, Rule> {
     let profile = decode(bytes).map_err(|e| bad(format!("profile does not decode: {e}")))?;
     validate(&profile).map_err(|e| bad(format!("invalid profile: {e}")))?;
     if profile.sample.len() > MAX_SAMPLES {
-        return Err(bad(format!("{} samples; at most {MAX_SAMPLES}", profile.sample.len())));
+        return Err(bad(format!(
+            "{} samples; at most {MAX_SAMPLES}",
+            profile.sample.len()
+        )));
     }
     Ok(profile)
 }
 
 fn check_app_name(app: &str) -> Result<(), Rule> {
-    if app.is_empty() || !app.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')) {
+    if app.is_empty()
+        || !app
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'))
+    {
         return Err(bad(format!("invalid application name {app:?}")));
     }
     Ok(())
@@ -545,8 +631,12 @@ fn query_unescape(s: &str) -> Result<String, Rule> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = s.get(i + 1..i + 3).ok_or_else(|| bad(format!("bad escape in {s}")))?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad(format!("bad escape in {s}")))?);
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .ok_or_else(|| bad(format!("bad escape in {s}")))?;
+                out.push(
+                    u8::from_str_radix(hex, 16).map_err(|_| bad(format!("bad escape in {s}")))?,
+                );
                 i += 3;
             }
             b'+' => {
@@ -572,13 +662,21 @@ fn parse_ingest_name(name: &str) -> Result<(String, Vec<(String, String)>), Rule
     check_app_name(app)?;
     let mut tags = Vec::new();
     if let Some(rest) = rest {
-        let inner = rest.strip_suffix('}').ok_or_else(|| bad(format!("name {name:?} has no closing }}")))?;
+        let inner = rest
+            .strip_suffix('}')
+            .ok_or_else(|| bad(format!("name {name:?} has no closing }}")))?;
         if inner.contains('}') {
             return Err(bad(format!("name {name:?} has text after its labels")));
         }
         for pair in inner.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').ok_or_else(|| bad(format!("label {pair:?} has no =")))?;
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("label {pair:?} has no =")))?;
+            if k.is_empty()
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            {
                 return Err(bad(format!("invalid label key {k:?}")));
             }
             tags.push((k.to_string(), v.to_string()));
@@ -587,24 +685,45 @@ fn parse_ingest_name(name: &str) -> Result<(String, Vec<(String, String)>), Rule
     Ok((app.to_string(), tags))
 }
 
-fn check_ingest(parts: &http::request::Parts, body: &[u8], received: &mut Received) -> Result<(), Rule> {
+fn check_ingest(
+    parts: &http::request::Parts,
+    body: &[u8],
+    received: &mut Received,
+) -> Result<(), Rule> {
     if parts.method != http::Method::POST {
         return Err((405, "/ingest takes POST".into()));
     }
     if header(parts, "content-type").is_some_and(|ct| ct.starts_with("multipart/")) {
-        return Err(bad("multipart body with format=pprof: the server would parse the multipart bytes as pprof"));
+        return Err(bad(
+            "multipart body with format=pprof: the server would parse the multipart bytes as pprof",
+        ));
     }
-    let query = parts.uri.query().ok_or_else(|| bad("/ingest without a query"))?;
+    let query = parts
+        .uri
+        .query()
+        .ok_or_else(|| bad("/ingest without a query"))?;
     let mut fields = std::collections::HashMap::new();
     for item in query.split('&') {
-        let (k, v) = item.split_once('=').ok_or_else(|| bad(format!("query item {item:?} has no =")))?;
-        if fields.insert(query_unescape(k)?, query_unescape(v)?).is_some() {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("query item {item:?} has no =")))?;
+        if fields
+            .insert(query_unescape(k)?, query_unescape(v)?)
+            .is_some()
+        {
             return Err(bad(format!("query parameter {k} given twice")));
         }
     }
-    let field = |k: &str| fields.get(k).cloned().ok_or_else(|| bad(format!("query has no {k}")));
+    let field = |k: &str| {
+        fields
+            .get(k)
+            .cloned()
+            .ok_or_else(|| bad(format!("query has no {k}")))
+    };
     let number = |k: &str| -> Result<u64, Rule> {
-        field(k)?.parse::<u64>().map_err(|_| bad(format!("{k} is not a number")))
+        field(k)?
+            .parse::<u64>()
+            .map_err(|_| bad(format!("{k} is not a number")))
     };
     let name = field("name")?;
     let (app, tags) = parse_ingest_name(&name)?;
@@ -616,12 +735,22 @@ fn check_ingest(parts: &http::request::Parts, body: &[u8], received: &mut Receiv
         return Err(bad("format must be pprof"));
     }
     let spy_name = field("spyName")?;
-    let sample_rate = u32::try_from(number("sampleRate")?).map_err(|_| bad("sampleRate too large"))?;
-    received.endpoint = Endpoint::Ingest { name, from, until, spy_name, sample_rate };
+    let sample_rate =
+        u32::try_from(number("sampleRate")?).map_err(|_| bad("sampleRate too large"))?;
+    received.endpoint = Endpoint::Ingest {
+        name,
+        from,
+        until,
+        spy_name,
+        sample_rate,
+    };
     if body.len() > 4 << 20 {
         return Err((413, "body too large".into()));
     }
-    let mut labels = vec![("__name__".to_string(), "process_cpu".to_string()), ("service_name".to_string(), app)];
+    let mut labels = vec![
+        ("__name__".to_string(), "process_cpu".to_string()),
+        ("service_name".to_string(), app),
+    ];
     labels.extend(tags);
     check_series_labels(&labels).map_err(|(_, rule)| (422, rule))?;
     let profile = check_profile(body).map_err(|(_, rule)| (422, rule))?;
@@ -641,7 +770,10 @@ mod self_tests {
         assert_eq!(parse_ingest_name("app").unwrap(), ("app".into(), vec![]));
         let (app, tags) = parse_ingest_name("my.app/x{env=a b,v=1=2}").unwrap();
         assert_eq!(app, "my.app/x");
-        assert_eq!(tags, vec![("env".into(), "a b".into()), ("v".into(), "1=2".into())]);
+        assert_eq!(
+            tags,
+            vec![("env".into(), "a b".into()), ("v".into(), "1=2".into())]
+        );
         assert!(parse_ingest_name("a:b").is_err());
         assert!(parse_ingest_name("app{k=v").is_err());
         assert!(parse_ingest_name("app{k=v}x}").is_err());
@@ -651,18 +783,30 @@ mod self_tests {
 
     #[test]
     fn series_labels_break_rules_as_the_server_sees_them() {
-        let ok = vec![("__name__".to_string(), "process_cpu".to_string()), ("service_name".to_string(), "app".to_string())];
+        let ok = vec![
+            ("__name__".to_string(), "process_cpu".to_string()),
+            ("service_name".to_string(), "app".to_string()),
+        ];
         assert!(check_series_labels(&ok).is_ok());
         let mut dup = ok.clone();
         dup.push(("service_name".into(), "x".into()));
-        assert!(check_series_labels(&dup).unwrap_err().1.contains("duplicate"));
+        assert!(check_series_labels(&dup)
+            .unwrap_err()
+            .1
+            .contains("duplicate"));
         let mut reserved = ok.clone();
         reserved.push(("__x".into(), "y".into()));
         assert!(check_series_labels(&reserved).is_err());
-        let wrong = vec![("__name__".to_string(), "memory".to_string()), ("service_name".to_string(), "app".to_string())];
+        let wrong = vec![
+            ("__name__".to_string(), "memory".to_string()),
+            ("service_name".to_string(), "app".to_string()),
+        ];
         assert!(check_series_labels(&wrong).is_err());
         let mut many = ok;
         many.extend((0..29).map(|i| (format!("k{i}"), "v".to_string())));
-        assert!(check_series_labels(&many).unwrap_err().1.contains("at most 30"));
+        assert!(check_series_labels(&many)
+            .unwrap_err()
+            .1
+            .contains("at most 30"));
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use span_profiler::__private::label_id_of;
 use span_profiler::__private::pprof::encode_window;
 use span_profiler::__private::upload::{config, UploadWindow, Uploader};
-use span_profiler::{Labels, Profiler, ProfilerBuilder, ProfiledExt};
+use span_profiler::{Labels, ProfiledExt, Profiler, ProfilerBuilder};
 
 /// A function whose address serves as a frame.
 #[inline(never)]
@@ -24,16 +24,24 @@ pub struct LabelIds {
 
 pub fn label_ids(n: u64) -> LabelIds {
     let holders: Vec<_> = (0..n)
-        .map(|i| std::future::ready(()).with_labels(Labels::span(0x00f0_0000_0000_0000 + i, format!("route{}", i % 7))))
+        .map(|i| {
+            std::future::ready(()).with_labels(Labels::span(
+                0x00f0_0000_0000_0000 + i,
+                format!("route{}", i % 7),
+            ))
+        })
         .collect();
     let ids = holders.iter().map(label_id_of).collect();
-    LabelIds { _holders: holders, ids }
+    LabelIds {
+        _holders: holders,
+        ids,
+    }
 }
 
 /// A window of `stacks` distinct stacks times the given labels, encoded by the real
 /// encoder with the real caps (1 MiB and 16,000 samples per piece), starting `age` ago.
 pub fn window(stacks: usize, labels: &[u64], age: Duration) -> (UploadWindow, usize) {
-    let base = upload_leaf_work as usize;
+    let base = upload_leaf_work as *const () as usize;
     let mut raw = Vec::with_capacity(stacks * labels.len().max(1));
     for i in 0..stacks {
         let frames = vec![base + i % 211, base + 300 + i / 211, base + 900];
@@ -49,7 +57,10 @@ pub fn window(stacks: usize, labels: &[u64], age: Duration) -> (UploadWindow, us
     let end = start + Duration::from_secs(10);
     let encoded = encode_window(&raw, start, end, 100, Some(1024 * 1024), Some(16_000));
     let pieces = encoded.pieces.len();
-    (UploadWindow::from_gzipped(encoded.pieces, start, end), pieces)
+    (
+        UploadWindow::from_gzipped(encoded.pieces, start, end),
+        pieces,
+    )
 }
 
 /// A small one-piece window.
@@ -94,7 +105,11 @@ pub fn captured_logs() -> &'static Mutex<Vec<String>> {
         }
         fn log(&self, record: &log::Record<'_>) {
             let line = format!("{} {}: {}", record.level(), record.target(), record.args());
-            LINES.get_or_init(Default::default).lock().unwrap().push(line);
+            LINES
+                .get_or_init(Default::default)
+                .lock()
+                .unwrap()
+                .push(line);
         }
         fn flush(&self) {}
     }

@@ -15,7 +15,11 @@ pub(crate) struct Backoff {
 impl Backoff {
     /// `min <= max` is checked by the builder.
     pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max: max.max(min), next: min }
+        Self {
+            min,
+            max: max.max(min),
+            next: min,
+        }
     }
 
     /// The delay before the next attempt. A server's `Retry-After` raises it (still within
@@ -24,7 +28,9 @@ impl Backoff {
         let base = self.next;
         self.next = base.saturating_mul(2).min(self.max);
         let jitter = base.mul_f64(fastrand::f64() * 0.5);
-        let delay = base.saturating_add(jitter).max(retry_after.unwrap_or_default());
+        let delay = base
+            .saturating_add(jitter)
+            .max(retry_after.unwrap_or_default());
         delay.clamp(self.min, self.max)
     }
 }
@@ -52,14 +58,18 @@ mod tests {
     fn retry_after_lengthens_but_never_beyond_max() {
         let mut b = Backoff::new(Duration::from_millis(10), Duration::from_secs(2));
         assert!(b.next_delay(Some(Duration::from_secs(1))) >= Duration::from_secs(1));
-        assert_eq!(b.next_delay(Some(Duration::from_secs(60))), Duration::from_secs(2));
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(60))),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]
     fn jitter_spreads_the_delays() {
         let min = Duration::from_millis(100);
-        let distinct: std::collections::HashSet<Duration> =
-            (0..50).map(|_| Backoff::new(min, min * 10).next_delay(None)).collect();
+        let distinct: std::collections::HashSet<Duration> = (0..50)
+            .map(|_| Backoff::new(min, min * 10).next_delay(None))
+            .collect();
         assert!(distinct.len() > 10, "{distinct:?}");
     }
 }

@@ -87,7 +87,10 @@ impl HttpClient {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(1)
             .build(connector);
-        Ok(Self { client, timeout: config.request_timeout })
+        Ok(Self {
+            client,
+            timeout: config.request_timeout,
+        })
     }
 
     /// Sends one attempt and reads the answer, all within the request timeout.
@@ -97,12 +100,18 @@ impl HttpClient {
             .map_err(|err| TransportError::Failed(format!("building the request: {err}")))?;
         *request.headers_mut() = prepared.headers.clone();
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|err| {
-                TransportError::Failed(describe_client_error(&err))
-            })?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|err| TransportError::Failed(describe_client_error(&err)))?;
             let (parts, body) = response.into_parts();
             let header = |name: http::header::HeaderName| {
-                parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
             };
             let retry_after = header(http::header::RETRY_AFTER)
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -113,7 +122,12 @@ impl HttpClient {
                 Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
                 Err(_) => String::from("(answer longer than 4 KiB or cut off)"),
             };
-            Ok(Answer { status: parts.status, retry_after, location, body })
+            Ok(Answer {
+                status: parts.status,
+                retry_after,
+                location,
+                body,
+            })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
@@ -138,8 +152,13 @@ fn describe_client_error(err: &hyper_util::client::legacy::Error) -> String {
 fn tls_config(extra_roots: &[Vec<u8>]) -> Result<rustls::ClientConfig, StartError> {
     use std::sync::Arc;
 
-    let tls_error = |source: io::Error| StartError::Os { operation: "configuring TLS for uploads", source };
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let tls_error = |source: io::Error| StartError::Os {
+        operation: "configuring TLS for uploads",
+        source,
+    };
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
     for der in extra_roots {
         roots
             .add(rustls::pki_types::CertificateDer::from(der.clone()))

@@ -67,7 +67,10 @@ impl ServerAddress {
     /// The absolute URL of `path` (which starts with `/`) on this server.
     pub(crate) fn url(&self, path_and_query: &str) -> String {
         let scheme = if self.https { "https" } else { "http" };
-        format!("{scheme}://{}{}{path_and_query}", self.authority, self.base_path)
+        format!(
+            "{scheme}://{}{}{path_and_query}",
+            self.authority, self.base_path
+        )
     }
 }
 
@@ -201,7 +204,9 @@ fn validate_authority(address: &str, authority: &str) -> Result<(), BuildError> 
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
     if !host_ok {
-        return Err(bad("has a host with characters other than letters, digits, `.`, `-`, `_`"));
+        return Err(bad(
+            "has a host with characters other than letters, digits, `.`, `-`, `_`",
+        ));
     }
     if let Some(port) = port {
         if port.parse::<u16>().map_or(true, |p| p == 0) {
@@ -212,7 +217,10 @@ fn validate_authority(address: &str, authority: &str) -> Result<(), BuildError> 
 }
 
 /// Checks the user's tags: they become series labels next to the fixed ones.
-pub(crate) fn validate_tags(tags: &[(String, String)], protocol: Protocol) -> Result<(), BuildError> {
+pub(crate) fn validate_tags(
+    tags: &[(String, String)],
+    protocol: Protocol,
+) -> Result<(), BuildError> {
     const OPTION: &str = "tag";
     if tags.len() > MAX_TAGS {
         return Err(invalid(
@@ -229,7 +237,10 @@ pub(crate) fn validate_tags(tags: &[(String, String)], protocol: Protocol) -> Re
     for (i, (key, value)) in tags.iter().enumerate() {
         validate_tag_key(key)?;
         if tags[..i].iter().any(|(k, _)| k == key) {
-            return Err(invalid(OPTION, format!("tag `{key}` is given twice; series label names must be unique")));
+            return Err(invalid(
+                OPTION,
+                format!("tag `{key}` is given twice; series label names must be unique"),
+            ));
         }
         if value.is_empty() {
             return Err(invalid(
@@ -264,12 +275,18 @@ pub(crate) fn validate_tags(tags: &[(String, String)], protocol: Protocol) -> Re
 fn validate_tag_key(key: &str) -> Result<(), BuildError> {
     const OPTION: &str = "tag";
     if key.is_empty() {
-        return Err(invalid(OPTION, "a tag key is empty; use letters, digits, `_` and `.`".into()));
+        return Err(invalid(
+            OPTION,
+            "a tag key is empty; use letters, digits, `_` and `.`".into(),
+        ));
     }
     if key.len() > MAX_LABEL_KEY_BYTES {
         return Err(invalid(
             OPTION,
-            format!("tag key of {} bytes is longer than the server's {MAX_LABEL_KEY_BYTES}", key.len()),
+            format!(
+                "tag key of {} bytes is longer than the server's {MAX_LABEL_KEY_BYTES}",
+                key.len()
+            ),
         ));
     }
     if key.starts_with("__") {
@@ -293,7 +310,9 @@ fn validate_tag_key(key: &str) -> Result<(), BuildError> {
             ),
         ));
     }
-    let chars_ok = key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    let chars_ok = key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
     if !chars_ok || key.as_bytes()[0].is_ascii_digit() {
         return Err(invalid(
             OPTION,
@@ -328,40 +347,66 @@ pub(crate) fn validate_header(
     if name.is_empty() || !name.bytes().all(is_tchar) {
         return Err(invalid(
             OPTION,
-            format!("header name `{}` is not a valid HTTP token; use letters, digits and `-`", name.escape_debug()),
+            format!(
+                "header name `{}` is not a valid HTTP token; use letters, digits and `-`",
+                name.escape_debug()
+            ),
         ));
     }
     let lower = name.to_ascii_lowercase();
     if MANAGED_HEADERS.contains(&lower.as_str()) {
-        return Err(invalid(OPTION, format!("header `{name}` is set by the uploader itself; leave it out")));
+        return Err(invalid(
+            OPTION,
+            format!("header `{name}` is set by the uploader itself; leave it out"),
+        ));
     }
     if lower == "authorization" && *auth != Auth::None {
         return Err(invalid(
             OPTION,
-            "header `Authorization` conflicts with `basic_auth`/`bearer_token`; use one of them".into(),
+            "header `Authorization` conflicts with `basic_auth`/`bearer_token`; use one of them"
+                .into(),
         ));
     }
     if lower == "x-scope-orgid" && tenant_id.is_some() {
-        return Err(invalid(OPTION, "header `X-Scope-OrgID` conflicts with `tenant_id`; use one of them".into()));
+        return Err(invalid(
+            OPTION,
+            "header `X-Scope-OrgID` conflicts with `tenant_id`; use one of them".into(),
+        ));
     }
     // The value may be a secret: describe the problem without repeating it.
-    check_header_value(OPTION, &format!("the value of header `{name}`"), value.expose())?;
+    check_header_value(
+        OPTION,
+        &format!("the value of header `{name}`"),
+        value.expose(),
+    )?;
     Ok(lower)
 }
 
 /// A header value: visible ASCII, spaces and tabs inside (no CR, LF or NUL).
-pub(crate) fn check_header_value(option: &'static str, what: &str, value: &str) -> Result<(), BuildError> {
+pub(crate) fn check_header_value(
+    option: &'static str,
+    what: &str,
+    value: &str,
+) -> Result<(), BuildError> {
     if value.is_empty() {
         return Err(invalid(option, format!("{what} is empty")));
     }
-    if !value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
         return Err(invalid(
             option,
-            format!("{what} contains a control or non-ASCII character, not allowed in HTTP headers"),
+            format!(
+                "{what} contains a control or non-ASCII character, not allowed in HTTP headers"
+            ),
         ));
     }
     if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
-        return Err(invalid(option, format!("{what} starts or ends with whitespace; trim it")));
+        return Err(invalid(
+            option,
+            format!("{what} starts or ends with whitespace; trim it"),
+        ));
     }
     Ok(())
 }
@@ -382,7 +427,10 @@ pub(crate) fn parse_tls_roots(pems: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, BuildErr
             })?;
             let mut store = rustls::RootCertStore::empty();
             store.add(cert.clone()).map_err(|err| {
-                invalid(OPTION, format!("certificate #{} cannot be a trust anchor: {err}", i + 1))
+                invalid(
+                    OPTION,
+                    format!("certificate #{} cannot be a trust anchor: {err}", i + 1),
+                )
             })?;
             ders.push(cert.as_ref().to_vec());
             found += 1;
@@ -390,7 +438,10 @@ pub(crate) fn parse_tls_roots(pems: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, BuildErr
         if found == 0 {
             return Err(invalid(
                 OPTION,
-                format!("input #{} holds no `-----BEGIN CERTIFICATE-----` block", i + 1),
+                format!(
+                    "input #{} holds no `-----BEGIN CERTIFICATE-----` block",
+                    i + 1
+                ),
             ));
         }
     }
@@ -400,7 +451,10 @@ pub(crate) fn parse_tls_roots(pems: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, BuildErr
 /// Without the `tls` feature there is nothing to parse into.
 #[cfg(not(feature = "tls"))]
 pub(crate) fn parse_tls_roots(pems: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, BuildError> {
-    debug_assert!(pems.is_empty(), "the option only exists with the `tls` feature");
+    debug_assert!(
+        pems.is_empty(),
+        "the option only exists with the `tls` feature"
+    );
     Ok(Vec::new())
 }
 
@@ -409,11 +463,16 @@ mod tests {
     use super::*;
 
     fn tags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn tag_err(pairs: &[(&str, &str)], protocol: Protocol) -> String {
-        validate_tags(&tags(pairs), protocol).unwrap_err().to_string()
+        validate_tags(&tags(pairs), protocol)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -424,17 +483,37 @@ mod tests {
         assert_eq!(prefixed.url("/x"), "http://127.0.0.1:8080/pyroscope/x");
         let v6 = validate_server_address("http://[::1]:4040").unwrap();
         assert_eq!(v6.authority, "[::1]:4040");
-        assert!(validate_server_address("localhost:4040").unwrap_err().to_string().contains("no scheme"));
-        assert!(validate_server_address("ftp://x").unwrap_err().to_string().contains("scheme `ftp`"));
-        assert!(validate_server_address("http://").unwrap_err().to_string().contains("no host"));
-        assert!(validate_server_address("http://h:99999").unwrap_err().to_string().contains("port"));
-        assert!(validate_server_address("http://h/?a=b").unwrap_err().to_string().contains("query"));
-        assert!(validate_server_address("http://h w").unwrap_err().to_string().contains("host"));
+        assert!(validate_server_address("localhost:4040")
+            .unwrap_err()
+            .to_string()
+            .contains("no scheme"));
+        assert!(validate_server_address("ftp://x")
+            .unwrap_err()
+            .to_string()
+            .contains("scheme `ftp`"));
+        assert!(validate_server_address("http://")
+            .unwrap_err()
+            .to_string()
+            .contains("no host"));
+        assert!(validate_server_address("http://h:99999")
+            .unwrap_err()
+            .to_string()
+            .contains("port"));
+        assert!(validate_server_address("http://h/?a=b")
+            .unwrap_err()
+            .to_string()
+            .contains("query"));
+        assert!(validate_server_address("http://h w")
+            .unwrap_err()
+            .to_string()
+            .contains("host"));
     }
 
     #[test]
     fn credentials_in_the_address_are_refused_without_repeating_them() {
-        let err = validate_server_address("https://alice:hunter2@example.com").unwrap_err().to_string();
+        let err = validate_server_address("https://alice:hunter2@example.com")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("basic_auth"), "{err}");
         assert!(!err.contains("hunter2") && !err.contains("alice"), "{err}");
     }
@@ -442,13 +521,19 @@ mod tests {
     #[test]
     #[cfg(not(feature = "tls"))]
     fn https_without_the_tls_feature_is_a_build_error() {
-        let err = validate_server_address("https://example.com").unwrap_err().to_string();
+        let err = validate_server_address("https://example.com")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`tls` feature"), "{err}");
     }
 
     #[test]
     fn tags_break_no_series_label_rule() {
-        assert!(validate_tags(&tags(&[("region", "eu-west-1"), ("pod.name", "a,b}")]), Protocol::Push).is_ok());
+        assert!(validate_tags(
+            &tags(&[("region", "eu-west-1"), ("pod.name", "a,b}")]),
+            Protocol::Push
+        )
+        .is_ok());
         assert!(tag_err(&[("__x", "v")], Protocol::Push).contains("reserves"));
         assert!(tag_err(&[("service_name", "v")], Protocol::Push).contains("sets itself"));
         assert!(tag_err(&[("span_name", "v")], Protocol::Push).contains("reserved for span labels"));
@@ -465,42 +550,69 @@ mod tests {
     #[test]
     fn ingest_refuses_values_that_would_end_early() {
         let err = tag_err(&[("pod", "a,b")], Protocol::Ingest);
-        assert!(err.contains("`a,b`") && err.contains("contains `,`"), "{err}");
+        assert!(
+            err.contains("`a,b`") && err.contains("contains `,`"),
+            "{err}"
+        );
         assert!(tag_err(&[("pod", "a}")], Protocol::Ingest).contains("contains `}`"));
         assert!(validate_tags(&tags(&[("pod", "a=b{c")]), Protocol::Ingest).is_ok());
     }
 
     #[test]
     fn the_series_label_count_includes_fixed_labels_and_span_name() {
-        let many: Vec<(String, String)> = (0..MAX_TAGS).map(|i| (format!("k{i}"), "v".into())).collect();
+        let many: Vec<(String, String)> = (0..MAX_TAGS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
         assert!(validate_tags(&many, Protocol::Push).is_ok());
         assert_eq!(MAX_TAGS + FIXED_SERIES_LABELS.len() + 1, 30);
         let mut too_many = many;
         too_many.push(("one_more".into(), "v".into()));
-        let err = validate_tags(&too_many, Protocol::Push).unwrap_err().to_string();
-        assert!(err.contains("make 31 label names") && err.contains("at most 23 tags"), "{err}");
+        let err = validate_tags(&too_many, Protocol::Push)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("make 31 label names") && err.contains("at most 23 tags"),
+            "{err}"
+        );
     }
 
     #[test]
     fn headers_are_checked_without_repeating_their_values() {
         let secret = Secret::new("s3cr3t\nx");
-        let err = validate_header("X-Api-Key", &secret, &Auth::None, None).unwrap_err().to_string();
-        assert!(err.contains("`X-Api-Key`") && !err.contains("s3cr3t"), "{err}");
+        let err = validate_header("X-Api-Key", &secret, &Auth::None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`X-Api-Key`") && !err.contains("s3cr3t"),
+            "{err}"
+        );
         let fine = Secret::new("abc");
-        assert_eq!(validate_header("X-Api-Key", &fine, &Auth::None, None).unwrap(), "x-api-key");
+        assert_eq!(
+            validate_header("X-Api-Key", &fine, &Auth::None, None).unwrap(),
+            "x-api-key"
+        );
         assert!(validate_header("Content-Type", &fine, &Auth::None, None).is_err());
         assert!(validate_header("bad name", &fine, &Auth::None, None).is_err());
         let bearer = Auth::Bearer(Secret::new("t"));
-        assert!(validate_header("authorization", &fine, &bearer, None).unwrap_err().to_string().contains("conflicts"));
+        assert!(validate_header("authorization", &fine, &bearer, None)
+            .unwrap_err()
+            .to_string()
+            .contains("conflicts"));
         assert!(validate_header("Authorization", &fine, &Auth::None, None).is_ok());
         assert!(validate_header("X-Scope-OrgID", &fine, &Auth::None, Some("t")).is_err());
     }
 
     #[test]
     fn secrets_never_show_in_debug_output() {
-        let auth = Auth::Basic { user: "alice".into(), password: Secret::new("hunter2") };
+        let auth = Auth::Basic {
+            user: "alice".into(),
+            password: Secret::new("hunter2"),
+        };
         let shown = format!("{auth:?} {:?}", Auth::Bearer(Secret::new("tok3n")));
-        assert!(!shown.contains("hunter2") && !shown.contains("tok3n"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok3n"),
+            "{shown}"
+        );
         assert!(shown.contains("<redacted>"));
     }
 }

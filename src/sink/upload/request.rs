@@ -94,16 +94,21 @@ fn header_error(option: &'static str) -> BuildError {
 
 impl Requests {
     pub(crate) fn new(config: &UploadConfig) -> Result<Self, BuildError> {
-        let push_uri = config.server.url(PUSH_PATH).parse::<Uri>().map_err(|err| BuildError::InvalidOption {
-            option: "server_address",
-            reason: format!("`{}` does not make a valid URL: {err}", config.server),
+        let push_uri = config.server.url(PUSH_PATH).parse::<Uri>().map_err(|err| {
+            BuildError::InvalidOption {
+                option: "server_address",
+                reason: format!("`{}` does not make a valid URL: {err}", config.server),
+            }
         })?;
         let mut headers = HeaderMap::new();
         let content_type = match config.protocol {
             Protocol::Push => "application/proto",
             Protocol::Ingest => "application/octet-stream",
         };
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type),
+        );
         if config.protocol == Protocol::Push {
             headers.insert("connect-protocol-version", HeaderValue::from_static("1"));
         }
@@ -115,7 +120,10 @@ impl Requests {
             Auth::None => None,
             Auth::Basic { user, password } => {
                 let credentials = format!("{user}:{}", password.expose());
-                Some((format!("Basic {}", base64(credentials.as_bytes())), "basic_auth"))
+                Some((
+                    format!("Basic {}", base64(credentials.as_bytes())),
+                    "basic_auth",
+                ))
             }
             Auth::Bearer(token) => Some((format!("Bearer {}", token.expose()), "bearer_token")),
         };
@@ -129,8 +137,10 @@ impl Requests {
             headers.insert("x-scope-orgid", value);
         }
         for (name, value) in &config.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| header_error("http_header"))?;
-            let mut value = HeaderValue::from_str(value.expose()).map_err(|_| header_error("http_header"))?;
+            let name =
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| header_error("http_header"))?;
+            let mut value =
+                HeaderValue::from_str(value.expose()).map_err(|_| header_error("http_header"))?;
             value.set_sensitive(true);
             headers.append(name, value);
         }
@@ -154,7 +164,10 @@ impl Requests {
                 let request = PushRequest {
                     series: vec![RawProfileSeries {
                         labels: self.series_labels.clone(),
-                        samples: vec![RawSample { raw_profile: gzipped.to_vec(), id: uuid_v4() }],
+                        samples: vec![RawSample {
+                            raw_profile: gzipped.to_vec(),
+                            id: uuid_v4(),
+                        }],
                     }],
                 };
                 Prepared {
@@ -174,7 +187,11 @@ impl Requests {
                 // The prefix was parsed at start as part of the push URI's checks; the rest
                 // is digits and fixed ASCII, so this only fails on a bug.
                 let uri = url.parse::<Uri>().unwrap_or_else(|_| self.push_uri.clone());
-                Prepared { uri, headers: self.headers.clone(), body: Bytes::copy_from_slice(gzipped) }
+                Prepared {
+                    uri,
+                    headers: self.headers.clone(),
+                    body: Bytes::copy_from_slice(gzipped),
+                }
             }
         }
     }
@@ -182,7 +199,10 @@ impl Requests {
 
 /// The series labels of every Push request: fixed ones, then tags, sorted by name.
 pub(crate) fn series_labels(application_name: &str, tags: &[(String, String)]) -> Vec<LabelPair> {
-    let pair = |name: &str, value: &str| LabelPair { name: name.to_owned(), value: value.to_owned() };
+    let pair = |name: &str, value: &str| LabelPair {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    };
     let mut labels = vec![
         pair("__name__", "process_cpu"),
         pair("service_name", application_name),
@@ -225,7 +245,14 @@ fn uuid_v4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Standard base64 with padding (RFC 4648), for Basic auth.
@@ -233,7 +260,10 @@ fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
@@ -251,19 +281,36 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {
-        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")];
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
         for (input, expected) in cases {
             assert_eq!(base64(input.as_bytes()), expected);
         }
-        assert_eq!(base64(b"Aladdin:open sesame"), "QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert_eq!(
+            base64(b"Aladdin:open sesame"),
+            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
     }
 
     #[test]
     fn ingest_names_are_percent_encoded_with_plus_as_2b() {
-        let tags = vec![("env".to_string(), "a+b c".to_string()), ("v".to_string(), "1".to_string())];
+        let tags = vec![
+            ("env".to_string(), "a+b c".to_string()),
+            ("v".to_string(), "1".to_string()),
+        ];
         let name = ingest_name("my.app/x", &tags);
         assert_eq!(name, "my.app/x{env=a+b c,v=1}");
-        assert_eq!(percent_encode(&name), "my.app%2Fx%7Benv%3Da%2Bb%20c%2Cv%3D1%7D");
+        assert_eq!(
+            percent_encode(&name),
+            "my.app%2Fx%7Benv%3Da%2Bb%20c%2Cv%3D1%7D"
+        );
     }
 
     #[test]
@@ -285,8 +332,14 @@ mod tests {
         for fixed in super::super::FIXED_SERIES_LABELS {
             assert!(names.contains(&fixed), "{fixed}");
         }
-        assert!(labels.contains(&LabelPair { name: "__name__".into(), value: "process_cpu".into() }));
-        let version = labels.iter().find(|l| l.name == "process.runtime.version").unwrap();
+        assert!(labels.contains(&LabelPair {
+            name: "__name__".into(),
+            value: "process_cpu".into()
+        }));
+        let version = labels
+            .iter()
+            .find(|l| l.name == "process.runtime.version")
+            .unwrap();
         assert!(version.value.starts_with("1."), "{}", version.value);
     }
 }

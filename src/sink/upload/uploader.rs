@@ -53,7 +53,11 @@ impl UploadWindow {
 
     /// A window from gzipped pprof profiles (each one piece, one request).
     pub fn from_gzipped(pieces: Vec<Vec<u8>>, start: SystemTime, end: SystemTime) -> Self {
-        Self { pieces: pieces.into_iter().map(Bytes::from).collect(), start, end }
+        Self {
+            pieces: pieces.into_iter().map(Bytes::from).collect(),
+            start,
+            end,
+        }
     }
 
     /// Number of pieces (requests).
@@ -114,7 +118,9 @@ pub struct Uploader {
 
 impl std::fmt::Debug for Uploader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uploader").field("counts", &self.counts_quiet()).finish_non_exhaustive()
+        f.debug_struct("Uploader")
+            .field("counts", &self.counts_quiet())
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,7 +134,10 @@ impl Uploader {
             .enable_io()
             .enable_time()
             .build()
-            .map_err(|source| StartError::Os { operation: "building the uploader's runtime", source })?;
+            .map_err(|source| StartError::Os {
+                operation: "building the uploader's runtime",
+                source,
+            })?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::with_capacity(config.queue_capacity),
@@ -159,15 +168,24 @@ impl Uploader {
             .spawn(move || {
                 // No tracing event leaves this thread (hyper-util's included), and no
                 // OpenTelemetry telemetry is produced on it: no feedback loops.
-                let _no_tracing = tracing_core::dispatcher::set_default(&tracing_core::Dispatch::none());
+                let _no_tracing =
+                    tracing_core::dispatcher::set_default(&tracing_core::Dispatch::none());
                 #[cfg(feature = "otel")]
                 let _no_otel = opentelemetry::Context::enter_telemetry_suppressed_scope();
                 let report = runtime.block_on(worker.run(deadline_rx));
                 // The receiver is gone only if `stop` gave up waiting: nothing to do.
                 let _ = report_tx.send(report);
             })
-            .map_err(|source| StartError::Os { operation: "spawning the uploader thread", source })?;
-        Ok(Uploader { shared, deadline_tx, report_rx, thread })
+            .map_err(|source| StartError::Os {
+                operation: "spawning the uploader thread",
+                source,
+            })?;
+        Ok(Uploader {
+            shared,
+            deadline_tx,
+            report_rx,
+            thread,
+        })
     }
 
     /// Queues a window without blocking. When the queue is full the oldest queued window
@@ -212,7 +230,12 @@ impl Uploader {
     /// Uploads what is queued within `deadline`, then gives up on the rest; returns what
     /// was delivered and lost. Returns within `deadline` plus a fraction of a second.
     pub fn stop(self, deadline: Duration) -> UploadReport {
-        let Uploader { shared, deadline_tx, report_rx, thread } = self;
+        let Uploader {
+            shared,
+            deadline_tx,
+            report_rx,
+            thread,
+        } = self;
         let started = Instant::now();
         let until = started + deadline;
         lock(&shared.state).stopping = true;
@@ -228,7 +251,8 @@ impl Uploader {
             Err(_) => {
                 // The thread is stuck (a bug): leave it behind, count everything it held.
                 let mut state = lock(&shared.state);
-                let left: u64 = state.in_flight + state.queue.iter().map(|w| w.len() as u64).sum::<u64>();
+                let left: u64 =
+                    state.in_flight + state.queue.iter().map(|w| w.len() as u64).sum::<u64>();
                 state.counts.dropped.stopped += left;
                 state.log("the uploader thread did not stop in time and was left behind".into());
                 report_of(&state.counts, left, false)
@@ -250,7 +274,10 @@ fn flush_logs(shared: &Shared) {
         if state.logs.is_empty() {
             return;
         }
-        (std::mem::take(&mut state.logs), std::mem::take(&mut state.logs_dropped))
+        (
+            std::mem::take(&mut state.logs),
+            std::mem::take(&mut state.logs_dropped),
+        )
     };
     for message in logs {
         log::warn!(target: "span_profiler", "{message}");
@@ -376,7 +403,11 @@ impl Worker {
                     return Outcome::Delivered;
                 }
                 Ok(answer) if is_retried(answer.status) => {
-                    self.note_retryable(&format!("answered {}: {}", answer.status, answer.body.trim()));
+                    self.note_retryable(&format!(
+                        "answered {}: {}",
+                        answer.status,
+                        answer.body.trim()
+                    ));
                     answer.retry_after
                 }
                 Ok(answer) => {
@@ -385,7 +416,9 @@ impl Worker {
                 }
                 Err(err) => {
                     self.note_retryable(&match err {
-                        TransportError::Timeout => "did not answer within the request timeout".into(),
+                        TransportError::Timeout => {
+                            "did not answer within the request timeout".into()
+                        }
                         TransportError::Failed(why) => format!("could not be reached: {why}"),
                     });
                     None
@@ -417,7 +450,10 @@ impl Worker {
                 Some(location) if redirect => {
                     format!("a redirect to {location}, which is never followed (credentials stay with the configured host); set `server_address` to the final URL")
                 }
-                _ => format!("`{}`; the profile was dropped and this status is not retried", answer.body.trim()),
+                _ => format!(
+                    "`{}`; the profile was dropped and this status is not retried",
+                    answer.body.trim()
+                ),
             };
             state.log(format!(
                 "the profile server {} refused an upload with {}: {detail}; further refusals \
