@@ -10,7 +10,7 @@
 //!   counted in `label_keys_removed`;
 //! - `max_label_sets` distinct label sets (after the two rules above); samples of later
 //!   sets go to an unlabelled overflow bucket that keeps their stacks and weights,
-//!   counted in `label_sets_overflowed_*`.
+//!   counted in `label_sets_overflowed` (samples) and `label_sets_overflowed_weight`.
 //!
 //! A sample whose id no longer resolves (freed after its grace period) is kept without
 //! labels and counted in `label_expired`.
@@ -91,7 +91,7 @@ pub(crate) struct WindowStats {
     /// Samples whose label id no longer resolved.
     pub label_expired: u64,
     /// Samples put into the overflow bucket, and their weight.
-    pub label_sets_overflowed_samples: u64,
+    pub label_sets_overflowed: u64,
     pub label_sets_overflowed_weight: u64,
     /// Samples whose span name became `"other"`.
     pub span_names_overflowed: u64,
@@ -180,9 +180,9 @@ impl WindowAggregator {
         let resolved = self.labels_of(label_id);
         let labels = resolved.index;
         if labels == OVERFLOW_LABELS {
-            self.stats.label_sets_overflowed_samples += 1;
+            self.stats.label_sets_overflowed += 1;
             self.stats.label_sets_overflowed_weight += weight;
-            COLLECT.label_sets_overflowed_samples.incr();
+            COLLECT.label_sets_overflowed.incr();
             COLLECT.label_sets_overflowed_weight.add(weight);
         } else {
             if resolved.renamed {
@@ -212,7 +212,11 @@ impl WindowAggregator {
         let mut samples: Vec<WindowSample> = self
             .weights
             .into_iter()
-            .map(|((stack, labels), weight)| WindowSample { stack, labels, weight })
+            .map(|((stack, labels), weight)| WindowSample {
+                stack,
+                labels,
+                weight,
+            })
             .collect();
         samples.sort_unstable_by_key(|s| (s.stack, s.labels));
         ClosedWindow {
@@ -238,14 +242,20 @@ impl WindowAggregator {
 
     /// Where `label_id`'s samples go, resolving it once per window.
     fn labels_of(&mut self, label_id: u64) -> Resolved {
-        const UNLABELLED: Resolved = Resolved { index: NO_LABELS, renamed: false, keys_removed: false };
+        const UNLABELLED: Resolved = Resolved {
+            index: NO_LABELS,
+            renamed: false,
+            keys_removed: false,
+        };
         if label_id == 0 {
             return UNLABELLED;
         }
         let resolved = match self.ids.get(&label_id) {
             Some(&cached) => cached,
             None => {
-                let index = Registry::global().resolve(label_id).map(|set| self.intern_set(set));
+                let index = Registry::global()
+                    .resolve(label_id)
+                    .map(|set| self.intern_set(set));
                 if self.ids.len() < MAX_CACHED_IDS_PER_SET * self.limits.max_label_sets.max(1) {
                     self.ids.insert(label_id, index);
                 }
@@ -266,7 +276,11 @@ impl WindowAggregator {
     /// overflow bucket when the window is full).
     fn intern_set(&mut self, set: Arc<LabelSet>) -> Resolved {
         if set.is_empty() {
-            return Resolved { index: NO_LABELS, renamed: false, keys_removed: false };
+            return Resolved {
+                index: NO_LABELS,
+                renamed: false,
+                keys_removed: false,
+            };
         }
         let mut renamed = false;
         let mut keys_removed = false;
@@ -277,7 +291,8 @@ impl WindowAggregator {
                     self.span_names.insert(name.clone());
                 } else {
                     renamed = true;
-                    capped.get_or_insert_with(|| (*set).clone()).span_name = Some(OTHER_SPAN_NAME.to_owned());
+                    capped.get_or_insert_with(|| (*set).clone()).span_name =
+                        Some(OTHER_SPAN_NAME.to_owned());
                 }
             }
         }
@@ -292,7 +307,10 @@ impl WindowAggregator {
         }
         if keys_removed {
             let keys = &self.keys;
-            capped.get_or_insert_with(|| (*set).clone()).pairs.retain(|(k, _)| keys.contains(k));
+            capped
+                .get_or_insert_with(|| (*set).clone())
+                .pairs
+                .retain(|(k, _)| keys.contains(k));
         }
         let set = match capped {
             Some(changed) => Arc::new(changed),
@@ -310,7 +328,11 @@ impl WindowAggregator {
             self.sets.push(set);
             i
         };
-        Resolved { index, renamed, keys_removed }
+        Resolved {
+            index,
+            renamed,
+            keys_removed,
+        }
     }
 }
 
@@ -357,7 +379,10 @@ mod tests {
             span_id,
             span_name: name.map(str::to_owned),
             trace_id: None,
-            pairs: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            pairs: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         Registry::global().register(Arc::new(set))
     }
@@ -367,7 +392,11 @@ mod tests {
     }
 
     fn weight_of(w: &ClosedWindow, labels: impl Fn(&LabelSet) -> bool) -> u64 {
-        w.samples.iter().filter(|s| labels(&w.label_sets[s.labels as usize])).map(|s| s.weight).sum()
+        w.samples
+            .iter()
+            .filter(|s| labels(&w.label_sets[s.labels as usize]))
+            .map(|s| s.weight)
+            .sum()
     }
 
     #[test]
@@ -386,7 +415,10 @@ mod tests {
         assert_eq!(c.stacks.len(), 2);
         assert_eq!(c.samples.len(), 4);
         assert_eq!(c.total_weight(), 12);
-        let a_stack0 = c.samples.iter().find(|s| s.stack == 0 && c.label_sets[s.labels as usize].span_id == Some(1));
+        let a_stack0 = c
+            .samples
+            .iter()
+            .find(|s| s.stack == 0 && c.label_sets[s.labels as usize].span_id == Some(1));
         assert_eq!(a_stack0.unwrap().weight, 4);
         assert_eq!(weight_of(&c, |l| l.is_empty()), 5);
         assert_eq!(c.stats.samples, 5);
@@ -422,8 +454,13 @@ mod tests {
 
     #[test]
     fn span_names_beyond_the_cap_become_other_and_keep_their_span_id() {
-        let handles: Vec<_> = (0..5).map(|i| register(Some(100 + i), Some(&format!("route{i}")), &[])).collect();
-        let limits = WindowLimits { max_span_names: 3, ..WindowLimits::default() };
+        let handles: Vec<_> = (0..5)
+            .map(|i| register(Some(100 + i), Some(&format!("route{i}")), &[]))
+            .collect();
+        let limits = WindowLimits {
+            max_span_names: 3,
+            ..WindowLimits::default()
+        };
         let mut w = window(limits);
         for h in &handles {
             w.add(&[1], h.id(), 1);
@@ -431,8 +468,15 @@ mod tests {
         w.add(&[2], handles[4].id(), 1);
         w.add(&[2], handles[0].id(), 1);
         let c = w.close(SystemTime::now());
-        assert_eq!(c.stats.span_names_overflowed, 3, "route3, route4 and route4 again");
-        let names: HashSet<_> = c.label_sets.iter().filter_map(|s| s.span_name.clone()).collect();
+        assert_eq!(
+            c.stats.span_names_overflowed, 3,
+            "route3, route4 and route4 again"
+        );
+        let names: HashSet<_> = c
+            .label_sets
+            .iter()
+            .filter_map(|s| s.span_name.clone())
+            .collect();
         assert_eq!(names.len(), 4, "three routes plus other: {names:?}");
         assert!(names.contains(OTHER_SPAN_NAME));
         let other_ids: HashSet<_> = c
@@ -448,19 +492,32 @@ mod tests {
 
     #[test]
     fn label_sets_beyond_the_cap_go_to_the_overflow_bucket_with_their_weight() {
-        let handles: Vec<_> = (0..10).map(|i| register(Some(200 + i), Some("r"), &[])).collect();
-        let limits = WindowLimits { max_label_sets: 4, ..WindowLimits::default() };
+        let handles: Vec<_> = (0..10)
+            .map(|i| register(Some(200 + i), Some("r"), &[]))
+            .collect();
+        let limits = WindowLimits {
+            max_label_sets: 4,
+            ..WindowLimits::default()
+        };
         let mut w = window(limits);
         for (i, h) in handles.iter().enumerate() {
             w.add(&[0x100 + i], h.id(), 2);
         }
         let c = w.close(SystemTime::now());
-        let distinct: HashSet<_> =
-            c.samples.iter().filter(|s| s.labels > OVERFLOW_LABELS).map(|s| s.labels).collect();
+        let distinct: HashSet<_> = c
+            .samples
+            .iter()
+            .filter(|s| s.labels > OVERFLOW_LABELS)
+            .map(|s| s.labels)
+            .collect();
         assert_eq!(distinct.len(), 4);
-        assert_eq!(c.stats.label_sets_overflowed_samples, 6);
+        assert_eq!(c.stats.label_sets_overflowed, 6);
         assert_eq!(c.stats.label_sets_overflowed_weight, 12);
-        let overflow: Vec<_> = c.samples.iter().filter(|s| s.labels == OVERFLOW_LABELS).collect();
+        let overflow: Vec<_> = c
+            .samples
+            .iter()
+            .filter(|s| s.labels == OVERFLOW_LABELS)
+            .collect();
         assert_eq!(overflow.len(), 6, "stacks are kept apart in the bucket");
         assert!(c.label_sets[OVERFLOW_LABELS as usize].is_empty());
         assert_eq!(c.total_weight(), 20, "nothing is lost");
@@ -470,7 +527,10 @@ mod tests {
     fn pairs_with_keys_beyond_the_cap_are_removed_and_counted() {
         let a = register(Some(1), Some("r"), &[("k1", "a"), ("k2", "b")]);
         let b = register(Some(1), Some("r"), &[("k1", "a"), ("k3", "c")]);
-        let limits = WindowLimits { max_label_keys: 2, ..WindowLimits::default() };
+        let limits = WindowLimits {
+            max_label_keys: 2,
+            ..WindowLimits::default()
+        };
         let mut w = window(limits);
         w.add(&[1], a.id(), 1);
         w.add(&[1], b.id(), 1);
@@ -504,7 +564,10 @@ mod tests {
         let l = WindowLimits::default();
         assert_eq!(l.max_label_sets, 10_000);
         assert_eq!(l.max_span_names, 200);
-        assert_eq!(FIXED_SERIES_LABEL_NAMES + 1 + l.max_label_keys, SERVER_MAX_LABEL_NAMES);
+        assert_eq!(
+            FIXED_SERIES_LABEL_NAMES + 1 + l.max_label_keys,
+            SERVER_MAX_LABEL_NAMES
+        );
         assert_eq!(WindowLimits::label_keys_within(40), 0);
     }
 }

@@ -7,6 +7,10 @@ pub(crate) mod aggregate;
 pub(crate) mod modules;
 pub(crate) mod symbolize;
 
+pub(crate) use aggregate::{
+    ClosedWindow, WindowAggregator, WindowLimits, DEFAULT_MAX_LABEL_SETS, DEFAULT_MAX_SPAN_NAMES,
+};
+
 use crate::counters::Counter;
 
 /// Tallies of what aggregation, symbolization and encoding did, for `stats()`.
@@ -25,7 +29,7 @@ pub(crate) struct CollectCounters {
     pub(crate) label_expired: Counter,
     /// Samples that went to the unlabelled overflow bucket because their window already
     /// had `max_label_sets` distinct label sets.
-    pub(crate) label_sets_overflowed_samples: Counter,
+    pub(crate) label_sets_overflowed: Counter,
     /// Weight of those samples (stacks and weights are kept, only labels are lost).
     pub(crate) label_sets_overflowed_weight: Counter,
     /// Samples whose `span_name` was replaced by `"other"` because their window already
@@ -57,7 +61,7 @@ pub(crate) static COLLECT: CollectCounters = CollectCounters {
     samples: Counter::new(),
     weight: Counter::new(),
     label_expired: Counter::new(),
-    label_sets_overflowed_samples: Counter::new(),
+    label_sets_overflowed: Counter::new(),
     label_sets_overflowed_weight: Counter::new(),
     span_names_overflowed: Counter::new(),
     label_keys_removed: Counter::new(),

@@ -45,7 +45,9 @@ pub(crate) struct Module {
 impl Module {
     /// Whether `addr` falls into one of this module's executable segments.
     pub(crate) fn segment_of(&self, addr: usize) -> Option<&Segment> {
-        self.segments.iter().find(|s| s.start <= addr && addr < s.end)
+        self.segments
+            .iter()
+            .find(|s| s.start <= addr && addr < s.end)
     }
 }
 
@@ -56,7 +58,10 @@ pub(crate) fn loaded_modules() -> Vec<Module> {
     //         2. `data` points to `out`, which outlives the call; the callback is only
     //            invoked during this call, on this thread, and is the only user of it.
     unsafe {
-        libc::dl_iterate_phdr(Some(collect_module), (&mut out as *mut Vec<Module>).cast::<c_void>());
+        libc::dl_iterate_phdr(
+            Some(collect_module),
+            (&mut out as *mut Vec<Module>).cast::<c_void>(),
+        );
     }
     out
 }
@@ -67,7 +72,11 @@ pub(crate) fn loaded_modules() -> Vec<Module> {
 /// `info` must point to a valid `dl_phdr_info` whose `dlpi_phdr` array has `dlpi_phnum`
 /// entries, and `data` must point to a `Vec<Module>` not otherwise in use (both hold for
 /// the loader calling it from [`loaded_modules`]).
-unsafe extern "C" fn collect_module(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+unsafe extern "C" fn collect_module(
+    info: *mut libc::dl_phdr_info,
+    _size: usize,
+    data: *mut c_void,
+) -> c_int {
     // SAFETY: the caller passes a valid `dl_phdr_info` for the duration of the call.
     let info = unsafe { &*info };
     // SAFETY: `data` is the `&mut Vec<Module>` passed by `loaded_modules`, used by no one
@@ -78,7 +87,9 @@ unsafe extern "C" fn collect_module(info: *mut libc::dl_phdr_info, _size: usize,
     } else {
         // SAFETY: a non-null `dlpi_name` is a NUL-terminated string owned by the loader,
         // valid during the callback; we copy it before returning.
-        unsafe { CStr::from_ptr(info.dlpi_name) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(info.dlpi_name) }
+            .to_string_lossy()
+            .into_owned()
     };
     let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() || info.dlpi_phnum == 0 {
         &[]
@@ -93,14 +104,21 @@ unsafe extern "C" fn collect_module(info: *mut libc::dl_phdr_info, _size: usize,
         .filter(|p| p.p_type == PT_LOAD && p.p_flags & PF_X != 0 && p.p_memsz > 0)
         .map(|p| {
             let start = bias.wrapping_add(p.p_vaddr as usize);
-            Segment { start, end: start.wrapping_add(p.p_memsz as usize), file_offset: p.p_offset }
+            Segment {
+                start,
+                end: start.wrapping_add(p.p_memsz as usize),
+                file_offset: p.p_offset,
+            }
         })
         .collect();
     // The first object is the main program, whose loader name is empty.
     let is_main = out.is_empty() && name.is_empty();
     let (path, name) = if is_main {
         let path = std::fs::read_link("/proc/self/exe").ok();
-        let shown = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let shown = path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         (path, shown)
     } else if name.starts_with('/') {
         (Some(PathBuf::from(&name)), name)
@@ -109,7 +127,12 @@ unsafe extern "C" fn collect_module(info: *mut libc::dl_phdr_info, _size: usize,
         (None, name)
     };
     if !segments.is_empty() {
-        out.push(Module { path, name, bias, segments });
+        out.push(Module {
+            path,
+            name,
+            bias,
+            segments,
+        });
     }
     0
 }
@@ -188,7 +211,10 @@ mod tests {
         let main = modules.first().expect("at least the main program");
         let exe = std::env::current_exe().unwrap();
         assert_eq!(main.path.as_deref(), Some(exe.as_path()));
-        assert!(main.segment_of(marker as usize).is_some(), "our code is in the main program");
+        assert!(
+            main.segment_of(marker as *const () as usize).is_some(),
+            "our code is in the main program"
+        );
         assert!(!main.segments.is_empty());
     }
 
@@ -197,7 +223,7 @@ mod tests {
         let modules = loaded_modules();
         let libc_mod = modules
             .iter()
-            .find(|m| m.segment_of(libc::getpid as usize).is_some())
+            .find(|m| m.segment_of(libc::getpid as *const () as usize).is_some())
             .expect("getpid lies in some module");
         assert!(libc_mod.name.contains("libc"), "{}", libc_mod.name);
         assert!(libc_mod.path.as_ref().is_some_and(|p| p.exists()));

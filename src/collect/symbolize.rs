@@ -123,7 +123,13 @@ impl Symbolizer {
     pub(crate) fn new() -> Self {
         let modules = loaded_modules();
         let debug = modules.iter().map(|_| DebugState::NotLoaded).collect();
-        Self { modules, debug, cache: HashMap::new(), strings: HashSet::new(), last_scan: Instant::now() }
+        Self {
+            modules,
+            debug,
+            cache: HashMap::new(),
+            strings: HashSet::new(),
+            last_scan: Instant::now(),
+        }
     }
 
     /// The modules known so far.
@@ -165,7 +171,13 @@ impl Symbolizer {
             };
             let name = self.intern(&name);
             let empty = self.intern("");
-            vec![FrameSymbol { system_name: name.clone(), name, file: empty, line: 0, start_line: 0 }]
+            vec![FrameSymbol {
+                system_name: name.clone(),
+                name,
+                file: empty,
+                line: 0,
+                start_line: 0,
+            }]
         } else {
             frames
         };
@@ -180,7 +192,11 @@ impl Symbolizer {
         let m = &self.modules[index];
         let memory_start = m.segments.iter().map(|s| s.start).min().unwrap_or(0) as u64;
         let memory_limit = m.segments.iter().map(|s| s.end).max().unwrap_or(0) as u64;
-        let file_offset = m.segments.iter().min_by_key(|s| s.start).map_or(0, |s| s.file_offset);
+        let file_offset = m
+            .segments
+            .iter()
+            .min_by_key(|s| s.start)
+            .map_or(0, |s| s.file_offset);
         let (build_id, has_functions, has_filenames) = match &self.debug[index] {
             DebugState::Loaded(d) => (
                 d.build_id.as_deref().map(hex).unwrap_or_default(),
@@ -206,14 +222,19 @@ impl Symbolizer {
     /// Index of the module whose executable segment holds `addr`; newest first, so a
     /// library loaded where an unloaded one was wins.
     fn module_of(&self, addr: usize) -> Option<usize> {
-        self.modules.iter().rposition(|m| m.segment_of(addr).is_some())
+        self.modules
+            .iter()
+            .rposition(|m| m.segment_of(addr).is_some())
     }
 
     /// Adds modules loaded since the last scan.
     fn rescan(&mut self) {
         self.last_scan = Instant::now();
         for m in loaded_modules() {
-            let known = self.modules.iter().any(|k| k.bias == m.bias && k.name == m.name);
+            let known = self
+                .modules
+                .iter()
+                .any(|k| k.bias == m.bias && k.name == m.name);
             if !known {
                 self.modules.push(m);
                 self.debug.push(DebugState::NotLoaded);
@@ -271,9 +292,15 @@ impl Symbolizer {
             }
         }
         let start_line = match (&symbol, &debug.dwarf) {
-            (Some((entry, _)), Some(ctx)) => *debug.start_lines.entry(*entry).or_insert_with(|| {
-                ctx.find_location(*entry).ok().flatten().and_then(|l| l.line).unwrap_or(0)
-            }),
+            (Some((entry, _)), Some(ctx)) => {
+                *debug.start_lines.entry(*entry).or_insert_with(|| {
+                    ctx.find_location(*entry)
+                        .ok()
+                        .flatten()
+                        .and_then(|l| l.line)
+                        .unwrap_or(0)
+                })
+            }
             _ => 0,
         };
         let outermost = raw.len() - 1;
@@ -281,7 +308,10 @@ impl Symbolizer {
         for (i, (name, file, line)) in raw.into_iter().enumerate() {
             let system_name = match name {
                 Some(n) => n,
-                None => format!("{}+0x{svma:x}", self.modules[index].name.rsplit('/').next().unwrap_or("")),
+                None => format!(
+                    "{}+0x{svma:x}",
+                    self.modules[index].name.rsplit('/').next().unwrap_or("")
+                ),
             };
             let name = demangle(&system_name);
             frames.push(FrameSymbol {
@@ -351,13 +381,21 @@ fn load_debug(path: &Path) -> Option<ModuleDebug> {
             }
         }
     }
-    Some(ModuleDebug { dwarf, symbols, build_id, start_lines: HashMap::new() })
+    Some(ModuleDebug {
+        dwarf,
+        symbols,
+        build_id,
+        start_lines: HashMap::new(),
+    })
 }
 
 /// `/usr/lib/debug/.build-id/<first byte>/<rest>.debug`, if it exists.
 fn separate_debug_file(build_id: &[u8]) -> Option<PathBuf> {
     let (first, rest) = build_id.split_first()?;
-    let path = PathBuf::from(format!("/usr/lib/debug/.build-id/{first:02x}/{}.debug", hex(rest)));
+    let path = PathBuf::from(format!(
+        "/usr/lib/debug/.build-id/{first:02x}/{}.debug",
+        hex(rest)
+    ));
     path.exists().then_some(path)
 }
 
@@ -367,7 +405,11 @@ fn read_symbols(file: &object::File<'_>) -> Vec<Symbol> {
         iter.filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0)
             .filter_map(|s| {
                 let name = s.name().ok()?;
-                Some(Symbol { addr: s.address(), size: s.size(), name: Arc::from(name) })
+                Some(Symbol {
+                    addr: s.address(),
+                    size: s.size(),
+                    name: Arc::from(name),
+                })
             })
             .collect()
     };
@@ -383,9 +425,16 @@ fn read_symbols(file: &object::File<'_>) -> Vec<Symbol> {
 /// An `addr2line` context over the file's DWARF, `None` when it has no line tables.
 fn load_dwarf(file: &object::File<'_>) -> Option<addr2line::Context<Reader>> {
     file.section_by_name(".debug_line")?;
-    let endian = if file.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
+    let endian = if file.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    };
     let dwarf = gimli::Dwarf::load(|id| -> Result<Reader, gimli::Error> {
-        let data: Arc<[u8]> = match file.section_by_name(id.name()).map(|s| s.uncompressed_data()) {
+        let data: Arc<[u8]> = match file
+            .section_by_name(id.name())
+            .map(|s| s.uncompressed_data())
+        {
             Some(Ok(bytes)) => Arc::from(bytes.as_ref()),
             _ => Arc::from(&[][..]),
         };
@@ -439,19 +488,37 @@ mod tests {
     #[test]
     fn a_function_address_names_the_function_its_file_and_start_line() {
         let mut s = Symbolizer::new();
-        let addr = leaf_function_for_symbolizer_test as usize;
+        let addr = leaf_function_for_symbolizer_test as *const () as usize;
         let sym = s.symbolize(addr);
         assert_eq!(sym.module, Some(0), "the test binary is the main program");
         let outer = sym.frames.last().unwrap();
         assert!(
-            outer.name.ends_with("symbolize::tests::leaf_function_for_symbolizer_test"),
+            outer
+                .name
+                .ends_with("symbolize::tests::leaf_function_for_symbolizer_test"),
             "{}",
             outer.name
         );
-        assert!(outer.system_name.starts_with("_R") || outer.system_name.starts_with("_ZN"), "{}", outer.system_name);
-        assert!(outer.file.ends_with(this_file().rsplit('/').next().unwrap()), "{}", outer.file);
-        assert!(outer.start_line > 0 && outer.line >= outer.start_line, "{outer:?}");
-        assert!(Arc::ptr_eq(&sym, &s.symbolize(addr)), "second lookup comes from the cache");
+        assert!(
+            outer.system_name.starts_with("_R") || outer.system_name.starts_with("_ZN"),
+            "{}",
+            outer.system_name
+        );
+        assert!(
+            outer
+                .file
+                .ends_with(this_file().rsplit('/').next().unwrap()),
+            "{}",
+            outer.file
+        );
+        assert!(
+            outer.start_line > 0 && outer.line >= outer.start_line,
+            "{outer:?}"
+        );
+        assert!(
+            Arc::ptr_eq(&sym, &s.symbolize(addr)),
+            "second lookup comes from the cache"
+        );
         assert_eq!(s.cached_addresses(), 1);
     }
 
@@ -481,21 +548,35 @@ mod tests {
         assert_eq!(sym.frames.len(), 2, "{names:?}");
         assert!(names[0].ends_with("tests::inlined_helper"), "{names:?}");
         assert_eq!(sym.frames[0].line, helper_line);
-        assert_eq!(sym.frames[0].start_line, 0, "inlined frames have no start line");
-        assert!(names[1].ends_with("tests::caller_of_inlined_helper"), "{names:?}");
+        assert_eq!(
+            sym.frames[0].start_line, 0,
+            "inlined frames have no start line"
+        );
+        assert!(
+            names[1].ends_with("tests::caller_of_inlined_helper"),
+            "{names:?}"
+        );
         assert_eq!(sym.frames[1].line, caller_line);
     }
 
     #[test]
     fn libc_functions_get_names_from_the_dynamic_symbol_table() {
         let mut s = Symbolizer::new();
-        let sym = s.symbolize(libc::getpid as usize);
+        let sym = s.symbolize(libc::getpid as *const () as usize);
         let module = sym.module.expect("libc is a module");
         assert!(s.modules()[module].name.contains("libc"));
-        assert!(sym.frames.iter().any(|f| f.name.contains("getpid")), "{sym:?}");
+        assert!(
+            sym.frames.iter().any(|f| f.name.contains("getpid")),
+            "{sym:?}"
+        );
         let info = s.mapping_info(module);
         assert!(info.has_functions);
-        assert_eq!(info.build_id.len(), 40, "GNU build ids are 20 bytes: {}", info.build_id);
+        assert_eq!(
+            info.build_id.len(),
+            40,
+            "GNU build ids are 20 bytes: {}",
+            info.build_id
+        );
     }
 
     #[test]
@@ -514,12 +595,17 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         assert_eq!(&*info.name, exe.display().to_string());
         assert!(info.has_functions && info.has_filenames);
-        assert!(info.memory_start <= leaf_function_for_symbolizer_test as usize as u64);
-        assert!(info.memory_limit > leaf_function_for_symbolizer_test as usize as u64);
+        assert!(
+            info.memory_start <= leaf_function_for_symbolizer_test as *const () as usize as u64
+        );
+        assert!(info.memory_limit > leaf_function_for_symbolizer_test as *const () as usize as u64);
         let expected = std::fs::read(&exe).ok().and_then(|d| {
             let f = object::File::parse(&*d).ok()?;
             f.build_id().ok().flatten().map(hex)
         });
-        assert_eq!(Some(info.build_id.to_string()).filter(|b| !b.is_empty()), expected);
+        assert_eq!(
+            Some(info.build_id.to_string()).filter(|b| !b.is_empty()),
+            expected
+        );
     }
 }

@@ -77,7 +77,11 @@ pub(crate) struct EncodedPiece {
 
 /// Encodes `window` into one piece, or several when limits are set and exceeded. An
 /// empty window gives no piece.
-pub(crate) fn encode(window: &ClosedWindow, symbolizer: &mut Symbolizer, opts: &EncodeOptions) -> Vec<EncodedPiece> {
+pub(crate) fn encode(
+    window: &ClosedWindow,
+    symbolizer: &mut Symbolizer,
+    opts: &EncodeOptions,
+) -> Vec<EncodedPiece> {
     if window.samples.is_empty() {
         return Vec::new();
     }
@@ -184,7 +188,11 @@ impl Tables {
             let mut stack = Vec::with_capacity(frames.len());
             for (depth, &frame) in frames.iter().enumerate() {
                 // Callers are return addresses: look up the call instruction.
-                let addr = if depth == 0 { frame } else { frame.saturating_sub(1) };
+                let addr = if depth == 0 {
+                    frame
+                } else {
+                    frame.saturating_sub(1)
+                };
                 if let Some(&loc) = location_index.get(&addr) {
                     stack.push(loc);
                     continue;
@@ -228,7 +236,11 @@ impl Tables {
                         (function, f.line)
                     })
                     .collect();
-                locations.push(GLocation { mapping, address: addr as u64, lines });
+                locations.push(GLocation {
+                    mapping,
+                    address: addr as u64,
+                    lines,
+                });
                 let loc = (locations.len() - 1) as u32;
                 location_index.insert(addr, loc);
                 stack.push(loc);
@@ -255,7 +267,14 @@ impl Tables {
                 pairs
             })
             .collect();
-        Self { strings: strings.strings, functions, mappings, locations, stacks, label_sets }
+        Self {
+            strings: strings.strings,
+            functions,
+            mappings,
+            locations,
+            stacks,
+            label_sets,
+        }
     }
 }
 
@@ -268,7 +287,10 @@ struct LocalIds {
 
 impl LocalIds {
     fn new(len: usize) -> Self {
-        Self { stamp: vec![0; len], id: vec![0; len] }
+        Self {
+            stamp: vec![0; len],
+            id: vec![0; len],
+        }
     }
 
     fn get(&self, global: u32, generation: u32) -> Option<u32> {
@@ -311,17 +333,32 @@ struct PieceBuilder {
 
 impl PieceBuilder {
     fn new(tables: &Tables, window: &ClosedWindow, opts: &EncodeOptions, generation: u32) -> Self {
-        let time_nanos = window.start.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
-        let duration_nanos = window.end.duration_since(window.start).map_or(0, |d| d.as_nanos() as i64);
+        let time_nanos = window
+            .start
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let duration_nanos = window
+            .end
+            .duration_since(window.start)
+            .map_or(0, |d| d.as_nanos() as i64);
         let profile = Profile {
             sample_type: vec![
-                ValueType { r#type: S_SAMPLES, unit: S_COUNT },
-                ValueType { r#type: S_CPU, unit: S_NANOSECONDS },
+                ValueType {
+                    r#type: S_SAMPLES,
+                    unit: S_COUNT,
+                },
+                ValueType {
+                    r#type: S_CPU,
+                    unit: S_NANOSECONDS,
+                },
             ],
             string_table: FIXED_STRINGS.iter().map(|s| (*s).to_owned()).collect(),
             time_nanos,
             duration_nanos,
-            period_type: Some(ValueType { r#type: S_CPU, unit: S_NANOSECONDS }),
+            period_type: Some(ValueType {
+                r#type: S_CPU,
+                unit: S_NANOSECONDS,
+            }),
             period: opts.period_ns as i64,
             ..Profile::default()
         };
@@ -357,7 +394,10 @@ impl PieceBuilder {
             self.profile.location.len(),
         );
         let mut undo = Undo::default();
-        let location_id = stack.iter().map(|&loc| u64::from(self.location(t, loc, &mut undo))).collect();
+        let location_id = stack
+            .iter()
+            .map(|&loc| u64::from(self.location(t, loc, &mut undo)))
+            .collect();
         let label = labels
             .iter()
             .map(|&(k, v)| Label {
@@ -369,7 +409,11 @@ impl PieceBuilder {
             .collect();
         let weight = i64::try_from(weight).unwrap_or(i64::MAX);
         let value = vec![weight, weight.saturating_mul(self.profile.period)];
-        let sample = Sample { location_id, value, label };
+        let sample = Sample {
+            location_id,
+            value,
+            label,
+        };
         self.bytes += message::encoded_len(2, &sample);
         if had_samples && self.bytes > self.max_bytes {
             self.bytes = before.0;
@@ -415,7 +459,10 @@ impl PieceBuilder {
             start_line: i64::from(f.start_line),
         };
         let id = self.profile.function.len() as u32 + 1;
-        let function = Function { id: u64::from(id), ..function };
+        let function = Function {
+            id: u64::from(id),
+            ..function
+        };
         self.functions.set(global, self.generation, id);
         undo.functions.push(global);
         self.bytes += message::encoded_len(5, &function);
@@ -464,10 +511,20 @@ impl PieceBuilder {
         let line = l
             .lines
             .iter()
-            .map(|&(f, line)| Line { function_id: self.function(t, f, undo), line: i64::from(line), column: 0 })
+            .map(|&(f, line)| Line {
+                function_id: self.function(t, f, undo),
+                line: i64::from(line),
+                column: 0,
+            })
             .collect();
         let id = self.profile.location.len() as u32 + 1;
-        let location = Location { id: u64::from(id), mapping_id, address: l.address, line, is_folded: false };
+        let location = Location {
+            id: u64::from(id),
+            mapping_id,
+            address: l.address,
+            line,
+            is_folded: false,
+        };
         self.locations.set(global, self.generation, id);
         undo.locations.push(global);
         self.bytes += message::encoded_len(4, &location);
@@ -485,7 +542,10 @@ impl PieceBuilder {
         if raw.len() > self.max_bytes {
             COLLECT.pieces_oversized.incr();
         }
-        let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 4 + 64), Compression::new(GZIP_LEVEL));
+        let mut gz = GzEncoder::new(
+            Vec::with_capacity(raw.len() / 4 + 64),
+            Compression::new(GZIP_LEVEL),
+        );
         // Writing into a Vec cannot fail; the error arm only keeps this panic-free.
         let gzipped = match gz.write_all(&raw).and_then(|()| gz.finish()) {
             Ok(bytes) => bytes,
@@ -498,7 +558,11 @@ impl PieceBuilder {
             }
         };
         COLLECT.pieces_encoded.incr();
-        Some(EncodedPiece { gzipped, uncompressed_len: raw.len(), samples: self.profile.sample.len() })
+        Some(EncodedPiece {
+            gzipped,
+            uncompressed_len: raw.len(),
+            samples: self.profile.sample.len(),
+        })
     }
 }
 
@@ -513,12 +577,20 @@ mod tests {
     use crate::labels::set::LabelSet;
     use crate::pprof::validate::{decode, samples, validate};
 
-    fn register(span_id: u64, name: &str, trace_id: Option<u128>, pairs: &[(&str, &str)]) -> LabelHandle {
+    fn register(
+        span_id: u64,
+        name: &str,
+        trace_id: Option<u128>,
+        pairs: &[(&str, &str)],
+    ) -> LabelHandle {
         let set = LabelSet {
             span_id: Some(span_id),
             span_name: Some(name.to_owned()),
             trace_id,
-            pairs: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            pairs: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         Registry::global().register(Arc::new(set))
     }
@@ -527,7 +599,7 @@ mod tests {
     fn encoder_test_leaf() -> Vec<usize> {
         // A real captured stack: this function's return address into the caller, etc.
         let mut frames = frame_pointer_backtrace(3);
-        frames.insert(0, encoder_test_leaf as usize + 1);
+        frames.insert(0, encoder_test_leaf as *const () as usize + 1);
         frames
     }
 
@@ -552,7 +624,12 @@ mod tests {
     #[test]
     fn a_window_encodes_as_a_go_style_cpu_profile_that_passes_validation() {
         let frames = encoder_test_caller();
-        let labels = register(0x00f0_67aa_0ba9_02b7, "GET /orders/{id}", Some(7), &[("region", "eu")]);
+        let labels = register(
+            0x00f0_67aa_0ba9_02b7,
+            "GET /orders/{id}",
+            Some(7),
+            &[("region", "eu")],
+        );
         let start = SystemTime::now() - Duration::from_secs(10);
         let mut w = WindowAggregator::new(WindowLimits::default(), start);
         w.add(&frames, labels.id(), 3);
@@ -563,16 +640,29 @@ mod tests {
         assert_eq!(pieces.len(), 1);
         let p = &decode_all(&pieces)[0];
         let s = |i: i64| p.string_table[i as usize].as_str();
-        let types: Vec<_> = p.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
+        let types: Vec<_> = p
+            .sample_type
+            .iter()
+            .map(|t| (s(t.r#type), s(t.unit)))
+            .collect();
         assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
         let period_type = p.period_type.unwrap();
-        assert_eq!((s(period_type.r#type), s(period_type.unit)), ("cpu", "nanoseconds"));
+        assert_eq!(
+            (s(period_type.r#type), s(period_type.unit)),
+            ("cpu", "nanoseconds")
+        );
         assert_eq!(p.period, 10_000_000);
-        assert_eq!(p.time_nanos, start.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64);
+        assert_eq!(
+            p.time_nanos,
+            start.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
+        );
         assert_eq!(p.duration_nanos, 10_000_000_000);
         assert_eq!(p.mapping[0].id, 1);
         assert!(p.mapping[0].has_functions && p.mapping[0].has_filenames);
-        assert_eq!(s(p.mapping[0].filename), std::env::current_exe().unwrap().display().to_string());
+        assert_eq!(
+            s(p.mapping[0].filename),
+            std::env::current_exe().unwrap().display().to_string()
+        );
         let views = samples(p);
         assert_eq!(views.len(), 2);
         let labelled = views.iter().find(|v| !v.labels.is_empty()).unwrap();
@@ -580,10 +670,24 @@ mod tests {
         assert_eq!(labelled.labels["span_id"], "00f067aa0ba902b7");
         assert_eq!(labelled.labels["span_name"], "GET /orders/{id}");
         assert_eq!(labelled.labels["region"], "eu");
-        assert!(!labelled.labels.contains_key("trace_id"), "trace ids are off by default");
-        assert!(labelled.functions[0].ends_with("tests::encoder_test_leaf"), "{:?}", labelled.functions);
-        let caller_pos = labelled.functions.iter().position(|f| f.ends_with("tests::encoder_test_caller"));
-        assert!(caller_pos.is_some_and(|i| i > 0), "callers follow the leaf: {:?}", labelled.functions);
+        assert!(
+            !labelled.labels.contains_key("trace_id"),
+            "trace ids are off by default"
+        );
+        assert!(
+            labelled.functions[0].ends_with("tests::encoder_test_leaf"),
+            "{:?}",
+            labelled.functions
+        );
+        let caller_pos = labelled
+            .functions
+            .iter()
+            .position(|f| f.ends_with("tests::encoder_test_caller"));
+        assert!(
+            caller_pos.is_some_and(|i| i > 0),
+            "callers follow the leaf: {:?}",
+            labelled.functions
+        );
         let unlabelled = views.iter().find(|v| v.labels.is_empty()).unwrap();
         assert_eq!(unlabelled.values, vec![2, 20_000_000]);
         // The leaf is symbolized at its PC, callers at return address - 1.
@@ -597,19 +701,27 @@ mod tests {
     fn trace_ids_are_written_only_when_asked() {
         let labels = register(1, "r", Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736), &[]);
         let mut w = WindowAggregator::new(WindowLimits::default(), SystemTime::now());
-        w.add(&[encoder_test_leaf as usize], labels.id(), 1);
+        w.add(&[encoder_test_leaf as *const () as usize], labels.id(), 1);
         let window = w.close(SystemTime::now());
-        let opts = EncodeOptions { trace_id_label: true, ..EncodeOptions::for_rate(250) };
+        let opts = EncodeOptions {
+            trace_id_label: true,
+            ..EncodeOptions::for_rate(250)
+        };
         let pieces = encode(&window, &mut Symbolizer::new(), &opts);
         let p = &decode_all(&pieces)[0];
-        assert_eq!(samples(p)[0].labels["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            samples(p)[0].labels["trace_id"],
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(p.period, 4_000_000);
     }
 
     #[test]
     fn a_large_window_splits_into_valid_pieces_within_the_limits_and_loses_nothing() {
-        let handles: Vec<_> = (0..50).map(|i| register(1000 + i, &format!("route{}", i % 7), None, &[])).collect();
-        let base = encoder_test_leaf as usize;
+        let handles: Vec<_> = (0..50)
+            .map(|i| register(1000 + i, &format!("route{}", i % 7), None, &[]))
+            .collect();
+        let base = encoder_test_leaf as *const () as usize;
         let mut w = WindowAggregator::new(WindowLimits::default(), SystemTime::now());
         let mut expected_weight = 0;
         for i in 0..3000usize {
@@ -631,7 +743,11 @@ mod tests {
         let mut cpu = 0;
         let mut sample_total = 0;
         for (piece, p) in pieces.iter().zip(&profiles) {
-            assert!(piece.uncompressed_len <= 64 * 1024, "{}", piece.uncompressed_len);
+            assert!(
+                piece.uncompressed_len <= 64 * 1024,
+                "{}",
+                piece.uncompressed_len
+            );
             assert!(p.sample.len() <= 1000);
             assert_eq!(p.sample.len(), piece.samples);
             sample_total += p.sample.len();
@@ -647,13 +763,16 @@ mod tests {
 
     #[test]
     fn a_sample_too_large_for_the_byte_limit_is_sent_alone_and_counted() {
-        let base = encoder_test_leaf as usize;
+        let base = encoder_test_leaf as *const () as usize;
         let mut w = WindowAggregator::new(WindowLimits::default(), SystemTime::now());
         w.add(&[base, base + 1], 0, 1);
         w.add(&[base + 2, base + 3], 0, 1);
         let window = w.close(SystemTime::now());
         let before = COLLECT.pieces_oversized.get();
-        let opts = EncodeOptions { max_piece_bytes: Some(10), ..EncodeOptions::for_rate(100) };
+        let opts = EncodeOptions {
+            max_piece_bytes: Some(10),
+            ..EncodeOptions::for_rate(100)
+        };
         let pieces = encode(&window, &mut Symbolizer::new(), &opts);
         assert_eq!(pieces.len(), 2);
         assert!(COLLECT.pieces_oversized.get() >= before + 2);
@@ -662,7 +781,13 @@ mod tests {
 
     #[test]
     fn an_empty_window_gives_no_piece() {
-        let window = WindowAggregator::new(WindowLimits::default(), SystemTime::now()).close(SystemTime::now());
-        assert!(encode(&window, &mut Symbolizer::new(), &EncodeOptions::for_rate(100)).is_empty());
+        let window = WindowAggregator::new(WindowLimits::default(), SystemTime::now())
+            .close(SystemTime::now());
+        assert!(encode(
+            &window,
+            &mut Symbolizer::new(),
+            &EncodeOptions::for_rate(100)
+        )
+        .is_empty());
     }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use flate2::read::GzDecoder;
 use prost::Message;
 
-pub use crate::pprof::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+pub use crate::pprof::proto::{
+    Function, Label, Line, Location, Mapping, Profile, Sample, ValueType,
+};
 
 /// Largest uncompressed profile the server accepts.
 pub const MAX_PROFILE_BYTES: usize = 4 << 20;
@@ -43,7 +45,9 @@ pub fn decode(gz_or_raw: &[u8]) -> Result<Profile, String> {
             .read_to_end(&mut out)
             .map_err(|e| format!("gzip: {e}"))?;
         if out.len() > MAX_PROFILE_BYTES {
-            return Err(format!("uncompressed profile is larger than {MAX_PROFILE_BYTES} bytes"));
+            return Err(format!(
+                "uncompressed profile is larger than {MAX_PROFILE_BYTES} bytes"
+            ));
         }
         raw = out;
         &raw[..]
@@ -70,7 +74,12 @@ pub fn validate_at(profile: &Profile, now: SystemTime) -> Result<(), String> {
             .ok()
             .and_then(|i| strings.get(i))
             .map(String::as_str)
-            .ok_or_else(|| format!("{what}: string index {i} out of range (table has {})", strings.len()))
+            .ok_or_else(|| {
+                format!(
+                    "{what}: string index {i} out of range (table has {})",
+                    strings.len()
+                )
+            })
     };
     // Sample types.
     if p.sample_type.is_empty() {
@@ -113,11 +122,17 @@ pub fn validate_at(profile: &Profile, now: SystemTime) -> Result<(), String> {
     }
     for l in &p.location {
         if l.mapping_id != 0 && !mapping_ids.contains(&l.mapping_id) {
-            return Err(format!("location {} refers to missing mapping {}", l.id, l.mapping_id));
+            return Err(format!(
+                "location {} refers to missing mapping {}",
+                l.id, l.mapping_id
+            ));
         }
         for line in &l.line {
             if !function_ids.contains(&line.function_id) {
-                return Err(format!("location {} refers to missing function {}", l.id, line.function_id));
+                return Err(format!(
+                    "location {} refers to missing function {}",
+                    l.id, line.function_id
+                ));
             }
         }
     }
@@ -125,30 +140,47 @@ pub fn validate_at(profile: &Profile, now: SystemTime) -> Result<(), String> {
     let t = UNIX_EPOCH + Duration::from_nanos(u64::try_from(p.time_nanos).unwrap_or(0));
     let earliest = now.checked_sub(MAX_PROFILE_AGE).unwrap_or(UNIX_EPOCH);
     if t < earliest || t > now + MAX_PROFILE_AHEAD {
-        return Err(format!("time_nanos {} is outside now - 1 h .. now + 10 min", p.time_nanos));
+        return Err(format!(
+            "time_nanos {} is outside now - 1 h .. now + 10 min",
+            p.time_nanos
+        ));
     }
     // Limits.
     let size = p.encoded_len();
     if size > MAX_PROFILE_BYTES {
-        return Err(format!("profile is {size} bytes uncompressed; the limit is {MAX_PROFILE_BYTES}"));
+        return Err(format!(
+            "profile is {size} bytes uncompressed; the limit is {MAX_PROFILE_BYTES}"
+        ));
     }
     if p.sample.len() > MAX_SAMPLES {
-        return Err(format!("profile has {} samples; the limit is {MAX_SAMPLES}", p.sample.len()));
+        return Err(format!(
+            "profile has {} samples; the limit is {MAX_SAMPLES}",
+            p.sample.len()
+        ));
     }
     // Samples.
     let mut series_keys: HashSet<&str> = HashSet::new();
     for (n, s) in p.sample.iter().enumerate() {
         if s.value.len() != p.sample_type.len() {
-            return Err(format!("sample {n} has {} values for {} sample types", s.value.len(), p.sample_type.len()));
+            return Err(format!(
+                "sample {n} has {} values for {} sample types",
+                s.value.len(),
+                p.sample_type.len()
+            ));
         }
         if s.value.iter().all(|&v| v == 0) {
-            return Err(format!("sample {n} has only zero values (the server drops it)"));
+            return Err(format!(
+                "sample {n} has only zero values (the server drops it)"
+            ));
         }
         if s.location_id.is_empty() {
             return Err(format!("sample {n} has no location"));
         }
         if s.location_id.len() > MAX_STACK_DEPTH {
-            return Err(format!("sample {n} is {} frames deep; the server keeps {MAX_STACK_DEPTH}", s.location_id.len()));
+            return Err(format!(
+                "sample {n} is {} frames deep; the server keeps {MAX_STACK_DEPTH}",
+                s.location_id.len()
+            ));
         }
         for id in &s.location_id {
             if !location_ids.contains(id) {
@@ -156,7 +188,10 @@ pub fn validate_at(profile: &Profile, now: SystemTime) -> Result<(), String> {
             }
         }
         if s.label.len() > MAX_LABELS_PER_SAMPLE {
-            return Err(format!("sample {n} has {} labels; the limit is {MAX_LABELS_PER_SAMPLE}", s.label.len()));
+            return Err(format!(
+                "sample {n} has {} labels; the limit is {MAX_LABELS_PER_SAMPLE}",
+                s.label.len()
+            ));
         }
         let mut keys = HashSet::new();
         for label in &s.label {
@@ -164,7 +199,9 @@ pub fn validate_at(profile: &Profile, now: SystemTime) -> Result<(), String> {
             let value = str_at("label.str", label.str)?;
             str_at("label.num_unit", label.num_unit)?;
             if label.num != 0 || label.num_unit != 0 {
-                return Err(format!("sample {n}: numeric label `{key}` (the server drops numeric labels)"));
+                return Err(format!(
+                    "sample {n}: numeric label `{key}` (the server drops numeric labels)"
+                ));
             }
             if key.is_empty() {
                 return Err(format!("sample {n} has a label with an empty name"));
@@ -173,7 +210,10 @@ pub fn validate_at(profile: &Profile, now: SystemTime) -> Result<(), String> {
                 return Err(format!("sample {n}: label `{key}` has an empty value"));
             }
             if key.len() > MAX_LABEL_NAME_BYTES {
-                return Err(format!("sample {n}: label name of {} bytes; the limit is {MAX_LABEL_NAME_BYTES}", key.len()));
+                return Err(format!(
+                    "sample {n}: label name of {} bytes; the limit is {MAX_LABEL_NAME_BYTES}",
+                    key.len()
+                ));
             }
             if value.len() > MAX_LABEL_VALUE_BYTES {
                 return Err(format!("sample {n}: label `{key}` value of {} bytes; the limit is {MAX_LABEL_VALUE_BYTES}", value.len()));
@@ -182,14 +222,20 @@ pub fn validate_at(profile: &Profile, now: SystemTime) -> Result<(), String> {
                 return Err(format!("sample {n} has label `{key}` twice"));
             }
             if key.starts_with("__") || key == "profile_id" {
-                return Err(format!("sample {n}: label name `{key}` is reserved by the server"));
+                return Err(format!(
+                    "sample {n}: label name `{key}` is reserved by the server"
+                ));
             }
             match key {
                 "span_id" if !is_lower_hex(value, 16) => {
-                    return Err(format!("sample {n}: span_id `{value}` is not 16 lowercase hex digits"));
+                    return Err(format!(
+                        "sample {n}: span_id `{value}` is not 16 lowercase hex digits"
+                    ));
                 }
                 "trace_id" if !is_lower_hex(value, 32) => {
-                    return Err(format!("sample {n}: trace_id `{value}` is not 32 lowercase hex digits"));
+                    return Err(format!(
+                        "sample {n}: trace_id `{value}` is not 32 lowercase hex digits"
+                    ));
                 }
                 "span_id" | "trace_id" => {}
                 _ => {
@@ -221,7 +267,9 @@ fn unique_ids(what: &str, ids: impl Iterator<Item = u64>) -> Result<HashSet<u64>
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// One sample in a readable form, for tests.
@@ -255,14 +303,22 @@ pub fn samples(profile: &Profile) -> Vec<SampleView> {
                 match locations.get(id) {
                     Some(loc) => {
                         for line in &loc.line {
-                            names.push(functions.get(&line.function_id).map_or_else(|| "?".into(), |f| s(f.name)));
+                            names.push(
+                                functions
+                                    .get(&line.function_id)
+                                    .map_or_else(|| "?".into(), |f| s(f.name)),
+                            );
                         }
                     }
                     None => names.push("?".into()),
                 }
             }
             let labels = sample.label.iter().map(|l| (s(l.key), s(l.str))).collect();
-            SampleView { functions: names, labels, values: sample.value.clone() }
+            SampleView {
+                functions: names,
+                labels,
+                values: sample.value.clone(),
+            }
         })
         .collect()
 }
@@ -273,23 +329,80 @@ mod tests {
 
     /// A small valid profile built by hand.
     fn valid() -> Profile {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
         Profile {
-            sample_type: vec![ValueType { r#type: 1, unit: 2 }, ValueType { r#type: 3, unit: 4 }],
+            sample_type: vec![
+                ValueType { r#type: 1, unit: 2 },
+                ValueType { r#type: 3, unit: 4 },
+            ],
             sample: vec![Sample {
                 location_id: vec![1, 2],
                 value: vec![1, 10_000_000],
-                label: vec![Label { key: 5, str: 6, num: 0, num_unit: 0 }, Label { key: 7, str: 8, num: 0, num_unit: 0 }],
+                label: vec![
+                    Label {
+                        key: 5,
+                        str: 6,
+                        num: 0,
+                        num_unit: 0,
+                    },
+                    Label {
+                        key: 7,
+                        str: 8,
+                        num: 0,
+                        num_unit: 0,
+                    },
+                ],
             }],
-            mapping: vec![Mapping { id: 1, filename: 9, ..Mapping::default() }],
+            mapping: vec![Mapping {
+                id: 1,
+                filename: 9,
+                ..Mapping::default()
+            }],
             location: vec![
-                Location { id: 1, mapping_id: 1, address: 0x10, line: vec![Line { function_id: 1, line: 3, column: 0 }], is_folded: false },
-                Location { id: 2, mapping_id: 0, address: 0x20, line: vec![], is_folded: false },
+                Location {
+                    id: 1,
+                    mapping_id: 1,
+                    address: 0x10,
+                    line: vec![Line {
+                        function_id: 1,
+                        line: 3,
+                        column: 0,
+                    }],
+                    is_folded: false,
+                },
+                Location {
+                    id: 2,
+                    mapping_id: 0,
+                    address: 0x20,
+                    line: vec![],
+                    is_folded: false,
+                },
             ],
-            function: vec![Function { id: 1, name: 10, system_name: 10, filename: 0, start_line: 0 }],
-            string_table: ["", "samples", "count", "cpu", "nanoseconds", "span_id", "00f067aa0ba902b7", "span_name", "GET /", "/bin/app", "main"]
-                .map(String::from)
-                .to_vec(),
+            function: vec![Function {
+                id: 1,
+                name: 10,
+                system_name: 10,
+                filename: 0,
+                start_line: 0,
+            }],
+            string_table: [
+                "",
+                "samples",
+                "count",
+                "cpu",
+                "nanoseconds",
+                "span_id",
+                "00f067aa0ba902b7",
+                "span_name",
+                "GET /",
+                "/bin/app",
+                "main",
+            ]
+            .map(String::from)
+            .to_vec(),
             time_nanos: now,
             period_type: Some(ValueType { r#type: 3, unit: 4 }),
             period: 10_000_000,
@@ -326,13 +439,19 @@ mod tests {
         rejects(|p| p.function[0].id = 0, "function id 0");
         rejects(|p| p.mapping[0].id = 0, "mapping id 0");
         rejects(|p| p.sample[0].location_id.push(9), "missing location");
-        rejects(|p| p.location[0].line[0].function_id = 5, "missing function");
+        rejects(
+            |p| p.location[0].line[0].function_id = 5,
+            "missing function",
+        );
         rejects(|p| p.location[0].mapping_id = 4, "missing mapping");
         rejects(|p| p.sample[0].label[0].num = 3, "numeric label");
         rejects(|p| p.sample[0].value = vec![0, 0], "zero values");
         rejects(|p| p.time_nanos -= 3_700_000_000_000, "time_nanos");
         rejects(|p| p.time_nanos += 700_000_000_000, "time_nanos");
-        rejects(|p| p.sample = vec![p.sample[0].clone(); MAX_SAMPLES + 1], "samples; the limit");
+        rejects(
+            |p| p.sample = vec![p.sample[0].clone(); MAX_SAMPLES + 1],
+            "samples; the limit",
+        );
         rejects(
             |p| {
                 p.string_table.push("v".into());
@@ -340,15 +459,32 @@ mod tests {
                 for i in 0..=MAX_LABELS_PER_SAMPLE {
                     p.string_table.push(format!("k{i}"));
                     let k = p.string_table.len() as i64 - 1;
-                    p.sample[0].label.push(Label { key: k, str: v, num: 0, num_unit: 0 });
+                    p.sample[0].label.push(Label {
+                        key: k,
+                        str: v,
+                        num: 0,
+                        num_unit: 0,
+                    });
                 }
             },
             "labels; the limit",
         );
-        rejects(|p| p.string_table[7] = "k".repeat(MAX_LABEL_NAME_BYTES + 1), "label name of");
-        rejects(|p| p.string_table[8] = "v".repeat(MAX_LABEL_VALUE_BYTES + 1), "value of");
-        rejects(|p| p.sample[0].location_id = vec![1; MAX_STACK_DEPTH + 1], "frames deep");
-        rejects(|p| p.string_table.push("x".repeat(MAX_PROFILE_BYTES)), "bytes uncompressed");
+        rejects(
+            |p| p.string_table[7] = "k".repeat(MAX_LABEL_NAME_BYTES + 1),
+            "label name of",
+        );
+        rejects(
+            |p| p.string_table[8] = "v".repeat(MAX_LABEL_VALUE_BYTES + 1),
+            "value of",
+        );
+        rejects(
+            |p| p.sample[0].location_id = vec![1; MAX_STACK_DEPTH + 1],
+            "frames deep",
+        );
+        rejects(
+            |p| p.string_table.push("x".repeat(MAX_PROFILE_BYTES)),
+            "bytes uncompressed",
+        );
         rejects(|p| p.string_table[6] = "00F067AA0BA902B7".into(), "span_id");
         rejects(|p| p.string_table[5] = "__name__".into(), "reserved");
         rejects(|p| p.sample[0].label[1].key = 5, "twice");
@@ -358,7 +494,12 @@ mod tests {
                     p.string_table.push(format!("key{i}"));
                     let k = p.string_table.len() as i64 - 1;
                     p.sample.push(Sample {
-                        label: vec![Label { key: k, str: 8, num: 0, num_unit: 0 }],
+                        label: vec![Label {
+                            key: k,
+                            str: 8,
+                            num: 0,
+                            num_unit: 0,
+                        }],
                         ..p.sample[0].clone()
                     });
                 }
