@@ -2,14 +2,14 @@
 
 pub use crate::labels::registry::{LabelHandle, Registry, RegistryLen};
 pub use crate::labels::set::LabelSet;
+pub use crate::sampler::buffer::{Record as SampleRecord, SampleBuffer, MAX_FRAMES};
+pub use crate::sampler::{
+    in_handler as in_sampler_handler, set_in_handler as set_in_sampler_handler, RawSample, Sampler,
+    SamplerConfig, SamplerStats, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ,
+};
 pub use crate::tokio_hooks::state::{
     hook_counters, HookCountersSnapshot, LabelSlot, PollFrames, TaskTable, ThreadSlot,
     DEFAULT_SHARDS as HOOK_SHARDS, SPAWNED_AT_KEY,
-};
-pub use crate::sampler::buffer::{Record as SampleRecord, SampleBuffer, MAX_FRAMES};
-pub use crate::sampler::{
-    in_handler as in_sampler_handler, set_in_handler as set_in_sampler_handler, RawSample,
-    Sampler, SamplerConfig, SamplerStats, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ,
 };
 
 /// The label id in force on this thread (what the signal handler would read).
@@ -100,27 +100,76 @@ pub mod pprof {
         max_piece_bytes: Option<usize>,
         max_piece_samples: Option<usize>,
     ) -> EncodedWindow {
-        use crate::collect::aggregate::{WindowAggregator, WindowLimits};
-        use crate::pprof::encode::{encode, EncodeOptions};
-        let mut window = WindowAggregator::new(WindowLimits::default(), start);
-        for (frames, label_id, weight) in samples {
-            window.add(frames, *label_id, *weight);
+        let opts = EncodeWindowOptions {
+            sample_rate_hz,
+            max_piece_bytes,
+            max_piece_samples,
+        };
+        PreparedWindow::new(samples, start, end, opts).encode()
+    }
+
+    /// Options of [`PreparedWindow`].
+    #[derive(Debug, Clone, Copy)]
+    pub struct EncodeWindowOptions {
+        /// Sampling rate in Hz (period = 1e9 / rate).
+        pub sample_rate_hz: u32,
+        /// Largest uncompressed piece in bytes.
+        pub max_piece_bytes: Option<usize>,
+        /// Most samples per piece.
+        pub max_piece_samples: Option<usize>,
+    }
+
+    /// A closed window and a symbolizer kept together, so that encoding can be repeated
+    /// (benchmarks measure `encode` with a warm symbolizer cache).
+    pub struct PreparedWindow {
+        window: crate::collect::aggregate::ClosedWindow,
+        symbolizer: crate::collect::symbolize::Symbolizer,
+        opts: crate::pprof::encode::EncodeOptions,
+    }
+
+    impl PreparedWindow {
+        /// Aggregates `samples` into one window `[start, end]` with the default caps.
+        pub fn new(
+            samples: &[RawSample],
+            start: SystemTime,
+            end: SystemTime,
+            opts: EncodeWindowOptions,
+        ) -> Self {
+            use crate::collect::aggregate::{WindowAggregator, WindowLimits};
+            use crate::pprof::encode::EncodeOptions;
+            let mut window = WindowAggregator::new(WindowLimits::default(), start);
+            for (frames, label_id, weight) in samples {
+                window.add(frames, *label_id, *weight);
+            }
+            Self {
+                window: window.close(end),
+                symbolizer: crate::collect::symbolize::Symbolizer::new(),
+                opts: EncodeOptions {
+                    max_piece_bytes: opts.max_piece_bytes,
+                    max_piece_samples: opts.max_piece_samples,
+                    ..EncodeOptions::for_rate(opts.sample_rate_hz)
+                },
+            }
         }
-        let mut out = EncodedWindow { pieces: Vec::new(), uncompressed_lens: Vec::new(), samples: Vec::new(), total_weight: 0, samples_added: 0 };
-        if window.is_empty() {
-            return out;
+
+        /// Encodes (symbolizes, builds and gzips every piece).
+        pub fn encode(&mut self) -> EncodedWindow {
+            let mut out = EncodedWindow {
+                pieces: Vec::new(),
+                uncompressed_lens: Vec::new(),
+                samples: Vec::new(),
+                total_weight: self.window.total_weight(),
+                samples_added: self.window.stats.samples,
+            };
+            for piece in
+                crate::pprof::encode::encode(&self.window, &mut self.symbolizer, &self.opts)
+            {
+                out.pieces.push(piece.gzipped);
+                out.uncompressed_lens.push(piece.uncompressed_len);
+                out.samples.push(piece.samples);
+            }
+            out
         }
-        let closed = window.close(end);
-        out.total_weight = closed.total_weight();
-        out.samples_added = closed.stats.samples;
-        let mut symbolizer = crate::collect::symbolize::Symbolizer::new();
-        let opts = EncodeOptions { max_piece_bytes, max_piece_samples, ..EncodeOptions::for_rate(sample_rate_hz) };
-        for piece in encode(&closed, &mut symbolizer, &opts) {
-            out.pieces.push(piece.gzipped);
-            out.uncompressed_lens.push(piece.uncompressed_len);
-            out.samples.push(piece.samples);
-        }
-        out
     }
 }
 
@@ -131,4 +180,13 @@ pub mod upload {
     pub use crate::sink::upload::{
         Protocol, UploadConfig, UploadCounts, UploadDropped, UploadReport, UploadWindow, Uploader,
     };
+
+    /// The upload configuration `start()` would use: the builder's real validation.
+    pub fn config(builder: crate::ProfilerBuilder) -> Result<UploadConfig, crate::BuildError> {
+        let config = builder.validate()?;
+        config.upload.ok_or(crate::BuildError::InvalidOption {
+            option: "server_address",
+            reason: "not set".into(),
+        })
+    }
 }

@@ -106,4 +106,3 @@ impl From<BuildError> for StartError {
         Self::Build(err)
     }
 }
-

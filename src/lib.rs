@@ -22,6 +22,8 @@
 
 /// Carrying labels into blocking closures (`spawn_blocking`).
 mod blocking;
+/// `ProfilerBuilder`: options, defaults, validation.
+mod builder;
 /// Aggregation of samples per (stack, labels), symbolization, loaded modules.
 mod collect;
 /// Event counters behind `stats()` and the log-once helper.
@@ -37,14 +39,28 @@ mod labels;
 mod otel;
 /// pprof messages, encoder, decoder and validator.
 mod pprof;
+/// The `Profiler` handle, its collector thread and its statistics.
+mod profiler;
 /// The signal-based sampler.
 mod sampler;
+/// Where closed windows go: local files and Pyroscope uploads.
+mod sink;
 /// std / loom switch for the structures loom models.
 mod sync;
 /// Tokio task hooks: spawned tasks inherit labels (needs `--cfg tokio_unstable`).
 pub mod tokio_hooks;
 
 pub use blocking::{spawn_blocking, with_current_labels};
+pub use builder::{
+    ProfilerBuilder, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_OUTPUT_DIR, DEFAULT_SAMPLE_RATE,
+    DEFAULT_UPLOAD_INTERVAL, MAX_SAMPLE_RATE, MAX_UPLOAD_INTERVAL, MIN_UPLOAD_INTERVAL,
+};
+pub use builder::{
+    DEFAULT_MAX_PROFILE_AGE, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF_MAX, DEFAULT_RETRY_BACKOFF_MIN,
+    DEFAULT_STOP_TIMEOUT, MAX_PROFILE_AGE_LIMIT, MAX_REQUEST_BYTES_LIMIT, MAX_REQUEST_SAMPLES,
+    MAX_TAGS, MIN_REQUEST_BYTES,
+};
 pub use error::{BuildError, StartError};
 pub use instrument::{Profiled, ProfiledExt};
 pub use labels::{LabelError, Labels, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
@@ -53,6 +69,8 @@ pub use otel::{
     ContextLabelsGuard, LabelScope, ProfilingSpan, ProfilingTracer, ProfilingTracerProvider,
     PROFILE_ID_ATTRIBUTE,
 };
+pub use profiler::{Dropped, Profiler, Stats, StopError, StopReport};
+pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport};
 
 /// Internals exposed for the `loom-tests/` crate and the crate's own integration tests.
 /// Not part of the public API: no stability promises.

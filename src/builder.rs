@@ -1,0 +1,637 @@
+//! `ProfilerBuilder`: the profiler's options, their defaults and their validation.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{BuildError, StartError};
+use crate::sink::upload::{
+    parse_tls_roots, validate_header, validate_server_address, validate_tags, Auth, Protocol,
+    UploadConfig,
+};
+use crate::Profiler;
+
+/// `from_env()`: the environment variables and their parsing.
+mod env;
+
+/// Default sampling rate, in samples per second of CPU time per thread (Hz).
+pub const DEFAULT_SAMPLE_RATE: u32 = 100;
+
+/// Highest accepted sampling rate, in Hz.
+pub const MAX_SAMPLE_RATE: u32 = 10_000;
+
+/// Default length of a profiling window: one file (or upload) per window.
+pub const DEFAULT_UPLOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Shortest accepted window.
+pub const MIN_UPLOAD_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Longest accepted window: Grafana looks for profiles within a minute of a span, and
+/// the server refuses profiles older than an hour.
+pub const MAX_UPLOAD_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Default directory for profile files.
+pub const DEFAULT_OUTPUT_DIR: &str = "./profiles";
+
+/// Default number of profile files kept in the output directory (oldest deleted first).
+pub const DEFAULT_MAX_FILES: usize = 360;
+
+/// Default total size of the profile files kept in the output directory, in bytes.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Default time limit of one upload request (connect, send, answer).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default number of closed windows waiting for upload; the oldest is dropped (and
+/// counted) when a new window finds the queue full.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 32;
+
+/// Default shortest delay before retrying a failed upload.
+pub const DEFAULT_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(500);
+
+/// Default longest delay between retries of a failed upload.
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Default age after which a profile that could not be uploaded is dropped: the server
+/// refuses profiles older than an hour.
+pub const DEFAULT_MAX_PROFILE_AGE: Duration = Duration::from_secs(50 * 60);
+
+/// Longest accepted `max_profile_age`: the server's one-hour window.
+pub const MAX_PROFILE_AGE_LIMIT: Duration = Duration::from_secs(60 * 60);
+
+/// Default time `stop()` spends uploading what is left before giving up.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default largest uncompressed pprof per upload request, in bytes (1 MiB): the server's
+/// default ingestion burst is 2 MB, so larger requests can be refused with 429 forever.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Largest accepted `max_request_bytes`: the server's 4 MiB profile limit.
+pub const MAX_REQUEST_BYTES_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Smallest accepted `max_request_bytes`.
+pub const MIN_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Most tags (series labels) per profiler: with the 6 fixed series labels and
+/// `span_name` they fill the server's 30 label names.
+pub const MAX_TAGS: usize = crate::sink::upload::MAX_TAGS;
+
+/// Most samples per upload request (the server's limit per profile).
+pub const MAX_REQUEST_SAMPLES: usize = 16_000;
+
+/// Configures and starts a [`Profiler`]. Setters never fail; [`start`](Self::start)
+/// validates everything and says what to fix.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let profiler = span_profiler::Profiler::builder()
+///     .application_name("checkout")
+///     .sample_rate(100)
+///     .upload_interval(Duration::from_secs(10))
+///     .output_dir("./profiles")
+///     .start()?;
+/// // ... run the application ...
+/// let report = profiler.stop()?;
+/// println!("{} files written", report.files_written);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProfilerBuilder {
+    pub(crate) application_name: Option<String>,
+    pub(crate) sample_rate: u32,
+    pub(crate) upload_interval: Duration,
+    pub(crate) output_dir: Option<PathBuf>,
+    pub(crate) max_files: usize,
+    pub(crate) max_bytes: u64,
+    pub(crate) max_label_sets: usize,
+    pub(crate) max_span_names: usize,
+    pub(crate) server_address: Option<String>,
+    pub(crate) protocol: Protocol,
+    /// Series labels, keys unique (a repeated key replaces the value).
+    pub(crate) tags: Vec<(String, String)>,
+    /// Credentials; the `Secret`s inside never show in `Debug`.
+    pub(crate) auth: Auth,
+    pub(crate) tenant_id: Option<String>,
+    /// Extra headers; values are secrets (often API keys).
+    pub(crate) http_headers: Vec<(String, crate::sink::upload::Secret)>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) queue_capacity: usize,
+    pub(crate) retry_backoff: (Duration, Duration),
+    pub(crate) max_profile_age: Duration,
+    pub(crate) stop_timeout: Duration,
+    pub(crate) max_request_bytes: usize,
+    /// PEM inputs of `tls_root_certificate_pem` (only set with the `tls` feature).
+    pub(crate) tls_roots_pem: Vec<Vec<u8>>,
+    /// The first malformed environment variable seen by `from_env`, reported by `start`.
+    pub(crate) env_error: Option<BuildError>,
+}
+
+impl Default for ProfilerBuilder {
+    fn default() -> Self {
+        Self {
+            application_name: None,
+            sample_rate: DEFAULT_SAMPLE_RATE,
+            upload_interval: DEFAULT_UPLOAD_INTERVAL,
+            output_dir: None,
+            max_files: DEFAULT_MAX_FILES,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_label_sets: crate::collect::DEFAULT_MAX_LABEL_SETS,
+            max_span_names: crate::collect::DEFAULT_MAX_SPAN_NAMES,
+            server_address: None,
+            protocol: Protocol::Push,
+            tags: Vec::new(),
+            auth: Auth::None,
+            tenant_id: None,
+            http_headers: Vec::new(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            retry_backoff: (DEFAULT_RETRY_BACKOFF_MIN, DEFAULT_RETRY_BACKOFF_MAX),
+            max_profile_age: DEFAULT_MAX_PROFILE_AGE,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            tls_roots_pem: Vec::new(),
+            env_error: None,
+        }
+    }
+}
+
+impl ProfilerBuilder {
+    /// The application's name: Pyroscope's `service_name`, and the prefix of profile
+    /// files. Must equal the OpenTelemetry resource `service.name` for Grafana's span
+    /// links to find the profiles. Default: the `OTEL_SERVICE_NAME` environment variable.
+    /// Allowed: letters, digits, `_ . - /`.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// Samples per second of CPU time, per thread (default [`DEFAULT_SAMPLE_RATE`],
+    /// 1 to [`MAX_SAMPLE_RATE`]). Above the kernel tick (often 250 Hz) expiries coalesce;
+    /// each sample is then weighted by the expiries it stands for.
+    pub fn sample_rate(mut self, hz: u32) -> Self {
+        self.sample_rate = hz;
+        self
+    }
+
+    /// Length of one profiling window (default [`DEFAULT_UPLOAD_INTERVAL`]): each window
+    /// becomes one file or upload. Between [`MIN_UPLOAD_INTERVAL`] and
+    /// [`MAX_UPLOAD_INTERVAL`]; Grafana finds a span's profile only if it arrives within
+    /// about a minute, so keep it at 15 s or less.
+    pub fn upload_interval(mut self, interval: Duration) -> Self {
+        self.upload_interval = interval;
+        self
+    }
+
+    /// Directory for profile files (default [`DEFAULT_OUTPUT_DIR`]), created if missing.
+    /// Files are named `<application_name with '/' as '_'>-<pid>-<window start unix ms>.pb.gz`.
+    pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.output_dir = Some(dir.into());
+        self
+    }
+
+    /// Keep at most this many profile files of this application in the output directory;
+    /// the oldest are deleted first (default [`DEFAULT_MAX_FILES`], at least 1).
+    pub fn max_files(mut self, files: usize) -> Self {
+        self.max_files = files;
+        self
+    }
+
+    /// Keep at most this many bytes of this application's profile files in the output
+    /// directory (default [`DEFAULT_MAX_BYTES`]); the newest file is always kept.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Most distinct label sets per window (default 10,000); samples of further sets keep
+    /// their stacks and weights but lose their labels, and are counted.
+    pub fn max_label_sets(mut self, sets: usize) -> Self {
+        self.max_label_sets = sets;
+        self
+    }
+
+    /// Most distinct `span_name` values per window (default 200); further names become
+    /// `other` (the `span_id` stays), counted.
+    pub fn max_span_names(mut self, names: usize) -> Self {
+        self.max_span_names = names;
+        self
+    }
+
+    /// Uploads every window to this Pyroscope server (`http://host:4040`,
+    /// `https://profiles-prod-001.grafana.net`, optionally with a base path). A malformed
+    /// address is reported by [`start`](Self::start). With a server, profile files are
+    /// written only if [`output_dir`](Self::output_dir) is also set.
+    pub fn server_address(mut self, address: impl Into<String>) -> Self {
+        self.server_address = Some(address.into());
+        self
+    }
+
+    /// The upload protocol (default [`Protocol::Push`]).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Adds a series label to every upload (`region`, `pod`, ...); the same key again
+    /// replaces the value. Keys: letters, digits, `_`, `.`, not `__`-prefixed, not a label
+    /// the profiler sets itself; at most [`MAX_TAGS`] tags, so that the fixed labels, tags and `span_name` stay within the server's 30
+    /// label names. With [`Protocol::Ingest`] values may not contain `,` or `}`.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let (key, value) = (key.into(), value.into());
+        match self.tags.iter_mut().find(|(k, _)| *k == key) {
+            Some(existing) => existing.1 = value,
+            None => self.tags.push((key, value)),
+        }
+        self
+    }
+
+    /// HTTP Basic authentication (Grafana Cloud: the stack's user id and an API token).
+    /// Replaces an earlier [`bearer_token`](Self::bearer_token). The password never
+    /// appears in `Debug` output, logs or errors.
+    pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = Auth::Basic {
+            user: user.into(),
+            password: crate::sink::upload::Secret::new(password),
+        };
+        self
+    }
+
+    /// `Authorization: Bearer <token>`. Replaces an earlier [`basic_auth`](Self::basic_auth).
+    /// The token never appears in `Debug` output, logs or errors.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.auth = Auth::Bearer(crate::sink::upload::Secret::new(token));
+        self
+    }
+
+    /// The tenant of a multi-tenant server, sent as `X-Scope-OrgID`.
+    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant.into());
+        self
+    }
+
+    /// An extra header sent with every upload (e.g. a gateway's API key). Values are
+    /// treated as secrets: never in `Debug` output, logs or errors. Headers the uploader
+    /// sets itself (`Content-Type`, `Host`, ...) are refused by [`start`](Self::start).
+    pub fn http_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.http_headers
+            .push((name.into(), crate::sink::upload::Secret::new(value)));
+        self
+    }
+
+    /// Time limit of one upload request, from connecting to the end of the answer
+    /// (default [`DEFAULT_REQUEST_TIMEOUT`]). A request that runs out of time is retried.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Closed windows that may wait for upload (default [`DEFAULT_QUEUE_CAPACITY`], at
+    /// least 1). When a new window finds the queue full, the oldest is dropped and
+    /// counted in `stats()`.
+    pub fn queue_capacity(mut self, windows: usize) -> Self {
+        self.queue_capacity = windows;
+        self
+    }
+
+    /// Delays between retries of a failed upload: exponential from `min` to `max`, with
+    /// jitter that only lengthens (every delay is within `[min, max]`). Default
+    /// [`DEFAULT_RETRY_BACKOFF_MIN`] to [`DEFAULT_RETRY_BACKOFF_MAX`]. Connection errors,
+    /// timeouts, 5xx and 429 are retried; other 4xx never are.
+    pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.retry_backoff = (min, max);
+        self
+    }
+
+    /// Retries stop, and the profile is dropped and counted, once it is this old (default
+    /// [`DEFAULT_MAX_PROFILE_AGE`], at most [`MAX_PROFILE_AGE_LIMIT`]: the server refuses
+    /// profiles older than an hour).
+    pub fn max_profile_age(mut self, age: Duration) -> Self {
+        self.max_profile_age = age;
+        self
+    }
+
+    /// Time `stop()` spends uploading the last window and anything still queued before it
+    /// gives up (default [`DEFAULT_STOP_TIMEOUT`]); what could not be sent is reported.
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// Largest uncompressed pprof per upload request (default
+    /// [`DEFAULT_MAX_REQUEST_BYTES`], [`MIN_REQUEST_BYTES`] to [`MAX_REQUEST_BYTES_LIMIT`]).
+    /// Larger windows are split into several complete profiles, one request each; nothing
+    /// is lost by splitting.
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = bytes;
+        self
+    }
+
+    /// Also trusts these root certificates (PEM, one or more `CERTIFICATE` blocks) for
+    /// `https://` servers, besides the webpki roots (Mozilla's list). For private CAs.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.tls_roots_pem.push(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Validates the options and starts profiling every thread of the process.
+    ///
+    /// With `SPAN_PROFILER_ENABLED=false` in the environment (however the builder was
+    /// made) it returns a profiler that does nothing, without checking the options.
+    ///
+    /// Fails with [`StartError::Build`] for an invalid option, and with the other
+    /// [`StartError`] variants when the sampler cannot run here.
+    pub fn start(self) -> Result<Profiler, StartError> {
+        let config = self.validate()?;
+        Profiler::start(config)
+    }
+
+    pub(crate) fn validate(self) -> Result<Config, BuildError> {
+        self.validate_with(&|name| std::env::var(name).ok())
+    }
+
+    /// [`validate`](Self::validate) reading the environment through `env`.
+    pub(crate) fn validate_with(
+        self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, BuildError> {
+        if !env::enabled(env)? {
+            return Ok(Config::disabled());
+        }
+        if let Some(err) = self.env_error {
+            return Err(err);
+        }
+        let name = match self.application_name.clone() {
+            Some(name) => name,
+            None => env("OTEL_SERVICE_NAME").unwrap_or_default(),
+        };
+        validate_application_name(&name)?;
+        if self.sample_rate == 0 || self.sample_rate > MAX_SAMPLE_RATE {
+            return Err(invalid(
+                "sample_rate",
+                format!(
+                    "{} Hz is out of range; use 1 to {MAX_SAMPLE_RATE} Hz (100 is typical)",
+                    self.sample_rate
+                ),
+            ));
+        }
+        if !(MIN_UPLOAD_INTERVAL..=MAX_UPLOAD_INTERVAL).contains(&self.upload_interval) {
+            return Err(invalid(
+                "upload_interval",
+                format!(
+                    "{:?} is out of range; use {MIN_UPLOAD_INTERVAL:?} to {MAX_UPLOAD_INTERVAL:?} \
+                     (10 s is typical)",
+                    self.upload_interval
+                ),
+            ));
+        }
+        if self.max_files == 0 {
+            return Err(invalid(
+                "max_files",
+                "0 would delete every file; keep at least 1".into(),
+            ));
+        }
+        if self.max_label_sets == 0 || self.max_span_names == 0 {
+            return Err(invalid(
+                "max_label_sets/max_span_names",
+                "0 would drop every label; allow at least 1".into(),
+            ));
+        }
+        let upload = match &self.server_address {
+            Some(address) => Some(upload_config(&self, address, &name)?),
+            None => None,
+        };
+        Ok(Config {
+            enabled: true,
+            write_files: upload.is_none() || self.output_dir.is_some(),
+            series_tags: upload.as_ref().map_or(0, |u| u.tags.len()),
+            upload,
+            stop_timeout: self.stop_timeout,
+            max_request_bytes: self.max_request_bytes,
+            application_name: name,
+            sample_rate: self.sample_rate,
+            upload_interval: self.upload_interval,
+            output_dir: self
+                .output_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTPUT_DIR)),
+            max_files: self.max_files,
+            max_bytes: self.max_bytes,
+            max_label_sets: self.max_label_sets,
+            max_span_names: self.max_span_names,
+        })
+    }
+}
+
+/// Validated options.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// False when `SPAN_PROFILER_ENABLED=false`: `Profiler::start` must then return an
+    /// inert profiler at once (no sampler, no threads, no files, no uploads); the other
+    /// fields are then defaults and were not validated.
+    pub(crate) enabled: bool,
+    /// Set when `server_address` was given: upload every window.
+    pub(crate) upload: Option<UploadConfig>,
+    /// Write files: true without a server, and with one only if `output_dir` was set.
+    pub(crate) write_files: bool,
+    /// Number of user tags (series labels): the window's sample-label keys are capped
+    /// with `WindowLimits::label_keys_within(series_tags)`.
+    pub(crate) series_tags: usize,
+    /// How long `stop()` spends uploading what is left.
+    pub(crate) stop_timeout: Duration,
+    /// Largest uncompressed piece: `EncodeOptions::max_piece_bytes` when uploading.
+    pub(crate) max_request_bytes: usize,
+    pub(crate) application_name: String,
+    pub(crate) sample_rate: u32,
+    pub(crate) upload_interval: Duration,
+    pub(crate) output_dir: PathBuf,
+    pub(crate) max_files: usize,
+    pub(crate) max_bytes: u64,
+    pub(crate) max_label_sets: usize,
+    pub(crate) max_span_names: usize,
+}
+
+impl Config {
+    /// The configuration of a profiler switched off by `SPAN_PROFILER_ENABLED=false`.
+    fn disabled() -> Self {
+        Self {
+            enabled: false,
+            upload: None,
+            write_files: false,
+            series_tags: 0,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            application_name: String::new(),
+            sample_rate: DEFAULT_SAMPLE_RATE,
+            upload_interval: DEFAULT_UPLOAD_INTERVAL,
+            output_dir: PathBuf::from(DEFAULT_OUTPUT_DIR),
+            max_files: DEFAULT_MAX_FILES,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_label_sets: crate::collect::DEFAULT_MAX_LABEL_SETS,
+            max_span_names: crate::collect::DEFAULT_MAX_SPAN_NAMES,
+        }
+    }
+}
+
+fn invalid(option: &'static str, reason: String) -> BuildError {
+    BuildError::InvalidOption { option, reason }
+}
+
+/// Checks the upload options (only when a server address is set).
+fn upload_config(
+    b: &ProfilerBuilder,
+    address: &str,
+    name: &str,
+) -> Result<UploadConfig, BuildError> {
+    let server = validate_server_address(address)?;
+    if !cfg!(feature = "upload") {
+        return Err(invalid(
+            "server_address",
+            "span-profiler was built without its `upload` feature; enable it to upload".into(),
+        ));
+    }
+    validate_tags(&b.tags, b.protocol)?;
+    match &b.auth {
+        Auth::None => {}
+        Auth::Basic { user, password } => {
+            if user.contains(':') {
+                return Err(invalid(
+                    "basic_auth",
+                    format!("user `{user}` contains `:`, which Basic auth cannot carry"),
+                ));
+            }
+            crate::sink::upload::check_header_value("basic_auth", "the user", user)?;
+            crate::sink::upload::check_header_value(
+                "basic_auth",
+                "the password",
+                password.expose(),
+            )?;
+        }
+        Auth::Bearer(token) => {
+            crate::sink::upload::check_header_value("bearer_token", "the token", token.expose())?;
+        }
+    }
+    if let Some(tenant) = &b.tenant_id {
+        crate::sink::upload::check_header_value(
+            "tenant_id",
+            &format!("tenant `{}`", tenant.escape_debug()),
+            tenant,
+        )?;
+    }
+    let mut headers = Vec::with_capacity(b.http_headers.len());
+    for (header, value) in &b.http_headers {
+        let lower = validate_header(header, value, &b.auth, b.tenant_id.as_deref())?;
+        headers.push((lower, value.clone()));
+    }
+    if b.request_timeout.is_zero() {
+        return Err(invalid(
+            "request_timeout",
+            "0 would fail every upload; use a few seconds (10 s is typical)".into(),
+        ));
+    }
+    if b.queue_capacity == 0 {
+        return Err(invalid(
+            "queue_capacity",
+            "0 would drop every window; allow at least 1".into(),
+        ));
+    }
+    let (min, max) = b.retry_backoff;
+    if min.is_zero() || min > max {
+        return Err(invalid(
+            "retry_backoff",
+            format!(
+                "({min:?}, {max:?}) is not a range; use 0 < min <= max (default 500 ms to 30 s)"
+            ),
+        ));
+    }
+    if b.max_profile_age.is_zero() || b.max_profile_age > MAX_PROFILE_AGE_LIMIT {
+        return Err(invalid(
+            "max_profile_age",
+            format!(
+                "{:?} is out of range; use more than 0 and at most {MAX_PROFILE_AGE_LIMIT:?}                  (the server refuses older profiles)",
+                b.max_profile_age
+            ),
+        ));
+    }
+    if !(MIN_REQUEST_BYTES..=MAX_REQUEST_BYTES_LIMIT).contains(&b.max_request_bytes) {
+        return Err(invalid(
+            "max_request_bytes",
+            format!(
+                "{} is out of range; use {MIN_REQUEST_BYTES} to {MAX_REQUEST_BYTES_LIMIT} bytes                  (1 MiB is typical)",
+                b.max_request_bytes
+            ),
+        ));
+    }
+    Ok(UploadConfig {
+        server,
+        protocol: b.protocol,
+        application_name: name.to_owned(),
+        tags: b.tags.clone(),
+        auth: b.auth.clone(),
+        tenant_id: b.tenant_id.clone(),
+        headers,
+        request_timeout: b.request_timeout,
+        queue_capacity: b.queue_capacity,
+        backoff_min: min,
+        backoff_max: max,
+        max_profile_age: b.max_profile_age,
+        sample_rate: b.sample_rate,
+        tls_roots: parse_tls_roots(&b.tls_roots_pem)?,
+    })
+}
+
+/// The application name rule of Pyroscope's ingest grammar, used for both protocols.
+pub(crate) fn validate_application_name(name: &str) -> Result<(), BuildError> {
+    if name.is_empty() {
+        return Err(invalid(
+            "application_name",
+            "the name is empty; set it with `application_name(..)` or the OTEL_SERVICE_NAME \
+             environment variable (it must equal the OpenTelemetry `service.name`)"
+                .into(),
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')))
+    {
+        return Err(invalid(
+            "application_name",
+            format!("`{name}` contains `{bad}`; allowed are letters, digits, `_ . - /`"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(builder: ProfilerBuilder) -> String {
+        builder.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn invalid_options_say_what_to_fix() {
+        let ok = || ProfilerBuilder::default().application_name("app");
+        assert!(err(ok().sample_rate(0)).contains("use 1 to 10000 Hz"));
+        assert!(err(ok().sample_rate(10_001)).contains("out of range"));
+        assert!(err(ok().upload_interval(Duration::from_millis(1))).contains("out of range"));
+        assert!(err(ok().max_files(0)).contains("at least 1"));
+        let e = err(ProfilerBuilder::default().application_name("a:b"));
+        assert!(e.contains("`a:b` contains `:`"), "{e}");
+        assert!(err(ProfilerBuilder::default().application_name("")).contains("empty"));
+        assert!(ok().sample_rate(10_000).validate().is_ok());
+    }
+
+    #[test]
+    fn defaults_are_the_documented_constants() {
+        let config = ProfilerBuilder::default()
+            .application_name("x/y")
+            .validate()
+            .unwrap();
+        assert_eq!(config.sample_rate, DEFAULT_SAMPLE_RATE);
+        assert_eq!(config.upload_interval, DEFAULT_UPLOAD_INTERVAL);
+        assert_eq!(config.output_dir, PathBuf::from(DEFAULT_OUTPUT_DIR));
+        assert!(config.max_files >= 100);
+        assert_eq!(config.max_label_sets, 10_000);
+    }
+}

@@ -1,0 +1,284 @@
+//! The collector thread: drains the sample buffer about every 100 ms, keeps the sampler
+//! maintained (thread discovery, stack bounds), aggregates one window at a time and
+//! writes each closed window.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::stats::{Dropped, Stats, StopReport};
+use super::writer::{self, WriterHandle};
+use super::StopError;
+use crate::builder::Config;
+use crate::collect::{WindowAggregator, WindowLimits, COLLECT};
+use crate::counters::{Once, LABELS};
+use crate::error::StartError;
+use crate::labels::registry::Registry;
+use crate::sampler::{RawSample, Sampler, SamplerConfig, SamplerStats, DEFAULT_BUFFER_SLOTS};
+use crate::sync::lock;
+
+/// How often the collector drains the buffer and rescans threads.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The sample buffer holds this much sampling at full speed on every CPU, so a collector
+/// delayed by a stalled machine loses nothing.
+const BUFFER_SECONDS: usize = 2;
+
+/// Largest sample buffer, in slots (about 1 KiB each).
+const MAX_BUFFER_SLOTS: usize = 8192;
+
+/// Fewer samples than this say nothing about frame pointers yet.
+const SHALLOW_MIN_SAMPLES: u64 = 50;
+
+/// What the collector thread returns when it stops.
+pub(super) struct Outcome {
+    report: StopReport,
+    final_write_error: Option<(PathBuf, std::io::Error)>,
+    writer_panicked: bool,
+}
+
+impl Outcome {
+    pub(super) fn into_result(self) -> Result<StopReport, StopError> {
+        if self.writer_panicked {
+            return Err(StopError::CollectorPanicked);
+        }
+        match self.final_write_error {
+            None => Ok(self.report),
+            Some((path, source)) => Err(StopError::WriteFailed {
+                path,
+                source,
+                report: Box::new(self.report),
+            }),
+        }
+    }
+}
+
+type Spawned = (mpsc::Sender<()>, JoinHandle<Outcome>, Arc<Mutex<Stats>>);
+
+/// Sample-buffer slots for `rate_hz`: two seconds of samples from every CPU (a CPU-time
+/// timer fires at most once per kernel tick, so this over-provisions above 250 Hz).
+fn buffer_slots(rate_hz: u32) -> usize {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    (rate_hz as usize * cpus * BUFFER_SECONDS).clamp(DEFAULT_BUFFER_SLOTS, MAX_BUFFER_SLOTS)
+}
+
+/// Starts the writer (and uploader) and the sampler on the calling thread (so their
+/// errors reach `start()`), then the collector thread that owns the sampler.
+pub(super) fn spawn(config: Config) -> Result<Spawned, StartError> {
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let writer = writer::spawn(&config, stats.clone())?;
+    let registry = Registry::global().clone();
+    registry.set_profiling(true);
+    let sampler_config = SamplerConfig {
+        sample_rate_hz: config.sample_rate,
+        buffer_slots: buffer_slots(config.sample_rate),
+        ..SamplerConfig::default()
+    };
+    let sampler = match Sampler::start(sampler_config) {
+        Ok(sampler) => sampler,
+        Err(err) => {
+            registry.set_profiling(false);
+            writer.finish();
+            return Err(err);
+        }
+    };
+    let (stop_tx, stop_rx) = mpsc::channel();
+    let collector = Collector::new(config, sampler, writer, registry.clone(), stats.clone());
+    let spawned = thread::Builder::new()
+        .name("span-profiler-collector".into())
+        .spawn(move || collector.run(stop_rx));
+    match spawned {
+        Ok(handle) => Ok((stop_tx, handle, stats)),
+        Err(source) => {
+            // The sampler and the writer moved into the closure, which was dropped unrun:
+            // the session is made inert by the sampler's drop, the writer's channel closes.
+            registry.set_profiling(false);
+            Err(StartError::Os {
+                operation: "spawning the collector thread",
+                source,
+            })
+        }
+    }
+}
+
+struct Collector {
+    config: Config,
+    sampler: Option<Sampler>,
+    writer: Option<WriterHandle>,
+    registry: Registry,
+    stats: Arc<Mutex<Stats>>,
+    window: WindowAggregator,
+    /// When the open window is due to close: windows keep a fixed cadence however long
+    /// encoding takes.
+    next_close: Instant,
+    period_ns: u64,
+    windows: u64,
+    empty_windows: u64,
+    last_sampler_stats: SamplerStats,
+}
+
+impl Collector {
+    fn new(
+        config: Config,
+        sampler: Sampler,
+        writer: WriterHandle,
+        registry: Registry,
+        stats: Arc<Mutex<Stats>>,
+    ) -> Self {
+        let limits = limits(&config);
+        Self {
+            period_ns: 1_000_000_000 / u64::from(config.sample_rate),
+            window: WindowAggregator::new(limits, SystemTime::now()),
+            next_close: Instant::now() + config.upload_interval,
+            config,
+            sampler: Some(sampler),
+            writer: Some(writer),
+            registry,
+            stats,
+            windows: 0,
+            empty_windows: 0,
+            last_sampler_stats: SamplerStats::default(),
+        }
+    }
+
+    fn run(mut self, stop_rx: mpsc::Receiver<()>) -> Outcome {
+        loop {
+            let stop = match stop_rx.recv_timeout(TICK) {
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+                Err(RecvTimeoutError::Timeout) => false,
+            };
+            if stop {
+                break;
+            }
+            if let Some(sampler) = self.sampler.as_mut() {
+                sampler.maintain();
+            }
+            self.drain();
+            if Instant::now() >= self.next_close {
+                self.close_window();
+            }
+            self.publish_stats();
+        }
+        self.shut_down()
+    }
+
+    /// Stops the sampler, drains what it recorded, writes the last window.
+    fn shut_down(mut self) -> Outcome {
+        if let Some(mut sampler) = self.sampler.take() {
+            self.drain_from(&mut sampler);
+            self.last_sampler_stats = sampler.stop();
+        }
+        self.close_window();
+        self.registry.set_profiling(false);
+        self.publish_stats();
+        // The writer encodes what is queued, then uploads within the stop timeout.
+        let outcome = self.writer.take().and_then(WriterHandle::finish);
+        let stats = lock(&self.stats).clone();
+        let writer_panicked = outcome.is_none();
+        let (final_write_error, upload) =
+            outcome.map_or((None, None), |o| (o.final_write_error, o.upload));
+        Outcome {
+            report: StopReport {
+                windows: stats.windows,
+                files_written: stats.files_written,
+                upload,
+                stats,
+            },
+            final_write_error,
+            writer_panicked,
+        }
+    }
+
+    fn drain(&mut self) {
+        if let Some(mut sampler) = self.sampler.take() {
+            self.drain_from(&mut sampler);
+            self.last_sampler_stats = sampler.stats();
+            self.sampler = Some(sampler);
+        }
+    }
+
+    fn drain_from(&mut self, sampler: &mut Sampler) {
+        let window = &mut self.window;
+        sampler.drain(&mut |sample: &RawSample<'_>| {
+            window.add(sample.frames, sample.label_id, sample.weight);
+        });
+        // Every label id drained above is resolved (the aggregator resolves on add).
+        self.registry.on_drain();
+    }
+
+    /// Closes the open window, opens the next and hands the closed one to the writer.
+    fn close_window(&mut self) {
+        let now = SystemTime::now();
+        let next = WindowAggregator::new(limits(&self.config), now);
+        let open = std::mem::replace(&mut self.window, next);
+        let interval = self.config.upload_interval;
+        self.next_close += interval;
+        if self.next_close <= Instant::now() {
+            // Fell behind by a whole window (a stalled machine): restart the cadence.
+            self.next_close = Instant::now() + interval;
+        }
+        self.windows += 1;
+        if open.is_empty() {
+            self.empty_windows += 1;
+            self.registry.on_window_closed();
+            return;
+        }
+        // Labels were resolved when samples were added: the registry may free ids now.
+        let closed = open.close(now);
+        self.registry.on_window_closed();
+        if let Some(writer) = &self.writer {
+            writer.send(closed);
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        static SHALLOW_LOGGED: Once = Once::new();
+        let s = &self.last_sampler_stats;
+        let frame_pointers_missing =
+            s.samples >= SHALLOW_MIN_SAMPLES && s.shallow_stacks * 2 > s.samples;
+        if frame_pointers_missing && SHALLOW_LOGGED.first() {
+            log::warn!(
+                target: "span_profiler",
+                "most samples are one or two frames deep: the code lacks frame pointers; \
+                 build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (see the README)"
+            );
+        }
+        let mut stats = lock(&self.stats);
+        *stats = Stats {
+            samples: s.samples,
+            sample_weight: s.weight,
+            sampled_cpu: Duration::from_nanos(s.weight.saturating_mul(self.period_ns)),
+            process_cpu: Duration::from_nanos(s.process_cpu_ns),
+            dropped: Dropped {
+                buffer_full: s.dropped_buffer_full,
+                other: s.dropped_no_buffer + s.dropped_stale,
+            },
+            windows: self.windows,
+            empty_windows: self.empty_windows,
+            label_expired: COLLECT.label_expired.get(),
+            label_sets_overflowed: COLLECT.label_sets_overflowed.get(),
+            span_names_overflowed: COLLECT.span_names_overflowed.get(),
+            label_keys_removed: COLLECT.label_keys_removed.get(),
+            rejected_label_pairs: LABELS.rejected_pairs.get(),
+            truncated_label_values: LABELS.truncated_values.get(),
+            threads_armed: s.threads_armed,
+            threads_not_armed: s.threads_unarmed,
+            threads_sigprof_blocked: s.threads_sigprof_blocked,
+            handler_replaced: s.handler_replaced,
+            shallow_samples: s.shallow_stacks,
+            frame_pointers_missing,
+            // The writer's fields.
+            ..std::mem::take(&mut *stats)
+        };
+    }
+}
+
+fn limits(config: &Config) -> WindowLimits {
+    WindowLimits {
+        max_label_sets: config.max_label_sets,
+        max_span_names: config.max_span_names,
+        max_label_keys: WindowLimits::label_keys_within(config.series_tags),
+    }
+}

@@ -1,0 +1,224 @@
+//! The writer thread: symbolizes and encodes closed windows, writes them as files and
+//! hands them to the uploader.
+//!
+//! It runs apart from the collector so that a slow window (cold symbol cache, a large
+//! label set, a slow disk) never delays the drain: the sample buffer keeps being emptied
+//! every 100 ms whatever encoding costs.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime};
+
+use super::stats::Stats;
+use crate::builder::{Config, MAX_REQUEST_SAMPLES};
+use crate::collect::symbolize::Symbolizer;
+use crate::collect::ClosedWindow;
+use crate::counters::Once;
+use crate::error::StartError;
+use crate::pprof::encode::{encode, EncodeOptions, EncodedPiece};
+use crate::sink::files::FileSink;
+use crate::sink::upload::UploadReport;
+#[cfg(feature = "upload")]
+use crate::sink::upload::{UploadWindow, Uploader};
+use crate::sync::lock;
+
+/// Closed windows waiting for the writer. A full queue means the writer is more than
+/// this many windows behind; the collector then discards the new window and counts it.
+const QUEUE: usize = 4;
+
+/// What the writer thread returns when it stops.
+pub(super) struct WriterOutcome {
+    /// The last window's write error (earlier ones were logged and counted).
+    pub(super) final_write_error: Option<(PathBuf, std::io::Error)>,
+    pub(super) upload: Option<UploadReport>,
+}
+
+/// The collector's end: hands windows over without blocking.
+pub(super) struct WriterHandle {
+    tx: Option<SyncSender<ClosedWindow>>,
+    thread: Option<JoinHandle<WriterOutcome>>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl WriterHandle {
+    /// Queues a closed window; when the writer is `QUEUE` windows behind, the window is
+    /// discarded and counted (`Stats::windows_discarded`).
+    pub(super) fn send(&self, window: ClosedWindow) {
+        static FULL_LOGGED: Once = Once::new();
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(window) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                lock(&self.stats).windows_discarded += 1;
+                if FULL_LOGGED.first() {
+                    log::warn!(
+                        target: "span_profiler",
+                        "the profile writer is {QUEUE} windows behind (slow disk or encoding?); \
+                         a window was discarded (stats: windows_discarded)"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                // The writer panicked; `stop()` reports it.
+                lock(&self.stats).windows_discarded += 1;
+            }
+        }
+    }
+
+    /// Lets the writer finish what is queued (uploads within the stop timeout) and joins
+    /// it. `None` if it panicked.
+    pub(super) fn finish(mut self) -> Option<WriterOutcome> {
+        drop(self.tx.take());
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+}
+
+/// Starts the writer thread (and the uploader, whose errors are the caller's).
+pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterHandle, StartError> {
+    let files = if config.write_files {
+        let sink = FileSink::new(
+            config.output_dir.clone(),
+            &config.application_name,
+            config.max_files,
+            config.max_bytes,
+        )
+        .map_err(|source| StartError::OutputDir {
+            path: config.output_dir.clone(),
+            source,
+        })?;
+        Some(sink)
+    } else {
+        None
+    };
+    #[cfg(feature = "upload")]
+    let uploader = match &config.upload {
+        Some(upload) => Some(Uploader::start(upload.clone())?),
+        None => None,
+    };
+    let period_ns = 1_000_000_000 / u64::from(config.sample_rate);
+    let options = if config.upload.is_some() {
+        // Pieces the server accepts; files then hold the same pieces.
+        EncodeOptions {
+            period_ns,
+            max_piece_bytes: Some(config.max_request_bytes),
+            max_piece_samples: Some(MAX_REQUEST_SAMPLES),
+            trace_id_label: false,
+        }
+    } else {
+        EncodeOptions {
+            period_ns,
+            max_piece_bytes: None,
+            max_piece_samples: None,
+            trace_id_label: false,
+        }
+    };
+    let writer = Writer {
+        files,
+        #[cfg(feature = "upload")]
+        uploader,
+        symbolizer: Symbolizer::new(),
+        options,
+        stop_timeout: config.stop_timeout,
+        stats: stats.clone(),
+    };
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let thread = thread::Builder::new()
+        .name("span-profiler-writer".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|source| StartError::Os {
+            operation: "spawning the writer thread",
+            source,
+        })?;
+    Ok(WriterHandle {
+        tx: Some(tx),
+        thread: Some(thread),
+        stats,
+    })
+}
+
+struct Writer {
+    files: Option<FileSink>,
+    #[cfg(feature = "upload")]
+    uploader: Option<Uploader>,
+    symbolizer: Symbolizer,
+    options: EncodeOptions,
+    stop_timeout: Duration,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<ClosedWindow>) -> WriterOutcome {
+        let mut last_error = None;
+        // Ends when the collector drops its sender, after the last window.
+        while let Ok(window) = rx.recv() {
+            last_error = self.write(&window);
+            if let Some((path, err)) = &last_error {
+                log::warn!(
+                    target: "span_profiler",
+                    "writing profile {} failed: {err}; the window's file is lost (stats: file_errors)",
+                    path.display()
+                );
+            }
+            self.publish();
+        }
+        #[cfg(feature = "upload")]
+        let upload = self.uploader.take().map(|u| u.stop(self.stop_timeout));
+        #[cfg(not(feature = "upload"))]
+        let upload = {
+            let _ = self.stop_timeout;
+            None
+        };
+        self.publish();
+        if let Some(report) = &upload {
+            lock(&self.stats).upload = Some(report.counts);
+        }
+        WriterOutcome {
+            final_write_error: last_error,
+            upload,
+        }
+    }
+
+    /// Encodes one window, writes its pieces as files and queues them for upload.
+    fn write(&mut self, window: &ClosedWindow) -> Option<(PathBuf, std::io::Error)> {
+        let pieces = encode(window, &mut self.symbolizer, &self.options);
+        let mut error = None;
+        if let Some(files) = self.files.as_mut() {
+            for (i, piece) in pieces.iter().enumerate() {
+                // Pieces of one window get distinct names 1 ms apart.
+                let start = window.start + Duration::from_millis(i as u64);
+                if let Err(err) = files.write(start, &piece.gzipped) {
+                    error = Some((files.dir().join(files.file_name(start)), err));
+                }
+            }
+        }
+        self.upload(pieces, window.start, window.end);
+        error
+    }
+
+    #[cfg(feature = "upload")]
+    fn upload(&mut self, pieces: Vec<EncodedPiece>, start: SystemTime, end: SystemTime) {
+        if let Some(uploader) = &self.uploader {
+            uploader.enqueue(UploadWindow::new(pieces, start, end));
+        }
+    }
+
+    #[cfg(not(feature = "upload"))]
+    fn upload(&mut self, _pieces: Vec<EncodedPiece>, _start: SystemTime, _end: SystemTime) {}
+
+    fn publish(&self) {
+        let mut stats = lock(&self.stats);
+        if let Some(files) = &self.files {
+            let c = files.counts;
+            stats.files_written = c.written;
+            stats.file_bytes_written = c.bytes_written;
+            stats.files_deleted = c.deleted;
+            stats.file_errors = c.write_errors;
+        }
+        #[cfg(feature = "upload")]
+        if let Some(uploader) = &self.uploader {
+            stats.upload = Some(uploader.counts());
+        }
+    }
+}
