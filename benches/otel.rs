@@ -48,10 +48,13 @@ fn create(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("create");
     group.bench_function("bare", |b| b.iter(|| black_box(Spin(0))));
-    group
-        .bench_function("with_context", |b| b.iter(|| black_box(Spin(0).with_context(cx.clone()))));
+    group.bench_function("with_context", |b| {
+        b.iter(|| black_box(Spin(0).with_context(cx.clone())))
+    });
     group.bench_function("profiled", |b| b.iter(|| black_box(Spin(0).profiled())));
-    group.bench_function("profiled_with", |b| b.iter(|| black_box(Spin(0).profiled_with(&cx))));
+    group.bench_function("profiled_with", |b| {
+        b.iter(|| black_box(Spin(0).profiled_with(&cx)))
+    });
     group.bench_function("profiled_in_context", |b| {
         b.iter(|| black_box(Spin(0).profiled_in_context(cx.clone())))
     });
@@ -66,7 +69,9 @@ fn per_poll(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("per_poll");
     let mut bare = pin!(Spin(0));
-    group.bench_function("bare", |b| b.iter(|| black_box(bare.as_mut().poll(&mut task_cx))));
+    group.bench_function("bare", |b| {
+        b.iter(|| black_box(bare.as_mut().poll(&mut task_cx)))
+    });
     let mut with_context = pin!(Spin(0).with_context(cx.clone()));
     group.bench_function("with_context", |b| {
         b.iter(|| black_box(with_context.as_mut().poll(&mut task_cx)))
@@ -89,7 +94,9 @@ fn span(c: &mut Criterion) {
     let profiling_tracer = profiling.tracer("bench");
 
     let mut group = c.benchmark_group("span");
-    group.bench_function("sdk_root", |b| b.iter(|| bare_tracer.start("GET /bench").end()));
+    group.bench_function("sdk_root", |b| {
+        b.iter(|| bare_tracer.start("GET /bench").end())
+    });
     group.bench_function("profiling_root", |b| {
         b.iter(|| profiling_tracer.start("GET /bench").end())
     });
@@ -99,7 +106,11 @@ fn span(c: &mut Criterion) {
     });
     let profiling_root = Context::current_with_span(profiling_tracer.start("root"));
     group.bench_function("profiling_child", |b| {
-        b.iter(|| profiling_tracer.start_with_context("child", &profiling_root).end())
+        b.iter(|| {
+            profiling_tracer
+                .start_with_context("child", &profiling_root)
+                .end()
+        })
     });
     group.finish();
 }

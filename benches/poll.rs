@@ -29,15 +29,18 @@ fn per_poll(c: &mut Criterion) {
     let mut cx = Context::from_waker(Waker::noop());
 
     let mut bare = pin!(Spin(0));
-    group.bench_function("bare", |b| b.iter(|| black_box(bare.as_mut().poll(&mut cx))));
+    group.bench_function("bare", |b| {
+        b.iter(|| black_box(bare.as_mut().poll(&mut cx)))
+    });
 
     let mut profiled = pin!(Spin(0).with_labels(Labels::span(0xabc, "bench")));
     group.bench_function("profiled", |b| {
         b.iter(|| black_box(profiled.as_mut().poll(&mut cx)))
     });
 
-    let mut nested =
-        pin!(Spin(0).with_labels(Labels::span(1, "inner")).with_labels(Labels::span(2, "outer")));
+    let mut nested = pin!(Spin(0)
+        .with_labels(Labels::span(1, "inner"))
+        .with_labels(Labels::span(2, "outer")));
     group.bench_function("profiled_nested_2", |b| {
         b.iter(|| black_box(nested.as_mut().poll(&mut cx)))
     });

@@ -68,13 +68,20 @@ fn main() {
     let results: BTreeMap<String, (u64, usize)> = rt.block_on(async {
         let mut tasks = Vec::new();
         for i in 0..16u64 {
-            let route = ["GET /orders/{id}", "POST /checkout", "GET /search", "GET /health"][i as usize % 4];
+            let route = [
+                "GET /orders/{id}",
+                "POST /checkout",
+                "GET /search",
+                "GET /health",
+            ][i as usize % 4];
             let expected = Arc::new(AtomicU64::new(0));
             let threads = Arc::new(Mutex::new(HashSet::new()));
             let work = Checked {
                 inner: Box::pin(async move {
                     for round in 0..300u64 {
-                        std::hint::black_box((0..2_000u64).fold(round, |a, b| a ^ b.wrapping_mul(31)));
+                        std::hint::black_box(
+                            (0..2_000u64).fold(round, |a, b| a ^ b.wrapping_mul(31)),
+                        );
                         if round % 30 == 0 {
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         } else {
@@ -89,7 +96,12 @@ fn main() {
             let profiled = work.with_labels(Labels::span(0x1000 + i, route));
             let id = label_id_of(&profiled);
             expected.store(id, Relaxed);
-            tasks.push((format!("task {i:2} {route:18} label id {id}"), id, tokio::spawn(profiled), threads));
+            tasks.push((
+                format!("task {i:2} {route:18} label id {id}"),
+                id,
+                tokio::spawn(profiled),
+                threads,
+            ));
         }
         let mut results = BTreeMap::new();
         for (name, id, handle, threads) in tasks {

@@ -113,7 +113,10 @@ pub trait ProfiledExt: Future + Sized {
         cx: opentelemetry::Context,
     ) -> Profiled<opentelemetry::context::WithContext<Self>> {
         let handle = crate::otel::handle_for(&cx);
-        Profiled::new(opentelemetry::context::FutureExt::with_context(self, cx), handle)
+        Profiled::new(
+            opentelemetry::context::FutureExt::with_context(self, cx),
+            handle,
+        )
     }
 }
 
@@ -158,7 +161,11 @@ pin_project! {
 impl<F> Profiled<F> {
     pub(crate) fn new(inner: F, handle: Option<LabelHandle>) -> Self {
         let id = handle.as_ref().map_or(0, LabelHandle::id);
-        Self { inner: Some(inner), id, handle }
+        Self {
+            inner: Some(inner),
+            id,
+            handle,
+        }
     }
 
     /// The label id this wrapper writes into the slot (0: none).
@@ -180,12 +187,16 @@ impl<F> Profiled<F> {
 
     /// The wrapped future.
     pub fn inner(&self) -> &F {
-        self.inner.as_ref().expect("Profiled invariant: inner is Some until dropped")
+        self.inner
+            .as_ref()
+            .expect("Profiled invariant: inner is Some until dropped")
     }
 
     /// The wrapped future, mutably. Only reachable while the wrapper is not pinned.
     pub fn inner_mut(&mut self) -> &mut F {
-        self.inner.as_mut().expect("Profiled invariant: inner is Some until dropped")
+        self.inner
+            .as_mut()
+            .expect("Profiled invariant: inner is Some until dropped")
     }
 
     /// The wrapped future, pinned.
@@ -208,7 +219,9 @@ impl<F> Profiled<F> {
     pub fn into_inner(mut self) -> F {
         // Moving out is sound: `self` is owned, hence not pinned. `PinnedDrop` then sees
         // `None` and does nothing.
-        self.inner.take().expect("Profiled invariant: inner is Some until dropped")
+        self.inner
+            .take()
+            .expect("Profiled invariant: inner is Some until dropped")
     }
 }
 
@@ -230,6 +243,8 @@ impl<F: Future> Future for Profiled<F> {
 
 impl<F> std::fmt::Debug for Profiled<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Profiled").field("label_id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Profiled")
+            .field("label_id", &self.id)
+            .finish_non_exhaustive()
     }
 }

@@ -11,7 +11,9 @@ use span_profiler::{ProfiledExt, ProfilingTracerProvider, PROFILE_ID_ATTRIBUTE};
 #[test]
 fn the_global_tracer_provider_gives_local_roots_the_attribute_and_labels() {
     let exporter = InMemorySpanExporter::default();
-    let sdk = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let sdk = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
     global::set_tracer_provider(ProfilingTracerProvider::new(sdk));
 
     let tracer = global::tracer("global-test");
@@ -27,7 +29,9 @@ fn the_global_tracer_provider_gives_local_roots_the_attribute_and_labels() {
     assert_eq!(fut.labels().span_id_hex(), Some(root_id.to_string()));
     assert_eq!(fut.labels().span_name(), Some("GET /global"));
     let expected = label_id_of(&fut);
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     assert_eq!(rt.block_on(fut), expected);
 
     drop(child_cx);
@@ -36,12 +40,13 @@ fn the_global_tracer_provider_gives_local_roots_the_attribute_and_labels() {
     let spans = exporter.get_finished_spans().unwrap();
     let attr = |name: &str| {
         let span = spans.iter().find(|s| s.name == name).expect("exported");
-        span.attributes.iter().find(|kv| kv.key.as_str() == PROFILE_ID_ATTRIBUTE).map(
-            |kv| match &kv.value {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == PROFILE_ID_ATTRIBUTE)
+            .map(|kv| match &kv.value {
                 Value::String(s) => s.to_string(),
                 other => panic!("not a string: {other:?}"),
-            },
-        )
+            })
     };
     assert_eq!(attr("GET /global"), Some(root_id.to_string()));
     assert_eq!(attr("child"), None);

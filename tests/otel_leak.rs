@@ -20,10 +20,15 @@ const CHILDREN: usize = 99; // 1,000 x (1 root + 99 children) = 100,000 spans
 #[test]
 fn one_hundred_thousand_spans_leave_the_registry_and_the_span_map_empty() {
     // Half the traces sampled, so both kinds of label set (with and without span_id) occur.
-    let sdk = SdkTracerProvider::builder().with_sampler(Sampler::TraceIdRatioBased(0.5)).build();
+    let sdk = SdkTracerProvider::builder()
+        .with_sampler(Sampler::TraceIdRatioBased(0.5))
+        .build();
     let provider = ProfilingTracerProvider::new(sdk);
     let tracer = Arc::new(provider.tracer("leak"));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
     let spans_built = Arc::new(AtomicUsize::new(0));
     let labelled_polls = Arc::new(AtomicUsize::new(0));
     let max_live = Arc::new(AtomicUsize::new(0));
@@ -66,8 +71,17 @@ fn one_hundred_thousand_spans_leave_the_registry_and_the_span_map_empty() {
     drop(rt);
 
     assert_eq!(spans_built.load(Relaxed), 100_000);
-    assert!(max_live.load(Relaxed) >= 2, "spans were in the map while live");
+    assert!(
+        max_live.load(Relaxed) >= 2,
+        "spans were in the map while live"
+    );
     assert!(labelled_polls.load(Relaxed) > 0, "some work ran labelled");
     assert_eq!(otel_span_map_len(), 0, "every span's map entry is gone");
-    assert_eq!(global_registry_len(), RegistryLen { live: 0, retired: 0 });
+    assert_eq!(
+        global_registry_len(),
+        RegistryLen {
+            live: 0,
+            retired: 0
+        }
+    );
 }

@@ -18,7 +18,10 @@ use span_profiler::{
 
 fn provider(
     sampler: Sampler,
-) -> (ProfilingTracerProvider<SdkTracerProvider>, InMemorySpanExporter) {
+) -> (
+    ProfilingTracerProvider<SdkTracerProvider>,
+    InMemorySpanExporter,
+) {
     let exporter = InMemorySpanExporter::default();
     let sdk = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -29,16 +32,20 @@ fn provider(
 
 fn finished(exporter: &InMemorySpanExporter, name: &str) -> SpanData {
     let spans = exporter.get_finished_spans().expect("exporter readable");
-    spans.into_iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no span named {name}"))
+    spans
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no span named {name}"))
 }
 
 fn profile_id(span: &SpanData) -> Option<String> {
-    span.attributes.iter().find(|kv| kv.key.as_str() == PROFILE_ID_ATTRIBUTE).map(|kv| {
-        match &kv.value {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == PROFILE_ID_ATTRIBUTE)
+        .map(|kv| match &kv.value {
             Value::String(s) => s.to_string(),
             other => panic!("{PROFILE_ID_ATTRIBUTE} is not a string: {other:?}"),
-        }
-    })
+        })
 }
 
 /// The labels a `.profiled()` call made where `cx` is current would apply.
@@ -71,7 +78,10 @@ fn the_local_root_gets_the_profile_id_attribute_and_children_do_not() {
     drop(root_cx);
 
     let root = finished(&exporter, "GET /orders/{id}");
-    assert_eq!(profile_id(&root).as_deref(), Some(root_id.to_string().as_str()));
+    assert_eq!(
+        profile_id(&root).as_deref(),
+        Some(root_id.to_string().as_str())
+    );
     assert_eq!(profile_id(&root).map(|s| s.len()), Some(16));
     assert_eq!(profile_id(&finished(&exporter, "db.query")), None);
     assert_eq!(profile_id(&finished(&exporter, "decode")), None);
@@ -108,7 +118,11 @@ fn a_root_with_a_remote_parent_is_a_local_root() {
     assert_eq!(labels_under(&cx).span_id_hex(), Some(id.to_string()));
     drop(cx);
     let span = finished(&exporter, "POST /checkout");
-    assert_eq!(span.parent_span_id, SpanId::from(0xb7ad_6b71_6920_3331), "still the trace's child");
+    assert_eq!(
+        span.parent_span_id,
+        SpanId::from(0xb7ad_6b71_6920_3331),
+        "still the trace's child"
+    );
     assert_eq!(profile_id(&span), Some(id.to_string()));
 }
 
@@ -117,13 +131,19 @@ fn a_context_holding_an_invalid_span_counts_as_no_parent() {
     let (provider, exporter) = provider(Sampler::AlwaysOn);
     let tracer = provider.tracer("test");
     let invalid = Context::new().with_remote_span_context(SpanContext::empty_context());
-    assert!(invalid.has_active_span(), "has_active_span is true even for an invalid span");
+    assert!(
+        invalid.has_active_span(),
+        "has_active_span is true even for an invalid span"
+    );
     let cx = invalid.with_span(tracer.start_with_context("job", &invalid));
     let id = cx.span().span_context().span_id();
 
     assert_eq!(labels_under(&cx).span_id_hex(), Some(id.to_string()));
     drop(cx);
-    assert_eq!(profile_id(&finished(&exporter, "job")), Some(id.to_string()));
+    assert_eq!(
+        profile_id(&finished(&exporter, "job")),
+        Some(id.to_string())
+    );
 }
 
 #[test]
@@ -140,7 +160,10 @@ fn an_unsampled_root_gives_its_name_but_no_span_id() {
         assert_eq!(labels.span_name(), Some("GET /health"));
     }
     drop((child_cx, root_cx));
-    assert!(exporter.get_finished_spans().unwrap().is_empty(), "nothing sampled, nothing exported");
+    assert!(
+        exporter.get_finished_spans().unwrap().is_empty(),
+        "nothing sampled, nothing exported"
+    );
 }
 
 #[test]
@@ -150,7 +173,10 @@ fn the_trace_id_label_is_added_when_asked_for() {
     let cx = Context::current_with_span(tracer.start("GET /a"));
     let trace_id = cx.span().span_context().trace_id();
     let labels = labels_under(&cx);
-    assert_eq!(labels.trace_id().map(|t| format!("{t:032x}")), Some(trace_id.to_string()));
+    assert_eq!(
+        labels.trace_id().map(|t| format!("{t:032x}")),
+        Some(trace_id.to_string())
+    );
 }
 
 #[test]
@@ -168,14 +194,19 @@ fn all_spans_scope_labels_each_span_with_its_own_id_and_name() {
     assert_eq!(labels.span_id_hex(), Some(child_id.to_string()));
     assert_eq!(labels.span_name(), Some("child"));
     drop((child_cx, root_cx));
-    assert_eq!(profile_id(&finished(&exporter, "child")), Some(child_id.to_string()));
+    assert_eq!(
+        profile_id(&finished(&exporter, "child")),
+        Some(child_id.to_string())
+    );
     assert!(profile_id(&finished(&exporter, "root")).is_some());
 }
 
 #[test]
 fn mixed_scopes_take_the_roots_id_and_the_childs_name() {
     let (provider, exporter) = provider(Sampler::AlwaysOn);
-    let tracer = provider.with_span_name_scope(LabelScope::AllSpans).tracer("test");
+    let tracer = provider
+        .with_span_name_scope(LabelScope::AllSpans)
+        .tracer("test");
     let root_cx = Context::current_with_span(tracer.start("root"));
     let root_id = root_cx.span().span_context().span_id();
     let child_cx = root_cx.with_span(tracer.start_with_context("child", &root_cx));
@@ -221,15 +252,26 @@ fn after_a_span_ends_new_wrappers_and_guards_find_nothing_but_existing_wrappers_
         assert!(guard.labels().is_empty());
         assert_eq!(current_label_id(), 0);
     }
-    assert!(otel_unknown_spans() >= unknown_before + 2, "both lookups are counted");
+    assert!(
+        otel_unknown_spans() >= unknown_before + 2,
+        "both lookups are counted"
+    );
 
     // The wrapper made before the end keeps its registered labels until dropped.
     assert_eq!(label_id_of(&before), label_id);
-    let set = Registry::global().resolve(label_id).expect("still registered");
+    let set = Registry::global()
+        .resolve(label_id)
+        .expect("still registered");
     assert_eq!(before.labels().span_id_hex(), Some(id.to_string()));
-    assert_eq!(span_of(&set), (Some(u64::from_be_bytes(id.to_bytes())), Some("GET /slow")));
+    assert_eq!(
+        span_of(&set),
+        (Some(u64::from_be_bytes(id.to_bytes())), Some("GET /slow"))
+    );
     drop(before);
-    assert!(Registry::global().resolve(label_id).is_none(), "freed with the last holder");
+    assert!(
+        Registry::global().resolve(label_id).is_none(),
+        "freed with the last holder"
+    );
 }
 
 #[test]
@@ -246,7 +288,11 @@ fn the_guard_applies_the_contexts_labels_and_restores_the_previous_ones() {
         assert_eq!(guard.labels().span_name(), Some("batch"));
         {
             let _none = ContextLabelsGuard::enter(&Context::new());
-            assert_eq!(current_label_id(), 0, "a context without a span labels nothing");
+            assert_eq!(
+                current_label_id(),
+                0,
+                "a context without a span labels nothing"
+            );
         }
         assert_eq!(current_label_id(), expected);
     }
@@ -259,14 +305,22 @@ fn spans_started_under_another_providers_parent_get_no_root_labels() {
     let tracer = provider.tracer("test");
     let (other_sdk, _other_exporter) = {
         let exporter = InMemorySpanExporter::default();
-        (SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build(), exporter)
+        (
+            SdkTracerProvider::builder()
+                .with_simple_exporter(exporter.clone())
+                .build(),
+            exporter,
+        )
     };
     let foreign_cx = Context::current_with_span(other_sdk.tracer("plain").start("foreign"));
     let cx = foreign_cx.with_span(tracer.start_with_context("child", &foreign_cx));
     assert!(labels_under(&cx).is_empty());
     let before = otel_unknown_spans();
     assert!(labels_under(&foreign_cx).is_empty());
-    assert!(otel_unknown_spans() > before, "the lookup of a foreign span is counted");
+    assert!(
+        otel_unknown_spans() > before,
+        "the lookup of a foreign span is counted"
+    );
 }
 
 #[test]
@@ -281,7 +335,9 @@ fn profiled_in_context_attaches_the_context_and_applies_its_labels() {
     }
     .profiled_in_context(cx.clone());
     let label_id = label_id_of(&fut);
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let (seen, slot) = rt.block_on(fut);
     assert_eq!(seen, id);
     assert_eq!(slot, label_id);

@@ -19,7 +19,12 @@ use span_profiler::{ContextLabelsGuard, ProfiledExt, ProfilingTracerProvider};
 
 const REQUESTS: usize = 32;
 const STEPS: usize = 6;
-const KINDS: [&str; 4] = ["GET /orders/{id}", "POST /checkout", "GET /search", "GET /health"];
+const KINDS: [&str; 4] = [
+    "GET /orders/{id}",
+    "POST /checkout",
+    "GET /search",
+    "GET /health",
+];
 
 /// What one request expects and saw.
 struct Request {
@@ -34,7 +39,10 @@ impl Request {
     /// Reads the slot as the signal handler would and checks it names this request.
     fn check(&self) {
         self.checks.fetch_add(1, Relaxed);
-        self.threads.lock().unwrap().insert(std::thread::current().id());
+        self.threads
+            .lock()
+            .unwrap()
+            .insert(std::thread::current().id());
         let id = current_label_id();
         let ok = Registry::global()
             .resolve(id)
@@ -89,8 +97,11 @@ fn burn(kind: usize, req: &Request) -> u64 {
 fn thirty_two_concurrent_requests_each_carry_their_own_root_span_on_every_poll() {
     let provider = ProfilingTracerProvider::new(SdkTracerProvider::builder().build());
     let tracer = Arc::new(provider.tracer("requests"));
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
 
     let requests: Vec<Arc<Request>> = rt.block_on(async {
         let mut handles = Vec::new();
@@ -138,9 +149,11 @@ fn thirty_two_concurrent_requests_each_carry_their_own_root_span_on_every_poll()
                         }
                         .profiled()
                     };
-                    tokio::spawn(opentelemetry::context::FutureExt::with_context(sub, child_cx))
-                        .await
-                        .unwrap();
+                    tokio::spawn(opentelemetry::context::FutureExt::with_context(
+                        sub, child_cx,
+                    ))
+                    .await
+                    .unwrap();
                 }
             };
             handles.push(tokio::spawn(serve.profiled_in_context(root_cx)));
@@ -154,7 +167,11 @@ fn thirty_two_concurrent_requests_each_carry_their_own_root_span_on_every_poll()
     let mut migrated = 0;
     for req in &requests {
         let checks = req.checks.load(Relaxed);
-        assert!(checks >= 3 * STEPS, "request {} checked only {checks} times", req.name);
+        assert!(
+            checks >= 3 * STEPS,
+            "request {} checked only {checks} times",
+            req.name
+        );
         assert_eq!(
             req.wrong.load(Relaxed),
             0,
@@ -167,7 +184,10 @@ fn thirty_two_concurrent_requests_each_carry_their_own_root_span_on_every_poll()
             migrated += 1;
         }
     }
-    assert!(migrated >= REQUESTS / 2, "only {migrated} requests ran on more than one worker");
+    assert!(
+        migrated >= REQUESTS / 2,
+        "only {migrated} requests ran on more than one worker"
+    );
     let ids: HashSet<u64> = requests.iter().map(|r| r.root_id).collect();
     assert_eq!(ids.len(), REQUESTS, "every request is its own local root");
 }

@@ -44,20 +44,38 @@ fn a_differing_service_name_is_warned_about_once_and_a_matching_one_never() {
         .with_service_name("checkout");
     let _tracer = same.tracer("a");
     assert_eq!(otel_service_name_mismatch(), None);
-    assert!(warnings().is_empty(), "unexpected warnings: {:?}", warnings());
+    assert!(
+        warnings().is_empty(),
+        "unexpected warnings: {:?}",
+        warnings()
+    );
 
     let other = ProfilingTracerProvider::new(SdkTracerProvider::builder().build())
         .with_service_name("cart");
     let _tracer = other.tracer("b");
-    assert_eq!(otel_service_name_mismatch(), Some(("checkout".into(), "cart".into())));
+    assert_eq!(
+        otel_service_name_mismatch(),
+        Some(("checkout".into(), "cart".into()))
+    );
     let logged = warnings();
     assert_eq!(logged.len(), 1, "{logged:?}");
-    assert!(logged[0].contains("`checkout`") && logged[0].contains("`cart`"), "{}", logged[0]);
-    assert!(logged[0].contains("with_service_name"), "the message says the fix: {}", logged[0]);
+    assert!(
+        logged[0].contains("`checkout`") && logged[0].contains("`cart`"),
+        "{}",
+        logged[0]
+    );
+    assert!(
+        logged[0].contains("with_service_name"),
+        "the message says the fix: {}",
+        logged[0]
+    );
 
     // The profiler (re)started under yet another name: still only one warning.
     otel_note_application_name("billing");
-    assert_eq!(otel_service_name_mismatch(), Some(("billing".into(), "cart".into())));
+    assert_eq!(
+        otel_service_name_mismatch(),
+        Some(("billing".into(), "cart".into()))
+    );
     assert_eq!(warnings().len(), 1);
 }
 
@@ -65,6 +83,8 @@ fn a_differing_service_name_is_warned_about_once_and_a_matching_one_never() {
 fn the_inferred_service_name_is_the_one_the_sdk_resource_detects() {
     let provider = ProfilingTracerProvider::new(SdkTracerProvider::builder().build());
     let resource = Resource::builder().build();
-    let sdk_name = resource.get(&Key::new("service.name")).expect("the SDK always sets it");
+    let sdk_name = resource
+        .get(&Key::new("service.name"))
+        .expect("the SDK always sets it");
     assert_eq!(provider.service_name(), sdk_name.as_str());
 }

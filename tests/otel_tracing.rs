@@ -12,7 +12,9 @@ use tracing_subscriber::layer::SubscriberExt;
 #[test]
 fn a_tracing_root_span_gets_the_profile_id_and_its_children_share_its_labels() {
     let exporter = InMemorySpanExporter::default();
-    let sdk = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let sdk = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
     let provider = ProfilingTracerProvider::new(sdk);
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("tracing-test"));
     let subscriber = tracing_subscriber::registry().with(layer);
@@ -31,18 +33,26 @@ fn a_tracing_root_span_gets_the_profile_id_and_its_children_share_its_labels() {
 
     assert_eq!(under_root.span_id_hex(), Some(root_id.to_string()));
     assert_eq!(under_root.span_name(), Some("GET /users/{id}"));
-    assert_eq!(under_child, under_root, "the child's work carries the root's labels");
-    assert_eq!(otel_span_map_len(), 0, "closed tracing spans leave no map entries");
+    assert_eq!(
+        under_child, under_root,
+        "the child's work carries the root's labels"
+    );
+    assert_eq!(
+        otel_span_map_len(),
+        0,
+        "closed tracing spans leave no map entries"
+    );
 
     let spans = exporter.get_finished_spans().unwrap();
     let attr = |name: &str| {
         let span = spans.iter().find(|s| s.name == name).expect("exported");
-        span.attributes.iter().find(|kv| kv.key.as_str() == PROFILE_ID_ATTRIBUTE).map(
-            |kv| match &kv.value {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == PROFILE_ID_ATTRIBUTE)
+            .map(|kv| match &kv.value {
                 Value::String(s) => s.to_string(),
                 other => panic!("not a string: {other:?}"),
-            },
-        )
+            })
     };
     assert_eq!(attr("GET /users/{id}"), Some(root_id.to_string()));
     assert_eq!(attr("load_user"), None);

@@ -53,19 +53,15 @@ fn install_foreign() -> libc::sigaction {
     // SAFETY: plain data; zero is valid.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers; the handler does nothing.
-    assert_eq!(
-        unsafe { libc::sigaction(libc::SIGPROF, &action, &mut old) },
-        0
-    );
+    let rc = unsafe { libc::sigaction(libc::SIGPROF, &action, &mut old) };
+    assert_eq!(rc, 0);
     old
 }
 
 fn restore(old: &libc::sigaction) {
     // SAFETY: `old` came from `sigaction`.
-    assert_eq!(
-        unsafe { libc::sigaction(libc::SIGPROF, old, std::ptr::null_mut()) },
-        0
-    );
+    let rc = unsafe { libc::sigaction(libc::SIGPROF, old, std::ptr::null_mut()) };
+    assert_eq!(rc, 0);
 }
 
 #[test]

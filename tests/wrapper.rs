@@ -28,7 +28,10 @@ impl<F: Future> Future for CheckEachPoll<F> {
         if current_label_id() != self.expected.load(Relaxed) {
             self.mismatches.fetch_add(1, Relaxed);
         }
-        self.threads.lock().unwrap().insert(std::thread::current().id());
+        self.threads
+            .lock()
+            .unwrap()
+            .insert(std::thread::current().id());
         self.inner.as_mut().poll(cx)
     }
 }
@@ -82,7 +85,8 @@ fn labels_follow_64_migrating_tasks_and_workers_read_zero_between_polls() {
                 mismatches: mismatches.clone(),
                 threads: threads.clone(),
             };
-            let profiled: Profiled<_> = work.with_labels(Labels::span(task + 1, format!("t{task}")));
+            let profiled: Profiled<_> =
+                work.with_labels(Labels::span(task + 1, format!("t{task}")));
             let id = label_id_of(&profiled);
             assert_ne!(id, 0);
             expected.store(id, Relaxed);
@@ -100,10 +104,21 @@ fn labels_follow_64_migrating_tasks_and_workers_read_zero_between_polls() {
 
     assert_eq!(ids.len(), 64, "each task has its own label id");
     assert!(polls.load(Relaxed) >= 64 * 200, "every yield is a poll");
-    assert_eq!(mismatches.load(Relaxed), 0, "a poll saw another task's labels");
+    assert_eq!(
+        mismatches.load(Relaxed),
+        0,
+        "a poll saw another task's labels"
+    );
     assert!(outside_reads.load(Relaxed) > 0, "park/unpark callbacks ran");
-    assert_eq!(outside_nonzero.load(Relaxed), 0, "a worker kept labels outside a poll");
-    assert!(migrated > 0, "no task moved between workers; the test proves nothing");
+    assert_eq!(
+        outside_nonzero.load(Relaxed),
+        0,
+        "a worker kept labels outside a poll"
+    );
+    assert!(
+        migrated > 0,
+        "no task moved between workers; the test proves nothing"
+    );
 }
 
 /// A future that reads the slot when it is dropped.
@@ -124,7 +139,9 @@ impl Drop for ReadOnDrop {
 
 #[test]
 fn the_inner_future_is_dropped_under_its_labels_and_the_slot_is_restored() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let seen = Arc::new(AtomicU64::new(u64::MAX));
     let seen2 = seen.clone();
     let (inner_id, outer_id, after_drop) = rt.block_on(
@@ -137,15 +154,24 @@ fn the_inner_future_is_dropped_under_its_labels_and_the_slot_is_restored() {
         }
         .with_labels(Labels::span(1, "outer")),
     );
-    assert_eq!(seen.load(Relaxed), inner_id, "the drop ran under the inner labels");
+    assert_eq!(
+        seen.load(Relaxed),
+        inner_id,
+        "the drop ran under the inner labels"
+    );
     assert_ne!(outer_id, 0);
-    assert_eq!(after_drop, outer_id, "the outer labels came back after the drop");
+    assert_eq!(
+        after_drop, outer_id,
+        "the outer labels came back after the drop"
+    );
     assert_eq!(current_label_id(), 0);
 }
 
 #[test]
 fn a_panic_inside_a_poll_restores_the_outer_labels() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let inner_seen = Arc::new(AtomicU64::new(0));
     let seen = inner_seen.clone();
     let outer = async move {
@@ -166,18 +192,29 @@ fn a_panic_inside_a_poll_restores_the_outer_labels() {
     .with_labels(Labels::span(1, "outer"));
     let (outer_id, after) = rt.block_on(outer);
     assert_ne!(outer_id, 0);
-    assert_ne!(inner_seen.load(Relaxed), outer_id, "inner labels replaced the outer ones");
-    assert_eq!(after, outer_id, "the outer labels came back after the panic");
+    assert_ne!(
+        inner_seen.load(Relaxed),
+        outer_id,
+        "inner labels replaced the outer ones"
+    );
+    assert_eq!(
+        after, outer_id,
+        "the outer labels came back after the panic"
+    );
     assert_eq!(current_label_id(), 0);
 }
 
 #[test]
 fn nested_wrappers_use_the_innermost_labels_and_restore_the_outer() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let (inner_id, outer_before, outer_after) = rt.block_on(
         async {
             let before = current_label_id();
-            let inner = async { current_label_id() }.with_labels(Labels::span(2, "inner")).await;
+            let inner = async { current_label_id() }
+                .with_labels(Labels::span(2, "inner"))
+                .await;
             (inner, before, current_label_id())
         }
         .with_labels(Labels::span(1, "outer")),
@@ -189,27 +226,43 @@ fn nested_wrappers_use_the_innermost_labels_and_restore_the_outer() {
 
 #[test]
 fn empty_labels_make_work_unlabelled_inside_a_labelled_scope() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let inner = rt.block_on(
-        async { async { current_label_id() }.with_labels(Labels::new()).await }
-            .with_labels(Labels::span(1, "outer")),
+        async {
+            async { current_label_id() }
+                .with_labels(Labels::new())
+                .await
+        }
+        .with_labels(Labels::span(1, "outer")),
     );
     assert_eq!(inner, 0);
 }
 
 #[test]
 fn labels_current_shares_the_scope_id_and_merges() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let (scope_id, current_id, merged_id, merged) = rt.block_on(
         async {
             let wrapped = async {}.with_labels(Labels::current());
             let merged = Labels::current().with("phase", "load");
             let merged_wrapped = async {}.with_labels(merged.clone());
-            (current_label_id(), label_id_of(&wrapped), label_id_of(&merged_wrapped), merged)
+            (
+                current_label_id(),
+                label_id_of(&wrapped),
+                label_id_of(&merged_wrapped),
+                merged,
+            )
         }
         .with_labels(Labels::span(3, "job")),
     );
-    assert_eq!(scope_id, current_id, "Labels::current() reuses the scope's id");
+    assert_eq!(
+        scope_id, current_id,
+        "Labels::current() reuses the scope's id"
+    );
     assert_ne!(merged_id, scope_id, "a merged set is a new set");
     assert_eq!(merged.span_name(), Some("job"));
     assert_eq!(merged.get("phase"), Some("load"));
@@ -219,9 +272,12 @@ fn labels_current_shares_the_scope_id_and_merges() {
 fn accessors_reach_the_inner_future() {
     let mut fut = std::future::ready(5).with_labels(Labels::span(1, "x"));
     let _: &std::future::Ready<i32> = fut.inner();
-    let _: &mut std::future::Ready<i32> = fut.inner_mut();
+    let inner: *const std::future::Ready<i32> = fut.inner_mut();
+    assert!(std::ptr::eq(inner, fut.inner()));
     assert_eq!(fut.labels().span_name(), Some("x"));
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     assert_eq!(rt.block_on(fut.into_inner()), 5);
 }
 

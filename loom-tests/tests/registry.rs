@@ -34,7 +34,11 @@ fn a_lookup_racing_the_last_release_never_sees_a_freed_entry() {
         });
         drop(handle);
         t.join().unwrap();
-        assert_eq!(reg.len(), RegistryLen::default(), "no profiler: freed at last release");
+        assert_eq!(
+            reg.len(),
+            RegistryLen::default(),
+            "no profiler: freed at last release"
+        );
     });
 }
 
@@ -49,7 +53,13 @@ fn concurrent_releases_free_the_entry_once() {
         let t = thread::spawn(move || drop(b));
         drop(a);
         t.join().unwrap();
-        assert_eq!(reg.len(), RegistryLen { live: 0, retired: 1 });
+        assert_eq!(
+            reg.len(),
+            RegistryLen {
+                live: 0,
+                retired: 1
+            }
+        );
     });
 }
 
@@ -77,7 +87,10 @@ fn an_id_read_before_its_release_resolves_when_drained() {
             // Acquire: pairs with the worker's Release store of the sample.
             let id = buffer.swap(0, Ordering::Acquire);
             if id != 0 {
-                assert!(reg.resolve(id).is_some(), "drained id {id} was freed too early");
+                assert!(
+                    reg.resolve(id).is_some(),
+                    "drained id {id} was freed too early"
+                );
             }
             if round == 1 {
                 reg.on_window_closed();
@@ -87,7 +100,10 @@ fn an_id_read_before_its_release_resolves_when_drained() {
         worker.join().unwrap();
         let id = buffer.swap(0, Ordering::Acquire);
         if id != 0 {
-            assert!(reg.resolve(id).is_some(), "drained id {id} was freed too early");
+            assert!(
+                reg.resolve(id).is_some(),
+                "drained id {id} was freed too early"
+            );
         }
     });
 }

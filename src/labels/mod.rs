@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::counters::{Once, LABELS};
 use registry::{LabelHandle, Registry};
-pub use set::{LabelError, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
 use set::{bounded_value, validate_key, LabelSet};
+pub use set::{LabelError, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
 
 /// An immutable set of profiling labels: a span id, a span name, an optional trace id and
 /// extra string pairs.
@@ -111,13 +111,19 @@ impl Labels {
 
     pub(crate) fn from_handle(handle: Option<LabelHandle>) -> Labels {
         match handle {
-            Some(handle) => Labels { set: handle.set().clone(), handle: Some(handle) },
+            Some(handle) => Labels {
+                set: handle.set().clone(),
+                handle: Some(handle),
+            },
             None => Labels::new(),
         }
     }
 
     pub(crate) fn from_set(set: LabelSet) -> Labels {
-        Labels { set: Arc::new(set), handle: None }
+        Labels {
+            set: Arc::new(set),
+            handle: None,
+        }
     }
 
     /// Adds (or replaces) the pair `key = value`.
@@ -216,7 +222,11 @@ impl Labels {
 
     /// The value of the extra pair `key`, if set.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.set.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.set
+            .pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The extra pairs, in the order they were added.

@@ -69,8 +69,6 @@ struct Shared {
     maps: Mutex<Maps>,
 }
 
-
-
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let maps = lock(&self.shared.maps);
@@ -84,14 +82,28 @@ impl fmt::Debug for Registry {
 /// Sizes of the registry, for tests and `stats()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RegistryLen {
+    /// Label sets with a live handle (or waiting for their grace period).
     pub live: usize,
+    /// Released ids whose grace period has not ended yet.
     pub retired: usize,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Registry {
+    /// An empty registry (tests; the profiler uses [`Registry::global`]).
     pub fn new() -> Self {
-        let shared = Shared { next_id: AtomicU64::new(1), maps: Mutex::new(Maps::default()) };
-        Self { shared: Arc::new(shared) }
+        let shared = Shared {
+            next_id: AtomicU64::new(1),
+            maps: Mutex::new(Maps::default()),
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
     /// The process-global registry.
@@ -104,9 +116,16 @@ impl Registry {
     pub fn register(&self, set: std::sync::Arc<LabelSet>) -> LabelHandle {
         // Relaxed: uniqueness only needs the atomicity of the increment.
         let id = self.shared.next_id.fetch_add(1, Relaxed);
-        let entry = Arc::new(Entry { id, set, refs: AtomicUsize::new(1) });
+        let entry = Arc::new(Entry {
+            id,
+            set,
+            refs: AtomicUsize::new(1),
+        });
         lock(&self.shared.maps).live.insert(id, entry.clone());
-        LabelHandle { entry, registry: self.clone() }
+        LabelHandle {
+            entry,
+            registry: self.clone(),
+        }
     }
 
     /// A new handle to the live entry `id`, if it is live.
@@ -117,7 +136,10 @@ impl Registry {
         // the release's re-check of `refs` (also under the lock).
         entry.refs.fetch_add(1, Relaxed);
         drop(maps);
-        Some(LabelHandle { entry, registry: self.clone() })
+        Some(LabelHandle {
+            entry,
+            registry: self.clone(),
+        })
     }
 
     /// The set behind `id`, live or retired (the collector's lookup).
@@ -126,18 +148,25 @@ impl Registry {
         if let Some(entry) = maps.live.get(&id) {
             return Some(entry.set.clone());
         }
-        maps.retired.iter().find(|r| r.id == id).map(|r| r.set.clone())
+        maps.retired
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.set.clone())
     }
 
     /// Called when a handle's count went 1 -> 0.
     fn release(&self, id: u64) {
         let mut maps = lock(&self.shared.maps);
-        let Some(entry) = maps.live.get(&id) else { return };
+        let Some(entry) = maps.live.get(&id) else {
+            return;
+        };
         // Relaxed: read under the lock that every revival (`acquire`) also holds.
         if entry.refs.load(Relaxed) != 0 {
             return; // revived by `acquire` after the count reached 0
         }
-        let Some(entry) = maps.live.remove(&id) else { return };
+        let Some(entry) = maps.live.remove(&id) else {
+            return;
+        };
         if maps.profiling {
             let retired = Retired {
                 id,
@@ -183,9 +212,13 @@ impl Registry {
         lock(&self.shared.maps).windows += 1;
     }
 
+    /// How many label sets are live and retired.
     pub fn len(&self) -> RegistryLen {
         let maps = lock(&self.shared.maps);
-        RegistryLen { live: maps.live.len(), retired: maps.retired.len() }
+        RegistryLen {
+            live: maps.live.len(),
+            retired: maps.retired.len(),
+        }
     }
 }
 
@@ -196,10 +229,12 @@ pub struct LabelHandle {
 }
 
 impl LabelHandle {
+    /// The label id samples carry.
     pub fn id(&self) -> u64 {
         self.entry.id
     }
 
+    /// The registered labels.
     pub fn set(&self) -> &std::sync::Arc<LabelSet> {
         &self.entry.set
     }
@@ -210,7 +245,10 @@ impl Clone for LabelHandle {
         // Relaxed: we hold a handle, so the count is at least 1 and cannot reach 0
         // concurrently; like `Arc::clone`, the increment needs no ordering.
         self.entry.refs.fetch_add(1, Relaxed);
-        Self { entry: self.entry.clone(), registry: self.registry.clone() }
+        Self {
+            entry: self.entry.clone(),
+            registry: self.registry.clone(),
+        }
     }
 }
 
@@ -227,7 +265,9 @@ impl Drop for LabelHandle {
 
 impl fmt::Debug for LabelHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LabelHandle").field("id", &self.entry.id).finish()
+        f.debug_struct("LabelHandle")
+            .field("id", &self.entry.id)
+            .finish()
     }
 }
 
@@ -236,7 +276,10 @@ mod tests {
     use super::*;
 
     fn set(name: &str) -> std::sync::Arc<LabelSet> {
-        std::sync::Arc::new(LabelSet { span_name: Some(name.into()), ..LabelSet::default() })
+        std::sync::Arc::new(LabelSet {
+            span_name: Some(name.into()),
+            ..LabelSet::default()
+        })
     }
 
     #[test]
@@ -270,7 +313,13 @@ mod tests {
         let a = reg.register(set("a"));
         let id = a.id();
         drop(a);
-        assert_eq!(reg.len(), RegistryLen { live: 0, retired: 1 });
+        assert_eq!(
+            reg.len(),
+            RegistryLen {
+                live: 0,
+                retired: 1
+            }
+        );
         assert_eq!(reg.resolve(id).unwrap().span_name.as_deref(), Some("a"));
         reg.on_drain(); // may have begun before the release
         assert!(reg.resolve(id).is_some());
@@ -294,7 +343,10 @@ mod tests {
         reg.on_window_closed();
         assert!(reg.resolve(id).is_some());
         reg.on_drain();
-        assert!(reg.resolve(id).is_some(), "that drain may have begun before the release");
+        assert!(
+            reg.resolve(id).is_some(),
+            "that drain may have begun before the release"
+        );
         reg.on_drain();
         assert!(reg.resolve(id).is_none());
     }

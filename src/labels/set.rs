@@ -82,13 +82,17 @@ pub(crate) fn validate_key(key: &str) -> Result<(), LabelError> {
         return Err(LabelError::KeyTooLong { len: key.len() });
     }
     if key.starts_with("__") || RESERVED_KEYS.contains(&key) {
-        return Err(LabelError::ReservedKey { key: key.to_owned() });
+        return Err(LabelError::ReservedKey {
+            key: key.to_owned(),
+        });
     }
     let valid_chars = key
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
     if !valid_chars || key.as_bytes()[0].is_ascii_digit() {
-        return Err(LabelError::InvalidKey { key: key.to_owned() });
+        return Err(LabelError::InvalidKey {
+            key: key.to_owned(),
+        });
     }
     Ok(())
 }
@@ -161,17 +165,39 @@ mod tests {
 
     #[test]
     fn reserved_and_malformed_keys_are_refused_with_the_rule() {
-        for key in ["span_id", "trace_id", "span_name", "profile_id", "__name__", "__x"] {
+        for key in [
+            "span_id",
+            "trace_id",
+            "span_name",
+            "profile_id",
+            "__name__",
+            "__x",
+        ] {
             let err = validate_key(key).unwrap_err();
-            assert!(matches!(err, LabelError::ReservedKey { .. }), "{key}: {err}");
+            assert!(
+                matches!(err, LabelError::ReservedKey { .. }),
+                "{key}: {err}"
+            );
             assert!(err.to_string().contains("reserved"));
         }
         assert_eq!(validate_key(""), Err(LabelError::EmptyKey));
-        assert!(matches!(validate_key("a-b"), Err(LabelError::InvalidKey { .. })));
-        assert!(matches!(validate_key("a,b"), Err(LabelError::InvalidKey { .. })));
-        assert!(matches!(validate_key("9lives"), Err(LabelError::InvalidKey { .. })));
+        assert!(matches!(
+            validate_key("a-b"),
+            Err(LabelError::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            validate_key("a,b"),
+            Err(LabelError::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            validate_key("9lives"),
+            Err(LabelError::InvalidKey { .. })
+        ));
         let long = "k".repeat(MAX_LABEL_KEY_BYTES + 1);
-        assert!(matches!(validate_key(&long), Err(LabelError::KeyTooLong { .. })));
+        assert!(matches!(
+            validate_key(&long),
+            Err(LabelError::KeyTooLong { .. })
+        ));
         for key in ["region", "http.route", "_private", "a9"] {
             assert_eq!(validate_key(key), Ok(()), "{key}");
         }
@@ -195,6 +221,9 @@ mod tests {
     fn ids_are_written_like_opentelemetry() {
         assert_eq!(span_id_hex(0x00f0_67aa_0ba9_02b7), "00f067aa0ba902b7");
         assert_eq!(span_id_hex(1), "0000000000000001");
-        assert_eq!(trace_id_hex(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            trace_id_hex(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 }

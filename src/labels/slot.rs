@@ -83,7 +83,10 @@ pub(crate) struct Scope {
 impl Scope {
     #[inline]
     pub(crate) fn enter(id: u64) -> Self {
-        Self { prev: replace(id), _not_send: std::marker::PhantomData }
+        Self {
+            prev: replace(id),
+            _not_send: std::marker::PhantomData,
+        }
     }
 }
 
@@ -127,7 +130,9 @@ mod tests {
     #[test]
     fn each_thread_has_its_own_slot() {
         let _s = Scope::enter(11);
-        std::thread::spawn(|| assert_eq!(current(), 0)).join().unwrap();
+        std::thread::spawn(|| assert_eq!(current(), 0))
+            .join()
+            .unwrap();
         assert_eq!(current(), 11);
     }
 }

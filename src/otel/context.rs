@@ -75,7 +75,10 @@ impl ContextLabelsGuard {
 
     fn with_handle(handle: Option<LabelHandle>) -> Self {
         let id = handle.as_ref().map_or(0, LabelHandle::id);
-        Self { _scope: Scope::enter(id), handle }
+        Self {
+            _scope: Scope::enter(id),
+            handle,
+        }
     }
 
     /// The labels this guard applies.
@@ -87,6 +90,8 @@ impl ContextLabelsGuard {
 impl std::fmt::Debug for ContextLabelsGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let id = self.handle.as_ref().map_or(0, LabelHandle::id);
-        f.debug_struct("ContextLabelsGuard").field("label_id", &id).finish()
+        f.debug_struct("ContextLabelsGuard")
+            .field("label_id", &id)
+            .finish()
     }
 }

@@ -115,10 +115,29 @@ mod tests {
     #[test]
     fn an_id_that_is_already_present_is_not_taken_over() {
         let id = 0x5eed_0000_0000_0001;
-        assert!(insert(id, Node { handle: None, root: None }));
-        let root = Arc::new(Root { span_id: 7, name: "n".into(), sampled: true });
-        assert!(!insert(id, Node { handle: None, root: Some(root) }));
-        assert!(get(id).expect("present").root.is_none(), "the first entry stays");
+        assert!(insert(
+            id,
+            Node {
+                handle: None,
+                root: None
+            }
+        ));
+        let root = Arc::new(Root {
+            span_id: 7,
+            name: "n".into(),
+            sampled: true,
+        });
+        assert!(!insert(
+            id,
+            Node {
+                handle: None,
+                root: Some(root)
+            }
+        ));
+        assert!(
+            get(id).expect("present").root.is_none(),
+            "the first entry stays"
+        );
         remove(id);
         assert!(get(id).is_none());
     }
@@ -126,7 +145,7 @@ mod tests {
     #[test]
     fn sequential_ids_spread_over_many_shards() {
         let used: std::collections::HashSet<usize> = (1..=256u64)
-            .map(|id| (shard(id) as *const Shard as usize - shards().as_ptr() as usize))
+            .map(|id| shard(id) as *const Shard as usize - shards().as_ptr() as usize)
             .collect();
         assert!(used.len() > SHARDS / 2, "only {} shards used", used.len());
     }

@@ -40,8 +40,10 @@ pub(crate) struct OtelCounters {
     pub(crate) unknown_parents: Counter,
 }
 
-pub(crate) static OTEL: OtelCounters =
-    OtelCounters { unknown_spans: Counter::new(), unknown_parents: Counter::new() };
+pub(crate) static OTEL: OtelCounters = OtelCounters {
+    unknown_spans: Counter::new(),
+    unknown_parents: Counter::new(),
+};
 
 /// A span id as the `u64` the labels use (big-endian, as `SpanId` prints it).
 fn span_id_u64(sc: &SpanContext) -> u64 {

@@ -86,7 +86,11 @@ impl<P> ProfilingTracerProvider<P> {
             span_name: LabelScope::LocalRoot,
             trace_id: false,
         };
-        Self { inner, config: Arc::new(config), service_name }
+        Self {
+            inner,
+            config: Arc::new(config),
+            service_name,
+        }
     }
 
     /// The `service.name` of the traces (the resource's), which the profiler's

@@ -18,7 +18,10 @@ struct Names {
     application: Option<String>,
 }
 
-static NAMES: Mutex<Names> = Mutex::new(Names { service: None, application: None });
+static NAMES: Mutex<Names> = Mutex::new(Names {
+    service: None,
+    application: None,
+});
 static WARNED: Once = Once::new();
 
 /// Notes the service name traces carry and warns (once) if it differs from the
@@ -71,24 +74,30 @@ fn check(names: &Names) {
 /// `OTEL_RESOURCE_ATTRIBUTES` (`k=v` pairs split at `,`, trimmed, the last pair wins),
 /// which therefore overrides `OTEL_SERVICE_NAME`.
 pub(crate) fn service_name_from_env() -> String {
-    let from_attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().and_then(|attrs| {
-        attrs
-            .split_terminator(',')
-            .filter_map(|pair| pair.split_once('='))
-            .filter(|(k, _)| k.trim() == "service.name")
-            .next_back()
-            .map(|(_, v)| v.trim().to_owned())
-    });
+    let from_attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+        .ok()
+        .and_then(|attrs| {
+            attrs
+                .split_terminator(',')
+                .filter_map(|pair| pair.split_once('='))
+                .rfind(|(k, _)| k.trim() == "service.name")
+                .map(|(_, v)| v.trim().to_owned())
+        });
     if let Some(name) = from_attributes {
         return name;
     }
-    if let Some(name) = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()) {
+    if let Some(name) = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
         return name;
     }
     std::env::current_exe()
         .ok()
         .and_then(|path| {
-            path.file_name().and_then(|n| n.to_str()).map(|n| format!("unknown_service:{n}"))
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| format!("unknown_service:{n}"))
         })
         .unwrap_or_else(|| "unknown_service".to_owned())
 }

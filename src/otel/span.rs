@@ -65,7 +65,8 @@ impl<S: Span> Span for ProfilingSpan<S> {
     ) where
         T: Into<Cow<'static, str>>,
     {
-        self.inner.add_event_with_timestamp(name, timestamp, attributes);
+        self.inner
+            .add_event_with_timestamp(name, timestamp, attributes);
     }
 
     fn span_context(&self) -> &SpanContext {

@@ -65,12 +65,21 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
         }
         let span_id = span_id_u64(sc);
         let sampled = sc.is_sampled();
-        let trace_id = config.trace_id.then(|| u128::from_be_bytes(sc.trace_id().to_bytes()));
+        let trace_id = config
+            .trace_id
+            .then(|| u128::from_be_bytes(sc.trace_id().to_bytes()));
 
         let node = if local_root {
-            let root = Arc::new(Root { span_id, name: name.clone().unwrap_or_default(), sampled });
+            let root = Arc::new(Root {
+                span_id,
+                name: name.clone().unwrap_or_default(),
+                sampled,
+            });
             let labels = config.labels(span_id, sampled, name, Some(&root), trace_id);
-            Node { handle: labels.into_handle(), root: Some(root) }
+            Node {
+                handle: labels.into_handle(),
+                root: Some(root),
+            }
         } else {
             match map::get(parent_id) {
                 Some(parent_node) => {
@@ -84,7 +93,10 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
                             parent_node.root.as_ref(),
                             trace_id,
                         );
-                        Node { handle: labels.into_handle(), root: parent_node.root }
+                        Node {
+                            handle: labels.into_handle(),
+                            root: parent_node.root,
+                        }
                     }
                 }
                 None => {
@@ -92,7 +104,10 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
                     // already ended: the local root is unknown.
                     OTEL.unknown_parents.incr();
                     let labels = config.labels(span_id, sampled, name, None, trace_id);
-                    Node { handle: labels.into_handle(), root: None }
+                    Node {
+                        handle: labels.into_handle(),
+                        root: None,
+                    }
                 }
             }
         };

@@ -187,10 +187,8 @@ mod tests {
         let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
         let mut clock: libc::clockid_t = 0;
         // SAFETY: valid out-pointer; `pthread_self` is this thread.
-        assert_eq!(
-            unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) },
-            0
-        );
+        let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+        assert_eq!(rc, 0);
         assert_eq!(thread_cpu_clock(tid), clock);
     }
 }
