@@ -74,3 +74,90 @@ where
         result
     }
 }
+
+#[cfg(all(test, not(span_profiler_loom)))]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::labels::set::LabelSet;
+
+    fn register(name: &str) -> LabelHandle {
+        Registry::global().register(Arc::new(LabelSet {
+            span_name: Some(name.into()),
+            ..LabelSet::default()
+        }))
+    }
+
+    #[test]
+    fn the_closure_runs_under_the_captured_id_which_stays_registered_until_it_ran() {
+        let handle = register("captured");
+        let id = handle.id();
+        let job = {
+            let _scope = Scope::enter(id);
+            with_current_labels(slot::current)
+        };
+        drop(handle);
+        assert_eq!(slot::current(), 0);
+        assert!(
+            Registry::global().resolve(id).is_some(),
+            "the closure keeps the id registered"
+        );
+        let (seen, after) = std::thread::spawn(move || {
+            let _thread_scope = Scope::enter(0x5eed); // whatever the pool thread had
+            (job(), slot::current())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, id);
+        assert_eq!(after, 0x5eed, "the thread's own value is restored");
+    }
+
+    #[test]
+    fn without_labels_here_the_closure_runs_under_zero_whatever_its_thread_had() {
+        let job = with_current_labels(slot::current);
+        let (seen, after) = std::thread::spawn(move || {
+            let _thread_scope = Scope::enter(0x77);
+            (job(), slot::current())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, 0);
+        assert_eq!(after, 0x77);
+    }
+
+    fn boom() {
+        panic!("boom")
+    }
+
+    #[test]
+    fn a_panicking_closure_restores_the_slot() {
+        let handle = register("panics");
+        let job = {
+            let _scope = Scope::enter(handle.id());
+            with_current_labels(boom)
+        };
+        let _thread_scope = Scope::enter(0x99);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        assert!(result.is_err());
+        assert_eq!(slot::current(), 0x99);
+    }
+
+    #[test]
+    fn spawn_blocking_carries_the_labels_of_the_spawning_poll() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let handle = register("blocking");
+        let id = handle.id();
+        let (inside, plain) = runtime.block_on(async move {
+            let _scope = Scope::enter(id);
+            let inside = spawn_blocking(slot::current);
+            let plain = tokio::task::spawn_blocking(slot::current);
+            (inside.await.unwrap(), plain.await.unwrap())
+        });
+        drop(handle);
+        assert_eq!(inside, id);
+        assert_eq!(plain, 0, "tokio's own spawn_blocking carries nothing");
+    }
+}

@@ -69,11 +69,13 @@
 //! # Cost
 //!
 //! Per poll: one uncontended lock of one of 64 shards (the task's), a hash lookup, two
-//! writes of the slot and a push and pop on a thread-local stack. Per spawn: the same
-//! lock plus a reference-count increment when the spawner is labelled. Measure with
-//! `benches/hooks.rs`. Each labelled task holds one counted handle on its label set from
-//! spawn to terminate; the entry is released at terminate, after the final poll has
-//! restored the slot.
+//! writes of the slot and a push and pop on a thread-local stack. Per spawn under
+//! labels: the spawning task's shard lock to share its handle (the registry's lock
+//! instead when a wrapper's labels are in force), the child's shard lock to insert it,
+//! and a reference-count increment; a spawn outside labels costs one slot read.
+//! Each labelled task holds one counted handle on its label set from spawn to
+//! terminate; the entry is released at terminate, after the final poll has restored
+//! the slot (Tokio runs terminate *before* the final after-poll).
 //!
 //! [`ProfiledExt::with_labels`]: crate::ProfiledExt::with_labels
 
