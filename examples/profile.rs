@@ -9,7 +9,7 @@
 //! `go tool pprof -tagfocus=span_name=GET_/search -top profiles/*.pb.gz`).
 //! Options: `PROFILE_SECONDS` (default 6).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use span_profiler::__private::pprof::{decode, samples};
@@ -100,40 +100,74 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.display()
     );
 
-    // Read the files back: CPU per span name and its hottest function.
-    let mut by_name: BTreeMap<String, (i64, BTreeMap<String, i64>)> = BTreeMap::new();
+    // Read this run's files back: CPU per span name, requests, hottest function.
+    let prefix = format!("profile-example-{}-", std::process::id());
+    let mut by_name: BTreeMap<String, SpanNameTotals> = BTreeMap::new();
     for entry in std::fs::read_dir(&out)? {
         let path = entry?.path();
-        if !path.to_string_lossy().ends_with(".pb.gz") {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !name.starts_with(&prefix) || !name.ends_with(".pb.gz") {
             continue;
         }
         let profile = decode(&std::fs::read(&path)?)?;
         for s in samples(&profile) {
-            let name = s
+            let span_name = s
                 .labels
                 .get("span_name")
                 .cloned()
                 .unwrap_or_else(|| "(unlabelled)".into());
-            let entry = by_name.entry(name).or_default();
-            entry.0 += s.values[1];
-            let leaf = s
+            let totals = by_name.entry(span_name).or_default();
+            totals.cpu_ns += s.values[1];
+            if let Some(id) = s.labels.get("span_id") {
+                totals.span_ids.insert(id.clone());
+            }
+            *totals
                 .functions
-                .iter()
-                .find(|f| !f.contains("black_box") && !f.contains("core::"));
-            *entry
-                .1
-                .entry(leaf.cloned().unwrap_or_default())
+                .entry(own_function(&s.functions).to_owned())
                 .or_default() += s.values[1];
         }
     }
-    println!("\n{:<20} {:>10}  hottest function", "span_name", "CPU ms");
-    for (name, (ns, funcs)) in &by_name {
-        let hottest = funcs
+    println!(
+        "\n{:<20} {:>8} {:>8} {:>12}  hottest function",
+        "span_name", "requests", "CPU ms", "CPU/request"
+    );
+    for (name, totals) in &by_name {
+        let hottest = totals
+            .functions
             .iter()
             .max_by_key(|(_, v)| **v)
-            .map(|(f, _)| f.as_str())
-            .unwrap_or("");
-        println!("{name:<20} {:>10}  {hottest}", ns / 1_000_000);
+            .map_or("", |(f, _)| f.as_str());
+        let requests = totals.span_ids.len();
+        let per_request = if requests == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.2} ms", totals.cpu_ns as f64 / 1e6 / requests as f64)
+        };
+        println!(
+            "{name:<20} {requests:>8} {:>8} {per_request:>12}  {hottest}",
+            totals.cpu_ns / 1_000_000
+        );
     }
     Ok(())
+}
+
+#[derive(Default)]
+struct SpanNameTotals {
+    cpu_ns: i64,
+    span_ids: BTreeSet<String>,
+    functions: BTreeMap<String, i64>,
+}
+
+/// The innermost frame that names a function of the application: fully qualified (inlined
+/// frames in `line-tables-only` builds carry only a short name such as `{closure#0}`) and
+/// outside the standard library.
+fn own_function(functions: &[String]) -> &str {
+    const LIBRARY: [&str; 6] = [
+        "core::", "std::", "alloc::", "<core::", "<alloc::", "<std::",
+    ];
+    functions
+        .iter()
+        .find(|f| f.contains("::") && !LIBRARY.iter().any(|lib| f.starts_with(lib)))
+        .or(functions.first())
+        .map_or("?", String::as_str)
 }

@@ -17,7 +17,7 @@ use crate::counters::{Once, LABELS};
 use crate::error::StartError;
 use crate::labels::registry::Registry;
 use crate::sampler::{RawSample, Sampler, SamplerConfig, SamplerStats, DEFAULT_BUFFER_SLOTS};
-use crate::sync::lock;
+use crate::sync::lock_std as lock;
 
 /// How often the collector drains the buffer and rescans threads.
 const TICK: Duration = Duration::from_millis(100);

@@ -16,7 +16,7 @@ pub use stats::{Dropped, Stats, StopReport};
 
 use crate::builder::{Config, ProfilerBuilder};
 use crate::error::StartError;
-use crate::sync::lock;
+use crate::sync::lock_std as lock;
 
 /// True while a profiler runs in this process (one at a time: the sampler and the
 /// label registry are process-wide).

@@ -22,7 +22,7 @@ use crate::sink::files::FileSink;
 use crate::sink::upload::UploadReport;
 #[cfg(feature = "upload")]
 use crate::sink::upload::{UploadWindow, Uploader};
-use crate::sync::lock;
+use crate::sync::lock_std as lock;
 
 /// Closed windows waiting for the writer. A full queue means the writer is more than
 /// this many windows behind; the collector then discards the new window and counts it.
@@ -166,7 +166,7 @@ impl Writer {
         #[cfg(feature = "upload")]
         let upload = self.uploader.take().map(|u| u.stop(self.stop_timeout));
         #[cfg(not(feature = "upload"))]
-        let upload = {
+        let upload: Option<UploadReport> = {
             let _ = self.stop_timeout;
             None
         };
