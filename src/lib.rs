@@ -30,9 +30,6 @@ mod collect;
 mod counters;
 /// Errors of the fallible areas.
 mod error;
-/// Flame graphs (SVG) and per-span summaries from pprof profiles.
-#[cfg(feature = "flamegraph")]
-pub mod flamegraph;
 /// The future wrapper.
 mod instrument;
 /// Labels, the label registry and the per-thread slot.
@@ -52,6 +49,12 @@ mod sink;
 mod sync;
 /// Tokio task hooks: spawned tasks inherit labels (needs `--cfg tokio_unstable`).
 pub mod tokio_hooks;
+/// Tower layer for axum and tonic: a server span and its labels per request.
+#[cfg(feature = "tower")]
+mod tower;
+/// `tracing_subscriber::Layer`: labels of a span's OpenTelemetry local root while entered.
+#[cfg(feature = "tracing")]
+mod tracing_layer;
 
 pub use blocking::{spawn_blocking, with_current_labels};
 pub use builder::{
@@ -74,6 +77,10 @@ pub use otel::{
 };
 pub use profiler::{Dropped, Profiler, Stats, StopError, StopReport};
 pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport};
+#[cfg(feature = "tower")]
+pub use tower::{ProfileFuture, ProfileLayer, ProfileService};
+#[cfg(feature = "tracing")]
+pub use tracing_layer::TracingProfileLayer;
 
 /// Internals exposed for the `loom-tests/` crate and the crate's own integration tests.
 /// Not part of the public API: no stability promises.

@@ -1,0 +1,124 @@
+//! The layer: which tracer starts the server spans.
+
+use std::sync::Arc;
+
+use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::trace::Tracer;
+use opentelemetry::InstrumentationScope;
+use tower_layer::Layer;
+
+use super::service::ProfileService;
+
+/// Instrumentation scope name of the spans [`ProfileLayer::new`] starts.
+const SCOPE_NAME: &str = "span-profiler";
+
+/// A tower [`Layer`] that gives every HTTP or gRPC request a server span and runs its
+/// handler under that span's profiling labels, for axum, tonic, or any
+/// `Service<http::Request<B>, Response = http::Response<R>>`.
+///
+/// Per request, [`ProfileService`] takes the span that is current when it is called if
+/// an outer layer (e.g. tower-http's `TraceLayer` with tracing-opentelemetry) already made
+/// one; otherwise it extracts the parent from the headers with the global text-map
+/// propagator (W3C `traceparent` with `TraceContextPropagator`) and starts a server span:
+///
+/// - HTTP: named `{METHOD} {route}` with axum's `MatchedPath` (e.g. `GET /orders/{id}`),
+///   else `{METHOD}` alone: never the raw path, whose ids would make one `span_name`
+///   series per URL. Add the layer with `Router::layer` (or `route_layer`), which runs
+///   after routing, so that the route is known; a layer around the whole `Router` sees no
+///   `MatchedPath`. Needs axum 0.8 (the version this crate reads `MatchedPath` of).
+/// - gRPC (content type `application/grpc*`): named by the method path without its
+///   leading slash (`helloworld.Greeter/SayHello`), as OpenTelemetry's gRPC conventions do.
+///
+/// The span is started with the layer's tracer, which must come from a
+/// [`ProfilingTracerProvider`](crate::ProfilingTracerProvider) for the span to get
+/// `pyroscope.profile.id` and labels. The handler's future (and the inner service's
+/// `call`) then runs with that context attached and its local root's labels applied on
+/// every poll, whichever worker thread polls it; the span ends when the response future
+/// completes (see [`ProfileFuture`](crate::ProfileFuture) about streaming bodies).
+///
+/// ```no_run
+/// use axum::{routing::get, Router};
+/// use opentelemetry_sdk::propagation::TraceContextPropagator;
+/// use opentelemetry_sdk::trace::SdkTracerProvider;
+/// use span_profiler::{ProfileLayer, ProfilingTracerProvider};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+/// let sdk = SdkTracerProvider::builder().build();
+/// opentelemetry::global::set_tracer_provider(ProfilingTracerProvider::new(sdk));
+///
+/// let app: Router = Router::new()
+///     .route("/orders/{id}", get(|| async { "order" }))
+///     .layer(ProfileLayer::new()); // after the global provider is set
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, app).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ProfileLayer {
+    tracer: Arc<BoxedTracer>,
+}
+
+impl ProfileLayer {
+    /// A layer starting spans with a tracer of the **global** tracer provider, taken now:
+    /// set the provider (`opentelemetry::global::set_tracer_provider`) before building
+    /// the layer, or the spans come from whatever provider was global then (by default a
+    /// no-op one, whose spans give no labels).
+    ///
+    /// ```
+    /// let layer = span_profiler::ProfileLayer::new();
+    /// # let _ = layer;
+    /// ```
+    pub fn new() -> Self {
+        let scope = InstrumentationScope::builder(SCOPE_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        Self {
+            tracer: Arc::new(global::tracer_with_scope(scope)),
+        }
+    }
+
+    /// A layer starting spans with `tracer`, e.g. one taken from a
+    /// [`ProfilingTracerProvider`](crate::ProfilingTracerProvider) that is not global.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider as _;
+    /// use opentelemetry::trace::noop::NoopTracerProvider;
+    /// use span_profiler::{ProfileLayer, ProfilingTracerProvider};
+    ///
+    /// let provider = ProfilingTracerProvider::new(NoopTracerProvider::new());
+    /// let layer = ProfileLayer::with_tracer(provider.tracer("http-server"));
+    /// # let _ = layer;
+    /// ```
+    pub fn with_tracer<T>(tracer: T) -> Self
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
+        Self {
+            tracer: Arc::new(BoxedTracer::new(Box::new(tracer))),
+        }
+    }
+}
+
+impl Default for ProfileLayer {
+    /// [`ProfileLayer::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for ProfileLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ProfileLayer {
+    type Service = ProfileService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ProfileService::new(inner, self.tracer.clone())
+    }
+}

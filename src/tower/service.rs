@@ -1,0 +1,117 @@
+//! The service: starts (or reuses) the request's span and wraps the inner future.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use opentelemetry::global::BoxedTracer;
+use tower_service::Service;
+
+use super::future::ProfileFuture;
+use super::request;
+use crate::labels::registry::LabelHandle;
+use crate::labels::slot::Scope;
+
+/// The service of a [`ProfileLayer`](crate::ProfileLayer): wraps an inner
+/// `Service<http::Request<B>>` so that each request runs under its server span's context
+/// and profiling labels.
+///
+/// The inner service's `call` already runs with the request's context attached and its
+/// labels applied (for services that do work there); its future is wrapped in a
+/// [`ProfileFuture`]. `Clone`, `Send` and `Sync` exactly when the inner service is.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use span_profiler::{ProfileLayer, ProfileService};
+/// use tower::{Layer as _, ServiceBuilder};
+///
+/// let inner = tower::service_fn(|_req: Request<()>| async {
+///     Ok::<_, Infallible>(Response::new("hello"))
+/// });
+/// let service: ProfileService<_> = ProfileLayer::new().layer(inner);
+/// // or: ServiceBuilder::new().layer(ProfileLayer::new()).service(..)
+/// # let _ = (service, ServiceBuilder::new());
+/// ```
+#[derive(Clone)]
+pub struct ProfileService<S> {
+    inner: S,
+    tracer: Arc<BoxedTracer>,
+}
+
+impl<S> ProfileService<S> {
+    pub(crate) fn new(inner: S, tracer: Arc<BoxedTracer>) -> Self {
+        Self { inner, tracer }
+    }
+
+    /// The wrapped service.
+    ///
+    /// ```
+    /// use span_profiler::ProfileLayer;
+    /// use tower_layer::Layer as _;
+    ///
+    /// let service = ProfileLayer::new().layer(5u8);
+    /// assert_eq!(*service.inner(), 5);
+    /// ```
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    ///
+    /// ```
+    /// use span_profiler::ProfileLayer;
+    /// use tower_layer::Layer as _;
+    ///
+    /// let mut service = ProfileLayer::new().layer(5u8);
+    /// *service.inner_mut() += 1;
+    /// assert_eq!(service.into_inner(), 6);
+    /// ```
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    ///
+    /// ```
+    /// use span_profiler::ProfileLayer;
+    /// use tower_layer::Layer as _;
+    ///
+    /// assert_eq!(ProfileLayer::new().layer("inner").into_inner(), "inner");
+    /// ```
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for ProfileService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for ProfileService<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = ProfileFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let started = request::start(&self.tracer, &req);
+        let handle = crate::otel::handle_for(&started.cx);
+        let future = {
+            let _attached = started.cx.clone().attach();
+            let _scope = Scope::enter(handle.as_ref().map_or(0, LabelHandle::id));
+            self.inner.call(req)
+        };
+        ProfileFuture::new(future, started, handle)
+    }
+}
