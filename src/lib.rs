@@ -30,6 +30,9 @@ mod collect;
 mod counters;
 /// Errors of the fallible areas.
 mod error;
+/// Flame graphs (SVG) and per-span summaries from pprof profiles.
+#[cfg(feature = "flamegraph")]
+pub mod flamegraph;
 /// The future wrapper.
 mod instrument;
 /// Labels, the label registry and the per-thread slot.
