@@ -63,11 +63,14 @@ impl Labels {
     /// let labels = span_profiler::Labels::span(1, "GET /health");
     /// assert_eq!(labels.span_id_hex().as_deref(), Some("0000000000000001"));
     /// assert_eq!(labels.span_name(), Some("GET /health"));
+    /// // The server treats an empty label as absent: an empty name gives no `span_name`.
+    /// assert_eq!(span_profiler::Labels::span(1, "").span_name(), None);
     /// ```
     pub fn span(span_id: u64, span_name: impl Into<String>) -> Labels {
+        let span_name = span_name.into();
         Self::from_set(LabelSet {
             span_id: Some(span_id),
-            span_name: Some(bounded_value(span_name.into())),
+            span_name: (!span_name.is_empty()).then(|| bounded_value(span_name)),
             ..LabelSet::default()
         })
     }

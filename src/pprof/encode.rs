@@ -255,7 +255,9 @@ impl Tables {
                 if let Some(id) = set.span_id {
                     pairs.push((strings.get("span_id"), strings.get(&span_id_hex(id))));
                 }
-                if let Some(name) = &set.span_name {
+                // An empty value is invalid on the server; label sources never make
+                // one, and this keeps it that way.
+                if let Some(name) = set.span_name.as_ref().filter(|n| !n.is_empty()) {
                     pairs.push((strings.get("span_name"), strings.get(name)));
                 }
                 if let (Some(id), true) = (set.trace_id, opts.trace_id_label) {
