@@ -146,7 +146,7 @@ fn arbitrary_labels_are_refused_clearly_or_reach_files_and_server_exactly() {
         }
     });
     let report = profiler.stop().expect("stops");
-    let upload = report.upload.clone().expect("upload report");
+    let upload = report.upload.expect("upload report");
     let rules: Vec<String> = receiver
         .received()
         .iter()
