@@ -118,7 +118,7 @@ impl FlameGraph {
                     if i > 0 {
                         line.push(';');
                     }
-                    push_frame(&mut line, frame);
+                    push_frame(&mut line, &frame.name);
                 }
                 *folded.entry(line).or_default() += stack.value;
                 samples += 1;

@@ -18,10 +18,20 @@ pub(crate) enum ValueKind {
     Other(String, String),
 }
 
+/// One frame: a function name and whether it is Rust's standard library.
+#[derive(Clone)]
+pub(crate) struct Frame {
+    pub(crate) name: Rc<str>,
+    /// By name ([`is_std_frame`](super::is_std_frame)) or by source file (under
+    /// `library/core`, `library/alloc` or `library/std`: release builds with
+    /// `debug = "line-tables-only"` name inlined functions without their path).
+    pub(crate) is_std: bool,
+}
+
 /// One sample, leaf first.
 pub(crate) struct Stack {
-    /// Function names, leaf first; inlined callees before their callers.
-    pub(crate) frames: Vec<Rc<str>>,
+    /// Frames, leaf first; inlined callees before their callers.
+    pub(crate) frames: Vec<Frame>,
     pub(crate) span_id: Option<Rc<str>>,
     pub(crate) span_name: Option<Rc<str>>,
     /// The chosen value (positive).
@@ -97,7 +107,10 @@ impl Stacks {
                 frames.extend(names.location(id).iter().cloned());
             }
             if frames.is_empty() {
-                frames.push("[no frames]".into());
+                frames.push(Frame {
+                    name: "[no frames]".into(),
+                    is_std: false,
+                });
             }
             stacks.push(Stack {
                 frames,
@@ -117,7 +130,7 @@ struct Names<'p> {
     mappings: HashMap<u64, &'p proto::Mapping>,
     locations: HashMap<u64, &'p proto::Location>,
     strings: HashMap<i64, Rc<str>>,
-    frames: HashMap<u64, Vec<Rc<str>>>,
+    frames: HashMap<u64, Vec<Frame>>,
 }
 
 impl<'p> Names<'p> {
@@ -147,7 +160,7 @@ impl<'p> Names<'p> {
     }
 
     /// The frames of one location, leaf (innermost inlined function) first.
-    fn location(&mut self, id: u64) -> &[Rc<str>] {
+    fn location(&mut self, id: u64) -> &[Frame] {
         if !self.frames.contains_key(&id) {
             let names = self.resolve(id);
             self.frames.insert(id, names);
@@ -155,17 +168,30 @@ impl<'p> Names<'p> {
         &self.frames[&id]
     }
 
-    fn resolve(&mut self, id: u64) -> Vec<Rc<str>> {
+    fn resolve(&mut self, id: u64) -> Vec<Frame> {
+        let unknown = || Frame {
+            name: "?".into(),
+            is_std: false,
+        };
         let Some(loc) = self.locations.get(&id).copied() else {
-            return vec!["?".into()];
+            return vec![unknown()];
         };
         let mut names = Vec::with_capacity(loc.line.len().max(1));
         for line in &loc.line {
-            match self.functions.get(&line.function_id).copied() {
-                Some(f) if f.name != 0 => names.push(self.string(f.name)),
-                Some(f) if f.system_name != 0 => names.push(self.string(f.system_name)),
-                _ => names.push("?".into()),
-            }
+            let Some(f) = self.functions.get(&line.function_id).copied() else {
+                names.push(unknown());
+                continue;
+            };
+            let name = match (f.name, f.system_name) {
+                (0, 0) => "?".into(),
+                (0, system) => self.string(system),
+                (name, _) => self.string(name),
+            };
+            let file = self.string(f.filename);
+            names.push(Frame {
+                is_std: super::is_std_frame(&name) || is_std_file(&file),
+                name,
+            });
         }
         if names.is_empty() {
             // Unsymbolized: `[module+0xoffset]` (the module's file name only).
@@ -181,8 +207,19 @@ impl<'p> Names<'p> {
                 }
                 None => format!("[{:#x}]", loc.address),
             };
-            names.push(name.into());
+            names.push(Frame {
+                name: name.into(),
+                is_std: false,
+            });
         }
         names
     }
+}
+
+/// Whether a source file is part of Rust's standard library: `/rustc/<hash>/library/core/...`
+/// in the shipped std, `.../rustlib/src/rust/library/std/...` with `rust-src`.
+fn is_std_file(file: &str) -> bool {
+    ["/library/core/", "/library/alloc/", "/library/std/"]
+        .iter()
+        .any(|dir| file.contains(dir))
 }

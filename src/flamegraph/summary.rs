@@ -153,10 +153,9 @@ fn hottest_frame(stack: &Stack) -> Rc<str> {
     stack
         .frames
         .iter()
-        .find(|f| !is_std_frame(f))
+        .find(|f| !f.is_std)
         .or_else(|| stack.frames.first())
-        .cloned()
-        .unwrap_or_else(|| "?".into())
+        .map_or_else(|| "?".into(), |f| f.name.clone())
 }
 
 /// Whether a frame name belongs to Rust's standard library (`core::`, `alloc::`, `std::`,
@@ -164,11 +163,13 @@ fn hottest_frame(stack: &Stack) -> Rc<str> {
 /// `<core::ops::Range<u64> as core::iter::Iterator>::next` or
 /// `<u64 as core::iter::Step>::forward`).
 ///
-/// A sample's *hottest function* is its innermost frame for which this is false: in a
-/// debug build (and after inlining decisions in a release build) the real leaf is often
-/// `core::num::<impl u64>::wrapping_mul` or `core::hint::black_box`, which says nothing
-/// about where the application spends its time. Other libraries' frames (tokio, libc)
-/// count as functions.
+/// A sample's *hottest function* is its innermost frame that is not in the standard
+/// library, by this test on its name or by its source file (under `library/core`,
+/// `library/alloc` or `library/std`; release builds with `debug = "line-tables-only"`
+/// name inlined functions without their path, e.g. `rotate_left<u64>`). The real leaf
+/// is often `core::num::<impl u64>::wrapping_mul` or `core::hint::black_box`, which says
+/// nothing about where the application spends its time. Other libraries' frames (tokio,
+/// libc) count as functions.
 pub fn is_std_frame(name: &str) -> bool {
     const STD: [&str; 4] = ["core::", "alloc::", "std::", "compiler_builtins::"];
     let is_std_path = |s: &str| STD.iter().any(|p| s.starts_with(p));

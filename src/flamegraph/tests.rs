@@ -261,6 +261,23 @@ fn std_frames_are_recognised_and_application_frames_are_not() {
 }
 
 #[test]
+fn std_functions_named_without_their_path_are_recognised_by_their_source_file() {
+    // Release builds with `debug = "line-tables-only"`: inlined std frames have short
+    // names, but their files are under `library/core`.
+    let mut b = Builder::cpu();
+    let rotate = b.location(&["rotate_left<u64>"]);
+    let file = b.s("/rustc/0123abcd/library/core/src/num/uint_macros.rs");
+    b.p.function.last_mut().unwrap().filename = file;
+    let burn = b.location(&["burn_cpu"]);
+    b.sample_at(vec![rotate, burn], &[("span_name", "GET /")], 10_000_000);
+    let summary = summarize(&[b.profile()]).unwrap();
+    assert_eq!(
+        summary.spans[0].hottest_function.as_deref(),
+        Some("burn_cpu")
+    );
+}
+
+#[test]
 fn inlined_and_unsymbolized_frames_are_drawn_and_semicolons_kept_apart() {
     let mut b = Builder::cpu();
     let inlined = b.location(&["app::inner_inlined", "app::outer"]);

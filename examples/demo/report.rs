@@ -1,0 +1,237 @@
+//! After a run: flame graphs (whole run, per span name, per most expensive request) and
+//! the table, or, when profiles were uploaded, the Grafana settings to look at them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use span_profiler::flamegraph::{self, FlameGraph, Profile, SampleFilter, Summary};
+
+use crate::app::Outcome;
+
+/// Flame graphs written for one run.
+#[derive(Debug)]
+pub struct Report {
+    /// CPU per span name and per request.
+    pub summary: Summary,
+    /// The whole run.
+    pub whole: PathBuf,
+    /// One per span name (same order as `summary.spans`).
+    pub per_span: Vec<PathBuf>,
+    /// The most expensive requests: span id, name, CPU, flame graph.
+    pub per_request: Vec<(flamegraph::RequestSummary, PathBuf)>,
+}
+
+/// Reads the run's files and writes its flame graphs to `svg_dir` (earlier SVGs of the
+/// demo there are replaced).
+pub fn flame_graphs(
+    outcome: &Outcome,
+    svg_dir: &Path,
+) -> Result<Report, flamegraph::FlamegraphError> {
+    let io = |source| flamegraph::FlamegraphError::Write {
+        path: Some(svg_dir.to_owned()),
+        source,
+    };
+    std::fs::create_dir_all(svg_dir).map_err(io)?;
+    for entry in std::fs::read_dir(svg_dir).map_err(io)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name == "all.svg" || name.starts_with("span-") || name.starts_with("request-");
+        if ours && name.ends_with(".svg") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let profiles = outcome
+        .files
+        .iter()
+        .map(Profile::read)
+        .collect::<Result<Vec<_>, _>>()?;
+    let summary = flamegraph::summarize(&profiles)?;
+
+    let whole = svg_dir.join("all.svg");
+    FlameGraph::new()
+        .title(format!("{}: whole run", outcome.app_name))
+        .render_to_file(&profiles, &whole)?;
+    let mut per_span = Vec::new();
+    for span in &summary.spans {
+        let path = svg_dir.join(format!("span-{}.svg", file_name(&span.span_name)));
+        FlameGraph::new()
+            .title(&span.span_name)
+            .filter(SampleFilter::span_name(&span.span_name))
+            .render_to_file(&profiles, &path)?;
+        per_span.push(path);
+    }
+    let mut per_request = Vec::new();
+    for request in summary.requests.iter().take(3) {
+        let path = svg_dir.join(format!("request-{:016x}.svg", request.span_id));
+        FlameGraph::new()
+            .title(format!(
+                "{} (span_id {:016x})",
+                request.span_name.as_deref().unwrap_or("?"),
+                request.span_id
+            ))
+            .filter(SampleFilter::span_id(request.span_id))
+            .render_to_file(&profiles, &path)?;
+        per_request.push((request.clone(), path));
+    }
+    Ok(Report {
+        summary,
+        whole,
+        per_span,
+        per_request,
+    })
+}
+
+/// The table: span name, requests, CPU time, CPU per request, hottest function, SVG.
+///
+/// `served` is the number of responses per span name as the load generator counted
+/// them; the profiles alone only know the requests that a sample hit (a cheap request
+/// often gets none), so "sampled" is shown beside it and CPU per request divides by the
+/// real count when it is known.
+pub fn print_table(report: &Report, served: &[(&str, u64)]) {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "span name".into(),
+        "requests (sampled)".into(),
+        "CPU time".into(),
+        "CPU/request".into(),
+        "hottest function".into(),
+        "flame graph".into(),
+    ]];
+    for (span, svg) in report.summary.spans.iter().zip(&report.per_span) {
+        let real = served
+            .iter()
+            .find(|(name, _)| *name == span.span_name)
+            .map(|(_, n)| *n)
+            .filter(|&n| n > 0);
+        let (requests, per_request) = match real {
+            Some(n) => (
+                format!("{n} ({})", span.requests),
+                duration(span.cpu / u32::try_from(n).unwrap_or(u32::MAX)),
+            ),
+            None => (
+                format!("? ({})", span.requests),
+                span.cpu_per_request().map_or("-".into(), duration),
+            ),
+        };
+        rows.push([
+            span.span_name.clone(),
+            requests,
+            duration(span.cpu),
+            per_request,
+            span.hottest_function.clone().unwrap_or_default(),
+            svg.display().to_string(),
+        ]);
+    }
+    rows.push([
+        "(no span: runtime, client, profiler)".into(),
+        "-".into(),
+        duration(report.summary.unlabelled_cpu),
+        "-".into(),
+        "".into(),
+        report.whole.display().to_string(),
+    ]);
+    print_rows(&rows, &[false, true, true, true, false, false]);
+
+    println!("\nMost expensive requests (one flame graph each):");
+    let mut rows: Vec<[String; 5]> = vec![[
+        "span_id".into(),
+        "span name".into(),
+        "CPU time".into(),
+        "hottest function".into(),
+        "flame graph".into(),
+    ]];
+    for (request, svg) in &report.per_request {
+        rows.push([
+            format!("{:016x}", request.span_id),
+            request.span_name.clone().unwrap_or_default(),
+            duration(request.cpu),
+            request.hottest_function.clone().unwrap_or_default(),
+            svg.display().to_string(),
+        ]);
+    }
+    print_rows(&rows, &[false, false, true, false, false]);
+}
+
+/// What to set up in Grafana to see uploaded profiles, and to jump there from traces.
+pub fn print_grafana(outcome: &Outcome) {
+    let server = outcome.server.as_deref().unwrap_or("?");
+    let app = &outcome.app_name;
+    println!(
+        r#"
+Profiles went to {server} as service_name="{app}".
+
+Grafana, Explore, Pyroscope data source:
+  profile type  process_cpu:cpu:nanoseconds:cpu:nanoseconds
+  label query   {{service_name="{app}"}}
+  one route     {{service_name="{app}", span_name="GET /report/{{id}}"}}
+
+Tempo data source, "Trace to profiles" (tracesToProfiles), for traces whose resource
+has service.name="{app}":
+  jsonData:
+    tracesToProfiles:
+      datasourceUid: <your Pyroscope data source uid>
+      profileTypeId: process_cpu:cpu:nanoseconds:cpu:nanoseconds
+      tags:
+        - key: service.name
+          value: service_name
+      customQuery: false
+Spans with the attribute pyroscope.profile.id then show a "Profiles" link. This demo does
+not export its spans; in your service, send them to Tempo (e.g. opentelemetry-otlp) with
+the same service.name."#
+    );
+}
+
+/// A file-name-safe form of a span name: `GET /report/{id}` -> `GET_report_id`.
+fn file_name(span_name: &str) -> String {
+    let mut out = String::new();
+    for c in span_name.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    let out = out.trim_matches('_');
+    if out.is_empty() {
+        "unnamed".into()
+    } else {
+        out.into()
+    }
+}
+
+fn duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else if s >= 1e-3 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{:.0} µs", s * 1e6)
+    }
+}
+
+fn print_rows<const N: usize>(rows: &[[String; N]], right: &[bool; N]) {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for i in 0..N {
+            let pad = widths[i] - row[i].chars().count();
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if right[i] {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(&row[i]);
+            } else {
+                line.push_str(&row[i]);
+                if i + 1 < N {
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}

@@ -1,0 +1,103 @@
+//! The demo (`examples/demo`) in its short mode, in this test process: a real axum
+//! service on 127.0.0.1 under load, profiled into files, then its flame graphs and table
+//! data. Checks what a newcomer would look at: files and SVGs exist, every route is there
+//! by its span name, and the CPU-heavy route's hottest function is the one it burns in.
+
+mod common;
+
+// The example's own modules; main.rs's command-line and upload paths are not used here.
+#[allow(dead_code)]
+#[path = "../examples/demo/app.rs"]
+mod app;
+#[allow(dead_code)]
+#[path = "../examples/demo/report.rs"]
+mod report;
+
+use std::time::Duration;
+
+#[test]
+fn the_demo_profiles_every_route_and_draws_its_flame_graphs() {
+    let _lock = common::profiler_lock();
+    let dir = common::temp_dir("demo");
+    let config = app::Config::short(&dir);
+    let outcome = app::run(&config).expect("the demo runs");
+
+    assert_eq!(outcome.errors, 0, "every request succeeds: {outcome:?}");
+    for (route, responses) in app::ROUTES.iter().zip(outcome.responses) {
+        assert!(responses > 0, "{route} was requested: {outcome:?}");
+    }
+    assert!(!outcome.files.is_empty(), "profile files written");
+    for (_, profile) in common::load_profiles(&dir) {
+        assert!(!profile.sample.is_empty());
+    }
+
+    let report = report::flame_graphs(&outcome, &dir.join("flamegraphs")).expect("flame graphs");
+    let summary = &report.summary;
+    let served: Vec<(&str, u64)> = app::ROUTES.iter().copied().zip(outcome.responses).collect();
+    report::print_table(&report, &served);
+
+    // Every route appears by its span name, with requests and CPU.
+    for route in app::ROUTES {
+        let span = summary
+            .spans
+            .iter()
+            .find(|s| s.span_name == route)
+            .unwrap_or_else(|| panic!("no samples of {route}: {summary:#?}"));
+        assert!(span.requests > 0 && span.cpu > Duration::ZERO, "{span:?}");
+    }
+
+    // The CPU-heavy route burns in `render_report`, and so do its three large requests.
+    let heavy = summary
+        .spans
+        .iter()
+        .find(|s| s.span_name == "GET /report/{id}")
+        .unwrap();
+    let hottest = heavy.hottest_function.as_deref().unwrap_or_default();
+    assert!(
+        hottest.ends_with(&format!("::{}", app::HEAVY_FUNCTION)),
+        "hottest function of GET /report/{{id}} is `{hottest}`"
+    );
+    assert_eq!(
+        report.per_request.len(),
+        3,
+        "three per-request flame graphs"
+    );
+    for (request, _) in &report.per_request {
+        assert_eq!(request.span_name.as_deref(), Some("GET /report/{id}"));
+        // Each burned `large_report_cpu` (0.5 s); samples measure it within sampling error.
+        assert!(
+            request.cpu >= config.large_report_cpu.mul_f64(0.7),
+            "{request:?}"
+        );
+        let hottest = request.hottest_function.as_deref().unwrap_or_default();
+        assert!(hottest.ends_with("::render_report"), "{request:?}");
+    }
+
+    // The SVGs: whole run, one per span name, one per expensive request.
+    let svgs = std::iter::once(&report.whole)
+        .chain(&report.per_span)
+        .chain(report.per_request.iter().map(|(_, path)| path));
+    for path in svgs {
+        let svg =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            svg.contains("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{}",
+            path.display()
+        );
+    }
+    assert_eq!(report.per_span.len(), summary.spans.len());
+    let whole = std::fs::read_to_string(&report.whole).unwrap();
+    assert!(whole.contains("render_report") && whole.contains("checksum_part"));
+    let fanout = report
+        .per_span
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with("span-GET_fanout.svg"))
+        .expect("GET /fanout has its own flame graph");
+    let fanout = std::fs::read_to_string(fanout).unwrap();
+    assert!(
+        fanout.contains("checksum_part") && !fanout.contains("render_report"),
+        "spawned tasks carry their request's labels, and only those"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
