@@ -119,6 +119,8 @@ pub struct Outcome {
     pub files: Vec<PathBuf>,
     /// CPU the profiler's samples covered, of the process CPU time (when known).
     pub coverage: Option<f64>,
+    /// Upload mode: profiles delivered and lost.
+    pub uploads: Option<(u64, u64)>,
 }
 
 /// Runs the service and the load, stops the profiler (flushing its last window) and
@@ -200,14 +202,7 @@ pub fn run(config: &Config) -> Result<Outcome, Box<dyn std::error::Error>> {
     if let Err(err) = provider.into_inner().shutdown() {
         eprintln!("tracer provider shutdown: {err}");
     }
-    if server.is_some() {
-        if let Some(upload) = &stopped.upload {
-            eprintln!(
-                "uploaded {} profile(s), lost {}",
-                upload.delivered, upload.lost
-            );
-        }
-    }
+    let uploads = stopped.upload.as_ref().map(|u| (u.delivered, u.lost));
 
     let files = match server {
         Some(_) => Vec::new(),
@@ -220,6 +215,7 @@ pub fn run(config: &Config) -> Result<Outcome, Box<dyn std::error::Error>> {
         errors: load.errors.load(Relaxed),
         files,
         coverage,
+        uploads,
     })
 }
 

@@ -52,8 +52,10 @@ fn main() -> ExitCode {
         ))
     );
     if outcome.server.is_some() {
-        report::print_grafana(&outcome);
-        return ExitCode::SUCCESS;
+        return match report::print_grafana(&outcome) {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::FAILURE,
+        };
     }
     println!(
         "{} profile files in {}\n",

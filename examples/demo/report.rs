@@ -151,12 +151,22 @@ pub fn print_table(report: &Report, served: &[(&str, u64)]) {
 }
 
 /// What to set up in Grafana to see uploaded profiles, and to jump there from traces.
-pub fn print_grafana(outcome: &Outcome) {
+/// Returns false when no profile was delivered.
+pub fn print_grafana(outcome: &Outcome) -> bool {
     let server = outcome.server.as_deref().unwrap_or("?");
     let app = &outcome.app_name;
+    let (delivered, lost) = outcome.uploads.unwrap_or_default();
+    if delivered == 0 {
+        eprintln!(
+            "no profile reached {server} ({lost} lost): is Pyroscope listening there? \
+             Check the address, credentials (PYROSCOPE_BASIC_AUTH_*, PYROSCOPE_AUTH_TOKEN) \
+             and tenant (PYROSCOPE_TENANT_ID); see the README's troubleshooting."
+        );
+        return false;
+    }
     println!(
         r#"
-Profiles went to {server} as service_name="{app}".
+{delivered} profile(s) went to {server} as service_name="{app}" ({lost} lost).
 
 Grafana, Explore, Pyroscope data source:
   profile type  process_cpu:cpu:nanoseconds:cpu:nanoseconds
@@ -177,6 +187,7 @@ Spans with the attribute pyroscope.profile.id then show a "Profiles" link. This 
 not export its spans; in your service, send them to Tempo (e.g. opentelemetry-otlp) with
 the same service.name."#
     );
+    true
 }
 
 /// A file-name-safe form of a span name: `GET /report/{id}` -> `GET_report_id`.
