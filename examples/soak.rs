@@ -1,0 +1,112 @@
+//! Soak test (not run by CI): steady labelled load under the profiler for a long time,
+//! printing resident memory, so a leak shows as a rising curve.
+//!
+//! Every request gets a fresh span id (new label sets all the time, as in production),
+//! some spawn child tasks, some run on the blocking pool; the profiler samples at 100 Hz
+//! and writes 10 s windows to a temporary directory with a 20-file retention cap.
+//!
+//! Run: `cargo run --release --example soak` (`SOAK_SECONDS`, default 600; the RSS line
+//! every `SOAK_REPORT_SECONDS`, default 30).
+
+use std::time::{Duration, Instant};
+
+use span_profiler::{Labels, ProfiledExt, Profiler};
+
+fn env_secs(name: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[inline(never)]
+fn soak_work(n: u64) -> u64 {
+    (0..n).fold(0u64, |acc, i| {
+        std::hint::black_box(acc.rotate_left(7) ^ i.wrapping_mul(0x9e37_79b9))
+    })
+}
+
+async fn request(i: u64) -> u64 {
+    let mut total = soak_work(20_000);
+    if i % 5 == 0 {
+        let child = tokio::spawn(async { soak_work(10_000) }.with_labels(Labels::current()));
+        total += child.await.unwrap_or(0);
+    }
+    if i % 7 == 0 {
+        total += span_profiler::spawn_blocking(|| soak_work(10_000))
+            .await
+            .unwrap_or(0);
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    total
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let run = env_secs("SOAK_SECONDS", 600);
+    let every = env_secs("SOAK_REPORT_SECONDS", 30);
+    let dir = std::env::temp_dir().join(format!("span-profiler-soak-{}", std::process::id()));
+    let profiler = Profiler::builder()
+        .application_name("soak")
+        .output_dir(&dir)
+        .max_files(20)
+        .start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!("elapsed_s  rss_kib  requests  samples  files_written  files_deleted  dropped");
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut next_report = started;
+        let mut i = 0u64;
+        while started.elapsed() < run {
+            // 8 concurrent requests per round, each with a fresh span.
+            let round: Vec<_> = (0..8)
+                .map(|k| {
+                    i += 1;
+                    let labels = Labels::span(i, format!("route-{}", k % 4));
+                    tokio::spawn(request(i).with_labels(labels))
+                })
+                .collect();
+            for r in round {
+                let _ = r.await;
+            }
+            if Instant::now() >= next_report {
+                let s = profiler.stats();
+                println!(
+                    "{:>9}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>7}",
+                    started.elapsed().as_secs(),
+                    rss_kib(),
+                    i,
+                    s.samples,
+                    s.files_written,
+                    s.files_deleted,
+                    s.dropped.buffer_full + s.dropped.other
+                );
+                next_report += every;
+            }
+        }
+    });
+    let report = profiler.stop()?;
+    println!(
+        "done: {} windows, {} files written, final RSS {} KiB",
+        report.windows,
+        report.files_written,
+        rss_kib()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
