@@ -162,6 +162,12 @@ mod tests {
     use crate::labels::slot::Scope;
 
     #[test]
+    fn the_layer_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<TracingProfileLayer>();
+    }
+
+    #[test]
     fn spans_exited_out_of_order_restore_the_labels_in_force_before_both() {
         let layer = TracingProfileLayer::new();
         let subscriber =
