@@ -8,12 +8,16 @@ mod common;
 mod span_profiles;
 
 use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
-use opentelemetry::trace::TracerProvider as _;
-use span_profiler::{Labels, Profiler, TracingProfileLayer, PROFILE_ID_ATTRIBUTE};
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_sdk::trace::InMemorySpanExporter;
+use span_profiler::{Labels, ProfileLayer, Profiler, TracingProfileLayer, PROFILE_ID_ATTRIBUTE};
 use span_profiles::*;
+use tower::{Layer as _, Service as _};
 use tracing_subscriber::layer::SubscriberExt as _;
 
 const SERVICE: &str = "tracing-layer-test";
@@ -58,14 +62,27 @@ async fn checkout(cart: u64) -> Labels {
     Labels::current()
 }
 
+/// Installs (once per binary) the global subscriber: tracing-opentelemetry over a
+/// `ProfilingTracer`, and `TracingProfileLayer`.
+fn install_subscriber() -> InMemorySpanExporter {
+    static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
+    EXPORTER
+        .get_or_init(|| {
+            let (exporter, provider) = provider(SERVICE);
+            let subscriber = tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("tracing-test")))
+                .with(TracingProfileLayer::new());
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("the only global subscriber");
+            exporter
+        })
+        .clone()
+}
+
 #[test]
 fn instrumented_async_fns_carry_their_root_spans_ids_on_every_poll() {
     let _lock = profiler_lock();
-    let (exporter, provider) = provider(SERVICE);
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("tracing-test")))
-        .with(TracingProfileLayer::new());
-    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    let exporter = install_subscriber();
 
     let dir = temp_dir("tracing-layer");
     let profiler = Profiler::builder()
@@ -149,5 +166,47 @@ fn instrumented_async_fns_carry_their_root_spans_ids_on_every_poll() {
             },
         ],
         50,
+    );
+}
+
+/// As behind tower-http's `TraceLayer` with tracing-opentelemetry: the request's tracing
+/// span is entered when `ProfileLayer`'s service is called, so the layer reuses its
+/// OpenTelemetry span (activated on enter) instead of starting another, and the handler
+/// runs under that span's root labels even when polled outside the tracing span.
+#[test]
+fn profile_layer_reuses_the_span_of_an_outer_tracing_layer() {
+    let exporter = install_subscriber();
+    let handler = tower::service_fn(|_req: http::Request<()>| async {
+        tokio::task::yield_now().await;
+        Ok::<_, Infallible>(http::Response::new(Labels::current()))
+    });
+    // Had the layer started a span of its own, this provider would export it.
+    let (layer_exporter, layer_provider) = provider(SERVICE);
+    let mut service = ProfileLayer::with_tracer(layer_provider.tracer("layer")).layer(handler);
+    let span = tracing::info_span!("GET /outer/{id}");
+    let (future, otel_id) = {
+        let _entered = span.enter();
+        let otel_id = opentelemetry::Context::current()
+            .span()
+            .span_context()
+            .span_id();
+        (service.call(http::Request::new(())), otel_id)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let labels = rt.block_on(future).unwrap().into_body();
+    assert_eq!(labels.span_id_hex(), Some(otel_id.to_string()));
+    assert_eq!(labels.span_name(), Some("GET /outer/{id}"));
+    drop(span);
+    assert!(
+        layer_exporter.get_finished_spans().unwrap().is_empty(),
+        "no second server span"
+    );
+    let exported = spans_named(&exporter, "GET /outer/{id}");
+    assert_eq!(exported.len(), 1);
+    assert_eq!(
+        attr(&exported[0], PROFILE_ID_ATTRIBUTE),
+        Some(otel_id.to_string())
     );
 }
