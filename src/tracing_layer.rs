@@ -128,17 +128,21 @@ where
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
         let label = self.label_id(&span);
-        let prev = match label {
-            Some(label) => slot::replace(label),
-            // No labels of its own: leave those in force.
-            None => slot::current(),
-        };
-        ENTERED.with(|entered| entered.borrow_mut().push((id.into_u64(), prev)));
+        // `try_with`: a span entered while this thread's thread-locals are being
+        // destroyed gets no labels (it could not restore them on exit).
+        let _ = ENTERED.try_with(|entered| {
+            let prev = match label {
+                Some(label) => slot::replace(label),
+                // No labels of its own: leave those in force.
+                None => slot::current(),
+            };
+            entered.borrow_mut().push((id.into_u64(), prev));
+        });
     }
 
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
         let id = id.into_u64();
-        ENTERED.with(|entered| {
+        let _ = ENTERED.try_with(|entered| {
             let mut entered = entered.borrow_mut();
             let Some(pos) = entered.iter().rposition(|&(span, _)| span == id) else {
                 return;
