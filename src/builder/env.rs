@@ -10,22 +10,13 @@ use crate::error::BuildError;
 pub(crate) const ENABLED_VAR: &str = "SPAN_PROFILER_ENABLED";
 
 impl ProfilerBuilder {
-    /// Defaults, then these environment variables, then the builder calls made after it
+    /// Defaults, then the `PYROSCOPE_*` environment variables, then the builder calls made after it
     /// (a later call replaces a variable's value). Empty variables count as unset. A
     /// malformed value is reported by [`start`](Self::start) as a
     /// [`BuildError`](crate::BuildError) naming the variable; nothing here panics.
     ///
-    /// | variable | builder call | format |
-    /// | --- | --- | --- |
-    /// | `PYROSCOPE_SERVER_ADDRESS` | [`server_address`](Self::server_address) | `http://host:4040` |
-    /// | `PYROSCOPE_APPLICATION_NAME` (else `OTEL_SERVICE_NAME`) | [`application_name`](Self::application_name) | letters, digits, `_ . - /` |
-    /// | `PYROSCOPE_BASIC_AUTH_USER` and `PYROSCOPE_BASIC_AUTH_PASSWORD` | [`basic_auth`](Self::basic_auth) | both or neither |
-    /// | `PYROSCOPE_AUTH_TOKEN` | [`bearer_token`](Self::bearer_token) | the token |
-    /// | `PYROSCOPE_TENANT_ID` | [`tenant_id`](Self::tenant_id) | the tenant |
-    /// | `PYROSCOPE_LABELS` | [`tag`](Self::tag), once per pair | `k=v,k=v` |
-    /// | `PYROSCOPE_UPLOAD_INTERVAL` | [`upload_interval`](Self::upload_interval) | `10s`, `1m30s`, `500ms` |
-    /// | `PYROSCOPE_SAMPLE_RATE` | [`sample_rate`](Self::sample_rate) | Hz, e.g. `100` |
-    /// | `SPAN_PROFILER_ENABLED` | (none: read by every `start()`) | `false`/`0`/`no`/`off` make `start()` return a profiler that does nothing; `true`/`1`/`yes`/`on` or unset: profile |
+    /// The variables and their formats are listed once, in the crate docs'
+    /// [environment-variable table](crate#environment-variables).
     ///
     /// `SPAN_PROFILER_ENABLED` is honoured however the builder was made, so profiling can
     /// be switched off in production without a rebuild.
