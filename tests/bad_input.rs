@@ -158,12 +158,7 @@ fn arbitrary_labels_are_refused_clearly_or_reach_files_and_server_exactly() {
 
     // Every request met every server rule; every file decodes and validates.
     let received = receiver.assert_all_valid();
-    let mut from_server = Vec::new();
-    for r in &received {
-        for p in &r.profiles {
-            from_server.extend(span_profiler::__private::pprof::samples(p));
-        }
-    }
+    let from_server: Vec<_> = received.iter().flat_map(|r| r.samples()).collect();
     let from_files = all_samples(&dir);
     let mut checked = 0;
     for s in from_files.iter().chain(&from_server) {

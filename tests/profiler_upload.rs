@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::*;
 use receiver::{Endpoint, Receiver};
-use span_profiler::__private::pprof::samples;
 use span_profiler::{Labels, ProfiledExt, Profiler};
 
 #[inline(never)]
@@ -82,8 +81,8 @@ fn windows_reach_the_server_as_valid_labelled_push_requests_and_no_files() {
         assert_eq!(r.endpoint, Endpoint::Push);
         assert_eq!(r.label("service_name"), Some("upload-e2e"));
         assert_eq!(r.label("region"), Some("test"));
-        for profile in &r.profiles {
-            for s in samples(profile) {
+        {
+            for s in r.samples() {
                 if s.functions.iter().any(|f| f.contains("upload_burn")) {
                     let id = s.labels.get("span_id").map(String::as_str);
                     assert!(

@@ -120,6 +120,14 @@ impl Received {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every sample of every profile in the request, readable.
+    pub fn samples(&self) -> Vec<span_profiler::__private::pprof::SampleView> {
+        self.profiles
+            .iter()
+            .flat_map(span_profiler::__private::pprof::samples)
+            .collect()
+    }
+
     pub fn label(&self, name: &str) -> Option<&str> {
         self.series_labels
             .iter()
