@@ -205,6 +205,11 @@ impl ProfilerBuilder {
 
     /// Most distinct label sets per window (default 10,000); samples of further sets keep
     /// their stacks and weights but lose their labels, and are counted.
+    ///
+    /// Memory: a window holds at most this many label sets (each about 200 bytes plus its
+    /// values); the label registry holds one entry per live labelled span, freed one window
+    /// after its last release. 100,000 distinct spans and 1,000 span names in one window
+    /// grew resident memory by less than 128 MiB in the stress test, symbolizer included.
     pub fn max_label_sets(mut self, sets: usize) -> Self {
         self.max_label_sets = sets;
         self

@@ -215,7 +215,15 @@ fn a_forked_child_is_inert_and_can_start_its_own_session() {
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
     assert_eq!(libc::WEXITSTATUS(status), 0);
-    spin_for(Duration::from_millis(50), |x| x.wrapping_add(9));
+    // The parent keeps profiling: samples keep arriving after the fork.
+    let mut sampler = sampler;
+    sampler.drain(&mut |_| {});
+    let before = sampler.stats().samples;
+    spin_for(Duration::from_millis(300), |x| x.wrapping_add(9));
+    sampler.maintain();
+    sampler.drain(&mut |_| {});
+    let after_fork = sampler.stats().samples - before;
+    assert!(after_fork > 0, "the parent stopped sampling after fork()");
     let stats = sampler.stop();
     drop(busy);
     assert!(stats.threads_armed == 0 && timer_count() == 0);
