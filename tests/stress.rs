@@ -314,7 +314,8 @@ fn a_hundred_thousand_spans_and_a_thousand_names_in_one_window_stay_within_caps_
         .upload_interval(Duration::from_secs(60))
         .server_address(receiver.url())
         .max_request_bytes(64 * 1024)
-        .max_label_sets(2_000)
+        // Far below the distinct sets sampled even on a loaded machine (~1,800 samples).
+        .max_label_sets(500)
         .start()
         .expect("profiler starts");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -351,7 +352,7 @@ fn a_hundred_thousand_spans_and_a_thousand_names_in_one_window_stay_within_caps_
     assert_eq!(stats.windows, 1, "everything in one window: {stats:?}");
     assert!(
         stats.label_sets_overflowed > 0,
-        "the 2,000-set cap did not trigger: {stats:?}"
+        "the 500-set cap did not trigger: {stats:?}"
     );
     assert!(
         stats.span_names_overflowed > 0,

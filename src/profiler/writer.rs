@@ -24,9 +24,22 @@ use crate::sink::upload::UploadReport;
 use crate::sink::upload::{UploadWindow, Uploader};
 use crate::sync::lock_std as lock;
 
-/// Closed windows waiting for the writer. A full queue means the writer is more than
-/// this many windows behind; the collector then discards the new window and counts it.
-const QUEUE: usize = 4;
+/// How far the writer may fall behind, in time: a first window can wait several seconds
+/// for the symbolizer's DWARF index on a busy machine. Beyond it the collector discards
+/// new windows and counts them (their memory is bounded by the per-window caps).
+const QUEUE_SPAN: Duration = Duration::from_secs(60);
+
+/// Fewest and most queued windows, whatever the interval.
+const QUEUE_MIN: usize = 4;
+const QUEUE_MAX: usize = 64;
+
+/// Closed windows that may wait for the writer at `interval`.
+fn queue_len(interval: Duration) -> usize {
+    let windows = QUEUE_SPAN.as_millis() / interval.as_millis().max(1);
+    usize::try_from(windows)
+        .unwrap_or(QUEUE_MAX)
+        .clamp(QUEUE_MIN, QUEUE_MAX)
+}
 
 /// What the writer thread returns when it stops.
 pub(super) struct WriterOutcome {
@@ -40,10 +53,12 @@ pub(super) struct WriterHandle {
     tx: Option<SyncSender<ClosedWindow>>,
     thread: Option<JoinHandle<WriterOutcome>>,
     stats: Arc<Mutex<Stats>>,
+    /// Capacity of `tx`, for the log message.
+    queue: usize,
 }
 
 impl WriterHandle {
-    /// Queues a closed window; when the writer is `QUEUE` windows behind, the window is
+    /// Queues a closed window; when the writer is a full queue behind, the window is
     /// discarded and counted (`Stats::windows_discarded`).
     pub(super) fn send(&self, window: ClosedWindow) {
         static FULL_LOGGED: Once = Once::new();
@@ -55,8 +70,9 @@ impl WriterHandle {
                 if FULL_LOGGED.first() {
                     log::warn!(
                         target: "span_profiler",
-                        "the profile writer is {QUEUE} windows behind (slow disk or encoding?); \
-                         a window was discarded (stats: windows_discarded)"
+                        "the profile writer is {} windows behind (slow disk or encoding?); \
+                         a window was discarded (stats: windows_discarded)",
+                        self.queue
                     );
                 }
             }
@@ -123,7 +139,8 @@ pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterH
         stop_timeout: config.stop_timeout,
         stats: stats.clone(),
     };
-    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let queue = queue_len(config.upload_interval);
+    let (tx, rx) = mpsc::sync_channel(queue);
     let thread = thread::Builder::new()
         .name("span-profiler-writer".into())
         .spawn(move || writer.run(rx))
@@ -135,6 +152,7 @@ pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterH
         tx: Some(tx),
         thread: Some(thread),
         stats,
+        queue,
     })
 }
 
@@ -220,5 +238,18 @@ impl Writer {
         if let Some(uploader) = &self.uploader {
             stats.upload = Some(uploader.counts());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_covers_a_minute_within_its_bounds() {
+        assert_eq!(queue_len(Duration::from_secs(10)), 6);
+        assert_eq!(queue_len(Duration::from_secs(1)), 60);
+        assert_eq!(queue_len(Duration::from_millis(100)), QUEUE_MAX);
+        assert_eq!(queue_len(Duration::from_secs(300)), QUEUE_MIN);
     }
 }
