@@ -68,7 +68,8 @@ pub trait ProfiledExt: Future + Sized {
     /// ```
     #[cfg(feature = "otel")]
     fn profiled(self) -> Profiled<Self> {
-        Profiled::new(self, crate::otel::handle_for_current())
+        let (handle, root) = crate::otel::lookup_current();
+        Profiled::with_root(self, handle, root)
     }
 
     /// Wraps `self` with the labels of the span in `cx` (see [`profiled`](Self::profiled)),
@@ -88,7 +89,8 @@ pub trait ProfiledExt: Future + Sized {
     /// ```
     #[cfg(feature = "otel")]
     fn profiled_with(self, cx: &opentelemetry::Context) -> Profiled<Self> {
-        Profiled::new(self, crate::otel::handle_for(cx))
+        let (handle, root) = crate::otel::lookup(cx);
+        Profiled::with_root(self, handle, root)
     }
 
     /// Both at once: attaches `cx` as the current OpenTelemetry context on every poll
@@ -112,15 +114,25 @@ pub trait ProfiledExt: Future + Sized {
         self,
         cx: opentelemetry::Context,
     ) -> Profiled<opentelemetry::context::WithContext<Self>> {
-        let handle = crate::otel::handle_for(&cx);
-        Profiled::new(
+        let (handle, root) = crate::otel::lookup(&cx);
+        Profiled::with_root(
             opentelemetry::context::FutureExt::with_context(self, cx),
             handle,
+            root,
         )
     }
 }
 
 impl<F: Future> ProfiledExt for F {}
+
+/// The local root span a wrapper's task metrics go to (feature `task-metrics`); nothing
+/// without the feature.
+#[cfg(feature = "task-metrics")]
+pub(crate) type RootLink = Option<std::sync::Arc<crate::otel::Root>>;
+/// The local root span a wrapper's task metrics go to (feature `task-metrics`); nothing
+/// without the feature.
+#[cfg(not(feature = "task-metrics"))]
+pub(crate) type RootLink = ();
 
 pin_project! {
     /// A future with profiling labels: returned by [`ProfiledExt`]'s methods.
@@ -141,6 +153,8 @@ pin_project! {
         inner: Option<F>,
         id: u64,
         handle: Option<LabelHandle>,
+        // The span's local root, for `with_task_metrics` (feature `task-metrics`).
+        root: RootLink,
     }
 
     impl<F> PinnedDrop for Profiled<F> {
@@ -165,7 +179,79 @@ impl<F> Profiled<F> {
             inner: Some(inner),
             id,
             handle,
+            root: RootLink::default(),
         }
+    }
+
+    /// A wrapper that also knows the local root span of its labels.
+    pub(crate) fn with_root(inner: F, handle: Option<LabelHandle>, root: RootLink) -> Self {
+        let id = handle.as_ref().map_or(0, LabelHandle::id);
+        Self {
+            inner: Some(inner),
+            id,
+            handle,
+            root,
+        }
+    }
+
+    /// Also measures the wrapped future's polls with tokio-metrics and adds them to its
+    /// local root span, which gets the totals as attributes when it ends or is dropped
+    /// (feature `task-metrics`):
+    ///
+    /// | attribute | value |
+    /// | --- | --- |
+    /// | [`span_profiler.task.poll_count`](crate::TASK_POLL_COUNT_ATTRIBUTE) | polls |
+    /// | [`span_profiler.task.busy_ns`](crate::TASK_BUSY_NS_ATTRIBUTE) | ns inside polls |
+    /// | [`span_profiler.task.scheduled_ns`](crate::TASK_SCHEDULED_NS_ATTRIBUTE) | ns from a wake-up to the next poll (run-queue wait) |
+    /// | [`span_profiler.task.idle_ns`](crate::TASK_IDLE_NS_ATTRIBUTE) | ns from the end of a `Pending` poll to the next wake-up |
+    /// | [`span_profiler.task.slow_poll_count`](crate::TASK_SLOW_POLL_COUNT_ATTRIBUTE) | polls of at least [`TASK_SLOW_POLL_THRESHOLD`](crate::TASK_SLOW_POLL_THRESHOLD) |
+    ///
+    /// Off unless asked for: each poll then costs about 90 ns more (two clock reads per
+    /// poll plus one per wake-up, and a handful of atomic additions; see the `metrics`
+    /// bench), and the first metered future under a root allocates its monitor.
+    ///
+    /// - Only wrappers built from a span ([`profiled`](ProfiledExt::profiled),
+    ///   [`profiled_with`](ProfiledExt::profiled_with),
+    ///   [`profiled_in_context`](ProfiledExt::profiled_in_context)) whose local root a
+    ///   [`ProfilingTracerProvider`](crate::ProfilingTracerProvider) built are measured;
+    ///   others (plain labels, an unknown or ended span) are polled unmeasured.
+    /// - Every metered future under one root adds to the same totals (e.g. the handler
+    ///   and tasks it spawns with `.profiled().with_task_metrics()`). Meter each piece of
+    ///   work once: a metered future inside another one counts its polls twice.
+    /// - Polls after the root span ended are not recorded: the attributes are written
+    ///   once, when it ends. A span ended by dropping its last `Context` ends after the
+    ///   futures holding that context are dropped, so all their polls count.
+    /// - Busy time is wall-clock time inside polls: it includes time the worker thread
+    ///   was descheduled by the OS, unlike CPU profiles.
+    ///
+    /// ```
+    /// use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider as _};
+    /// use opentelemetry::Context;
+    /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    /// use span_profiler::{ProfiledExt, ProfilingTracerProvider, TASK_POLL_COUNT_ATTRIBUTE};
+    ///
+    /// let exporter = InMemorySpanExporter::default();
+    /// let sdk = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    /// let tracer = ProfilingTracerProvider::new(sdk).tracer("example");
+    ///
+    /// let cx = Context::current_with_span(tracer.start("GET /orders/{id}"));
+    /// let work = async { tokio::task::yield_now().await }
+    ///     .profiled_in_context(cx) // the future now holds the only `Context` of the span
+    ///     .with_task_metrics();
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// rt.block_on(work); // the span ends when the future (and its context) is dropped
+    ///
+    /// let span = &exporter.get_finished_spans().unwrap()[0];
+    /// let polls = span.attributes.iter().find(|kv| kv.key.as_str() == TASK_POLL_COUNT_ATTRIBUTE);
+    /// assert_eq!(polls.unwrap().value, opentelemetry::Value::I64(2));
+    /// ```
+    #[cfg(feature = "task-metrics")]
+    pub fn with_task_metrics(mut self) -> Profiled<crate::TaskMetered<F>> {
+        // Not pinned (owned): the parts can be moved out; `PinnedDrop` then sees `None`.
+        let handle = self.handle.take();
+        let root = self.root.take();
+        let metered = crate::TaskMetered::new(self.into_inner(), root.as_deref());
+        Profiled::with_root(metered, handle, root)
     }
 
     /// The label id this wrapper writes into the slot (0: none).

@@ -221,6 +221,11 @@ pub use otel::{
     ContextLabelsGuard, LabelScope, ProfilingSpan, ProfilingTracer, ProfilingTracerProvider,
     PROFILE_ID_ATTRIBUTE,
 };
+#[cfg(feature = "task-metrics")]
+pub use otel::{
+    TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
+    TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
+};
 pub use profiler::{Dropped, Profiler, Stats, StopError, StopReport};
 pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport};
 #[cfg(feature = "tower")]

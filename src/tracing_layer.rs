@@ -95,7 +95,7 @@ impl TracingProfileLayer {
     fn lookup(&self, id: &Id) -> Option<LabelHandle> {
         let with_dispatch = |dispatch: &Dispatch| {
             tracing_opentelemetry::get_otel_context(id, dispatch)
-                .and_then(|cx| crate::otel::handle_for(&cx))
+                .and_then(|cx| crate::otel::lookup(&cx).0)
         };
         match self.dispatch.get().and_then(WeakDispatch::upgrade) {
             Some(dispatch) => with_dispatch(&dispatch),

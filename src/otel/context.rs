@@ -5,31 +5,36 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 
 use super::{map, span_id_u64, OTEL};
+use crate::instrument::RootLink;
 use crate::labels::registry::LabelHandle;
 use crate::labels::slot::Scope;
 use crate::Labels;
 
-/// The labels of the span in `cx`: its local root's set, registered. `None` when `cx`
-/// holds no valid span, or a span no live [`ProfilingSpan`](crate::ProfilingSpan) has
-/// (ended, built by another provider, or remote), which is counted.
-pub(crate) fn handle_for(cx: &Context) -> Option<LabelHandle> {
+/// The labels of the span in `cx` (its local root's set, registered), and with feature
+/// `task-metrics` its local root. No labels when `cx` holds no valid span, or a span no
+/// live [`ProfilingSpan`](crate::ProfilingSpan) has (ended, built by another provider, or
+/// remote), which is counted.
+pub(crate) fn lookup(cx: &Context) -> (Option<LabelHandle>, RootLink) {
     let span = cx.span();
     let sc = span.span_context();
     if !sc.is_valid() {
-        return None;
+        return (None, RootLink::default());
     }
     match map::get(span_id_u64(sc)) {
-        Some(node) => node.handle,
+        #[cfg(feature = "task-metrics")]
+        Some(node) => (node.handle, node.root),
+        #[cfg(not(feature = "task-metrics"))]
+        Some(node) => (node.handle, ()),
         None => {
             OTEL.unknown_spans.incr();
-            None
+            (None, RootLink::default())
         }
     }
 }
 
-/// [`handle_for`] the context current on this thread, without cloning it.
-pub(crate) fn handle_for_current() -> Option<LabelHandle> {
-    Context::map_current(handle_for)
+/// [`lookup`] the context current on this thread, without cloning it.
+pub(crate) fn lookup_current() -> (Option<LabelHandle>, RootLink) {
+    Context::map_current(lookup)
 }
 
 /// Applies the labels of an OpenTelemetry context's span to the current thread until
@@ -65,12 +70,12 @@ pub struct ContextLabelsGuard {
 impl ContextLabelsGuard {
     /// Applies the labels of `cx`'s span (none if the span is unknown or ended).
     pub fn enter(cx: &Context) -> Self {
-        Self::with_handle(handle_for(cx))
+        Self::with_handle(lookup(cx).0)
     }
 
     /// Applies the labels of the span current in `Context::current()`.
     pub fn enter_current() -> Self {
-        Self::with_handle(handle_for_current())
+        Self::with_handle(lookup_current().0)
     }
 
     fn with_handle(handle: Option<LabelHandle>) -> Self {

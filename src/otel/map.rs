@@ -29,6 +29,22 @@ pub(crate) struct Root {
     pub(crate) name: String,
     /// Whether the local root was sampled (only sampled roots give a `span_id` label).
     pub(crate) sampled: bool,
+    /// The monitor of the futures metered under this root (feature `task-metrics`): set
+    /// when the first one is built, read when the root span ends.
+    #[cfg(feature = "task-metrics")]
+    pub(crate) task_monitor: OnceLock<tokio_metrics::TaskMonitor>,
+}
+
+impl Root {
+    pub(crate) fn new(span_id: u64, name: String, sampled: bool) -> Self {
+        Self {
+            span_id,
+            name,
+            sampled,
+            #[cfg(feature = "task-metrics")]
+            task_monitor: OnceLock::new(),
+        }
+    }
 }
 
 /// One live span's entry.
@@ -122,11 +138,7 @@ mod tests {
                 root: None
             }
         ));
-        let root = Arc::new(Root {
-            span_id: 7,
-            name: "n".into(),
-            sampled: true,
-        });
+        let root = Arc::new(Root::new(7, "n".into(), true));
         assert!(!insert(
             id,
             Node {

@@ -8,6 +8,9 @@
 mod context;
 /// The span-id map (live span -> its local root's labels).
 mod map;
+/// Per-span task metrics with tokio-metrics (feature `task-metrics`).
+#[cfg(feature = "task-metrics")]
+mod metrics;
 /// `ProfilingTracerProvider` and its options.
 mod provider;
 /// The application-name / service-name check.
@@ -22,7 +25,14 @@ use opentelemetry::trace::SpanContext;
 use crate::counters::Counter;
 
 pub use context::ContextLabelsGuard;
-pub(crate) use context::{handle_for, handle_for_current};
+pub(crate) use context::{lookup, lookup_current};
+#[cfg(feature = "task-metrics")]
+pub(crate) use map::Root;
+#[cfg(feature = "task-metrics")]
+pub use metrics::{
+    TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
+    TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
+};
 pub use provider::{LabelScope, ProfilingTracerProvider};
 #[allow(unused_imports)] // called by the Profiler when it starts
 pub(crate) use service::note_application_name;

@@ -20,11 +20,25 @@ pub struct ProfilingSpan<S> {
     /// The span id whose map entry this span inserted and must remove; `None` when it
     /// owns no entry (invalid span context, an id already present, or already ended).
     entry: Option<u64>,
+    /// A local root's task metrics, written on the span when it ends (feature
+    /// `task-metrics`); `None` for other spans and once written.
+    #[cfg(feature = "task-metrics")]
+    recorder: Option<super::metrics::Recorder<S>>,
 }
 
 impl<S> ProfilingSpan<S> {
     pub(crate) fn new(inner: S, entry: Option<u64>) -> Self {
-        Self { inner, entry }
+        Self {
+            inner,
+            entry,
+            #[cfg(feature = "task-metrics")]
+            recorder: None,
+        }
+    }
+
+    #[cfg(feature = "task-metrics")]
+    pub(crate) fn set_recorder(&mut self, recorder: Option<super::metrics::Recorder<S>>) {
+        self.recorder = recorder;
     }
 
     /// The wrapped span.
@@ -32,7 +46,13 @@ impl<S> ProfilingSpan<S> {
         &self.inner
     }
 
-    fn forget_labels(&mut self) {
+    /// What happens once when the span ends or is dropped: a local root gets its task
+    /// metrics (while the inner span still records), then its map entry goes.
+    fn finish(&mut self) {
+        #[cfg(feature = "task-metrics")]
+        if let Some(recorder) = self.recorder.take() {
+            recorder.record(&mut self.inner);
+        }
         if let Some(id) = self.entry.take() {
             map::remove(id);
         }
@@ -41,7 +61,8 @@ impl<S> ProfilingSpan<S> {
 
 impl<S> Drop for ProfilingSpan<S> {
     fn drop(&mut self) {
-        self.forget_labels();
+        // Before `inner` drops: an SDK span ends itself in its own `Drop`.
+        self.finish();
     }
 }
 
@@ -103,12 +124,12 @@ impl<S: Span> Span for ProfilingSpan<S> {
     }
 
     fn end(&mut self) {
-        self.forget_labels();
+        self.finish();
         self.inner.end();
     }
 
     fn end_with_timestamp(&mut self, timestamp: SystemTime) {
-        self.forget_labels();
+        self.finish();
         self.inner.end_with_timestamp(timestamp);
     }
 }

@@ -70,11 +70,11 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
             .then(|| u128::from_be_bytes(sc.trace_id().to_bytes()));
 
         let node = if local_root {
-            let root = Arc::new(Root {
+            let root = Arc::new(Root::new(
                 span_id,
-                name: name.clone().unwrap_or_default(),
+                name.clone().unwrap_or_default(),
                 sampled,
-            });
+            ));
             let labels = config.labels(span_id, sampled, name, Some(&root), trace_id);
             Node {
                 handle: labels.into_handle(),
@@ -116,8 +116,20 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
         {
             span.set_attribute(KeyValue::new(PROFILE_ID_ATTRIBUTE, span_id_hex(span_id)));
         }
+        // Only a local root records task metrics, and only the span that owns its entry.
+        #[cfg(feature = "task-metrics")]
+        let recorder = (local_root)
+            .then(|| node.root.clone())
+            .flatten()
+            .map(super::metrics::Recorder::new);
         let owned = map::insert(span_id, node).then_some(span_id);
-        ProfilingSpan::new(span, owned)
+        #[allow(unused_mut)]
+        let mut profiling_span = ProfilingSpan::new(span, owned);
+        #[cfg(feature = "task-metrics")]
+        if owned.is_some() {
+            profiling_span.set_recorder(recorder);
+        }
+        profiling_span
     }
 }
 

@@ -65,7 +65,7 @@ pin_project! {
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct ProfileFuture<F> {
         #[pin]
-        inner: Profiled<WithContext<F>>,
+        inner: Profiled<Handler<F>>,
         // The context holding a span this layer started and has not ended yet.
         owned: Option<opentelemetry::Context>,
         grpc: bool,
@@ -80,14 +80,24 @@ pin_project! {
     }
 }
 
+/// The handler's future as polled: under the request's context, and metered when the
+/// layer asks for task metrics (feature `task-metrics`).
+#[cfg(feature = "task-metrics")]
+type Handler<F> = crate::TaskMetered<WithContext<F>>;
+/// The handler's future as polled: under the request's context.
+#[cfg(not(feature = "task-metrics"))]
+type Handler<F> = WithContext<F>;
+
 impl<F> ProfileFuture<F> {
     pub(crate) fn new(inner: F, started: Started, handle: Option<LabelHandle>) -> Self {
-        let Started { cx, owned, grpc } = started;
-        let owned = owned.then(|| cx.clone());
+        let owned = started.owned.then(|| started.cx.clone());
+        let handler = inner.with_context(started.cx);
+        #[cfg(feature = "task-metrics")]
+        let handler = crate::TaskMetered::new(handler, started.task_root.as_deref());
         Self {
-            inner: Profiled::new(inner.with_context(cx), handle),
+            inner: Profiled::new(handler, handle),
             owned,
-            grpc,
+            grpc: started.grpc,
         }
     }
 

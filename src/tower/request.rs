@@ -16,6 +16,10 @@ pub(crate) struct Started {
     pub(crate) owned: bool,
     /// Whether the request is gRPC (decides the attributes set at the end).
     pub(crate) grpc: bool,
+    /// The local root whose task metrics the handler adds to (feature `task-metrics`);
+    /// `None`: not metered.
+    #[cfg(feature = "task-metrics")]
+    pub(crate) task_root: Option<std::sync::Arc<crate::otel::Root>>,
 }
 
 /// Reuses the span current now if it is a valid local one (an outer layer made it),
@@ -33,6 +37,8 @@ pub(crate) fn start<B>(tracer: &BoxedTracer, req: &Request<B>) -> Started {
             cx: current,
             owned: false,
             grpc,
+            #[cfg(feature = "task-metrics")]
+            task_root: None,
         };
     }
     let parent = global::get_text_map_propagator(|propagator| {
@@ -52,6 +58,8 @@ pub(crate) fn start<B>(tracer: &BoxedTracer, req: &Request<B>) -> Started {
         cx: parent.with_span(span),
         owned: true,
         grpc,
+        #[cfg(feature = "task-metrics")]
+        task_root: None,
     }
 }
 

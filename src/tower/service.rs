@@ -37,11 +37,24 @@ use crate::labels::slot::Scope;
 pub struct ProfileService<S> {
     inner: S,
     tracer: Arc<BoxedTracer>,
+    /// Whether handlers are metered (feature `task-metrics`).
+    #[cfg(feature = "task-metrics")]
+    task_metrics: bool,
 }
 
 impl<S> ProfileService<S> {
     pub(crate) fn new(inner: S, tracer: Arc<BoxedTracer>) -> Self {
-        Self { inner, tracer }
+        Self {
+            inner,
+            tracer,
+            #[cfg(feature = "task-metrics")]
+            task_metrics: false,
+        }
+    }
+
+    #[cfg(feature = "task-metrics")]
+    pub(crate) fn set_task_metrics(&mut self, on: bool) {
+        self.task_metrics = on;
     }
 
     /// The wrapped service.
@@ -106,11 +119,16 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let started = request::start(&self.tracer, &req);
-        let handle = crate::otel::handle_for(&started.cx);
+        let (handle, _root) = crate::otel::lookup(&started.cx);
         let future = {
             let _attached = started.cx.clone().attach();
             let _scope = Scope::enter(handle.as_ref().map_or(0, LabelHandle::id));
             self.inner.call(req)
+        };
+        #[cfg(feature = "task-metrics")]
+        let started = request::Started {
+            task_root: _root.filter(|_| self.task_metrics),
+            ..started
         };
         ProfileFuture::new(future, started, handle)
     }
