@@ -1,12 +1,16 @@
 //! Resident memory of span-profiler at steady state: 1,000 spans per second (a fresh span
-//! id each, 50 span names), each burning ~0.8 ms of CPU at the end of one of 65,536
-//! distinct call paths (16 levels of two functions), sampled at 1 kHz (weight-4 samples
-//! on a 250 Hz tick) so that a window holds thousands of distinct stacks.
+//! id each, 50 span names, `PEER_MEM_SPAN_US` µs of CPU each, default 300) beside
+//! `PEER_MEM_BG_TASKS` unlabelled background tasks (default 4) that keep both cores busy;
+//! all CPU is burnt at the end of one of 65,536 distinct call paths (16 levels of two
+//! functions), sampled at 1 kHz (weight-4 samples on a 250 Hz tick). A window of
+//! `PEER_MEM_WINDOW_SECS` (default 60) then holds about 10,000 distinct stacks: a
+//! CPU-time timer fires at most once per tick per running thread, so two cores give at
+//! most 500 samples a second.
 //!
 //! Phases: the workload alone for `PEER_MEM_BASE_SECS` (default 8) — the baseline RSS;
-//! then under the profiler with `PEER_MEM_WINDOW_SECS` windows (default 20) for
-//! `PEER_MEM_SECS` (default 45), RSS printed every 5 s; then the profiler stopped and
-//! the workload run 5 s more. The written files give the distinct stacks per window.
+//! then under the profiler for `PEER_MEM_SECS` (default 130), RSS read every 5 s; then
+//! the profiler stopped and the workload run 5 s more. The written files give the
+//! distinct stacks per window.
 //!
 //! Run: `CARGO_TARGET_DIR=target/peer cargo run --release -p span-profiler-peer-benches
 //! --bin memory`.
@@ -61,10 +65,32 @@ const NAMES: [&str; 50] = [
 
 /// Spawns 1,000 spans per second until `stop`; counts them.
 fn start_load(rt: &tokio::runtime::Runtime, stop: Arc<AtomicBool>, spans: Arc<AtomicU64>) {
-    let units = (800.0 * units_per_us()) as u64;
+    let span_us = std::env::var("PEER_MEM_SPAN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300.0);
+    let units = (span_us * units_per_us()) as u64;
+    let bg_tasks: u64 = std::env::var("PEER_MEM_BG_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    for t in 0..bg_tasks {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            let mut i = t << 40;
+            while !stop.load(Relaxed) {
+                i += 1;
+                let path = i.wrapping_mul(0xd6e8_feb8_6659_fd93) >> 48;
+                std::hint::black_box(descend(0, path, units));
+                tokio::task::yield_now().await;
+            }
+        });
+    }
     rt.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Late ticks catch up: 1,000 spans a second on average even when the
+        // background tasks delay the spawner.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut id = 0u64;
         while !stop.load(Relaxed) {
             tick.tick().await;
@@ -84,8 +110,8 @@ fn start_load(rt: &tokio::runtime::Runtime, stop: Arc<AtomicBool>, spans: Arc<At
 
 fn main() {
     let base_secs = env_secs("PEER_MEM_BASE_SECS", 8);
-    let run_secs = env_secs("PEER_MEM_SECS", 45);
-    let window = env_secs("PEER_MEM_WINDOW_SECS", 20);
+    let run_secs = env_secs("PEER_MEM_SECS", 130);
+    let window = env_secs("PEER_MEM_WINDOW_SECS", 60);
     let dir = std::env::temp_dir().join(format!("peer-memory-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let load_start = load();
@@ -112,7 +138,7 @@ fn main() {
     while t0.elapsed() < run_secs {
         std::thread::sleep(Duration::from_secs(5));
         let rss = rss_kib();
-        during.push(rss);
+        during.push((t0.elapsed(), rss));
         eprintln!(
             "  t={:>3.0}s RSS {rss} KiB (+{} KiB), load {}",
             t0.elapsed().as_secs_f64(),
@@ -139,8 +165,18 @@ fn main() {
         windows.push((stacks.len(), profile.sample.len()));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let peak = during.iter().copied().max().unwrap_or(0);
-    let steady: Vec<u64> = during.iter().skip(during.len() / 2).copied().collect();
+    let before_first: Vec<u64> = during
+        .iter()
+        .filter(|(t, _)| *t < window)
+        .map(|(_, r)| *r)
+        .collect();
+    let first = before_first.iter().copied().max().unwrap_or(0);
+    let peak = during.iter().map(|(_, r)| *r).max().unwrap_or(0);
+    let steady: Vec<u64> = during
+        .iter()
+        .filter(|(t, _)| *t > window + Duration::from_secs(2))
+        .map(|(_, r)| *r)
+        .collect();
     let steady_avg = steady.iter().sum::<u64>() / steady.len().max(1) as u64;
     println!(
         "\n## Memory — 2 workers, 1 kHz, {window:?} windows, {spans_per_sec:.0} spans/s, load {load_start} -> {}",
@@ -150,7 +186,12 @@ fn main() {
     println!("|---|---|---|");
     println!("| workload alone | {} MiB | - |", base / 1024);
     println!(
-        "| profiler on, second half of the run (mean) | {} MiB | +{} MiB |",
+        "| profiler on, before the first window closes (max) | {} MiB | +{} MiB |",
+        first / 1024,
+        (first as i64 - base as i64) / 1024
+    );
+    println!(
+        "| profiler on, after the first window closed (mean) | {} MiB | +{} MiB |",
         steady_avg / 1024,
         (steady_avg as i64 - base as i64) / 1024
     );
@@ -165,6 +206,13 @@ fn main() {
         (after as i64 - base as i64) / 1024
     );
     println!("\nwindows (distinct stacks, pprof samples incl. label sets): {windows:?}");
+    println!(
+        "RSS every 5 s (s, KiB): {:?}",
+        during
+            .iter()
+            .map(|(t, r)| (t.as_secs(), *r))
+            .collect::<Vec<_>>()
+    );
     println!(
         "profiler: {} windows, {} samples, weight {}, coverage {:?}, dropped {:?}",
         report.windows,
