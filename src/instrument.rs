@@ -206,7 +206,7 @@ impl<F> Profiled<F> {
     /// | [`span_profiler.task.idle_ns`](crate::TASK_IDLE_NS_ATTRIBUTE) | ns from the end of a `Pending` poll to the next wake-up |
     /// | [`span_profiler.task.slow_poll_count`](crate::TASK_SLOW_POLL_COUNT_ATTRIBUTE) | polls of at least [`TASK_SLOW_POLL_THRESHOLD`](crate::TASK_SLOW_POLL_THRESHOLD) |
     ///
-    /// Off unless asked for: each poll then costs about 90 ns more (two clock reads per
+    /// Off unless asked for: each poll then costs about 100 ns more (two clock reads per
     /// poll plus one per wake-up, and a handful of atomic additions; see the `metrics`
     /// bench), and the first metered future under a root allocates its monitor.
     ///

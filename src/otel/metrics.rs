@@ -155,7 +155,7 @@ pin_project! {
     ///
     /// With a known local root, every poll goes through tokio-metrics' instrumentation
     /// (timestamps before and after the poll, a timestamp on each wake-up, a handful of
-    /// atomic additions: about 90 ns per poll, see the crate's `metrics` bench); without
+    /// atomic additions: about 100 ns per poll, see the crate's `metrics` bench); without
     /// one it is polled directly and measures nothing.
     ///
     /// `Send` and `Sync` exactly when the inner future is.

@@ -112,7 +112,7 @@ impl ProfileLayer {
     /// request's local root span when it ends (feature `task-metrics`): poll count, busy,
     /// scheduled and idle time and slow polls, under the attribute names listed at
     /// [`Profiled::with_task_metrics`](crate::Profiled::with_task_metrics). Off by
-    /// default: about 90 ns more per poll of the handler, and one monitor allocated per
+    /// default: about 100 ns more per poll of the handler, and one monitor allocated per
     /// request.
     ///
     /// The handler's future is measured from the first poll of the response future to its
