@@ -74,6 +74,7 @@
 //! | `otel` | yes | `ProfilingTracerProvider`, `.profiled()`, `.profiled_with(&cx)`, `.profiled_in_context(cx)`, `ContextLabelsGuard` (opentelemetry 0.33) |
 //! | `tower` | no | `ProfileLayer` for axum 0.8, tonic and any `Service<http::Request<B>>` |
 //! | `tracing` | no | `TracingProfileLayer`: labels while a `tracing` span is entered (tracing-opentelemetry 0.34) |
+//! | `task-metrics` | no | `.profiled().with_task_metrics()` and `ProfileLayer::with_task_metrics`: poll count, busy, scheduled and idle time and slow polls recorded on root spans (tokio-metrics, about 100 ns per poll) |
 //! | `flamegraph` | no | `flamegraph`: SVG flame graphs (inferno, CDDL-1.0) of pprof files, per span name or span id, and a per-span CPU summary |
 //!
 //! With no features the crate still profiles into local files, and `Labels` /
