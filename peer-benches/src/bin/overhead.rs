@@ -14,14 +14,15 @@
 //!   the runtime was built), read from their thread CPU clocks before the profiler stops;
 //! - `handler` (span-profiler only): CPU inside the SIGPROF handler, from the sampler's
 //!   own measurement (`measure_handler_cpu`, two `clock_gettime` per sample), in a run of
-//!   the bare sampler (`ours-sampler`) beside the full profiler's run.
+//!   the bare sampler (`ours-sampler`, drained on the collector's 100 ms tick) beside the
+//!   full profiler's run; its `maintain` and `drain` CPU are printed too.
 //!
 //! pprof-rs's handler CPU cannot be separated (it runs on the workers); its cost shows in
 //! the throughput ratio only. Window encoding is outside the runs: both profilers use
 //! 10 s windows and each run is shorter (see `benches/encode.rs` for ours).
 //!
 //! Run: `CARGO_TARGET_DIR=target/peer cargo run --release -p span-profiler-peer-benches
-//! --bin overhead`.
+//! --bin overhead` (`PEER_ONLY_OURS=1`: without the pyroscope-rs configurations).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -110,7 +111,7 @@ fn measure(config: Config, shape: Shape, secs: Duration) -> Outcome {
                 measure_handler_cpu: true,
             })
             .expect("sampler starts");
-            // A drain thread, as the collector does (every 50 ms).
+            // A drain thread, on the collector's tick (100 ms).
             let stop = Arc::new(AtomicBool::new(false));
             let stop2 = stop.clone();
             let handle = std::thread::Builder::new()
@@ -118,7 +119,7 @@ fn measure(config: Config, shape: Shape, secs: Duration) -> Outcome {
                 .spawn(move || {
                     let mut sampler = sampler;
                     while !stop2.load(Relaxed) {
-                        std::thread::sleep(Duration::from_millis(50));
+                        std::thread::sleep(Duration::from_millis(100));
                         sampler.maintain();
                         sampler.drain(&mut |s| {
                             std::hint::black_box(s.frames.len());
@@ -160,7 +161,16 @@ fn measure(config: Config, shape: Shape, secs: Duration) -> Outcome {
             stop.store(true, Relaxed);
             let sampler = handle.join().unwrap();
             let stats = sampler.stop();
-            handler = Some(stats.handler_cpu_ns as f64 / stats.process_cpu_ns.max(1) as f64);
+            let process = stats.process_cpu_ns.max(1) as f64;
+            handler = Some(stats.handler_cpu_ns as f64 / process);
+            eprintln!(
+                "    sampler only: maintain {:.3}%, drain {:.3}%, handler {:.3}% of process CPU; {} scans, {} samples",
+                stats.maintain_cpu_ns as f64 / process * 100.0,
+                stats.drain_cpu_ns as f64 / process * 100.0,
+                stats.handler_cpu_ns as f64 / process * 100.0,
+                stats.scans,
+                stats.samples
+            );
         }
         Running::Pyro(agent) => {
             drop(wrap);
@@ -185,12 +195,10 @@ fn main() {
     let rates = [100u32, 1000];
     let mut configs = vec![Config::None];
     for hz in rates {
-        configs.extend([
-            Config::Ours(hz),
-            Config::OursSampler(hz),
-            Config::PyroRequest(hz),
-            Config::PyroPoll(hz),
-        ]);
+        configs.extend([Config::Ours(hz), Config::OursSampler(hz)]);
+        if std::env::var_os("PEER_ONLY_OURS").is_none() {
+            configs.extend([Config::PyroRequest(hz), Config::PyroPoll(hz)]);
+        }
     }
     eprintln!(
         "overhead: {} configs x {rounds} rounds x 2 workloads x {secs:?}, load {}",
