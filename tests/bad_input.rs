@@ -168,11 +168,13 @@ fn arbitrary_labels_are_refused_clearly_or_reach_files_and_server_exactly() {
         let labels = expected
             .get(hex)
             .unwrap_or_else(|| panic!("unknown span_id {hex}"));
-        assert_eq!(
-            s.labels.get("span_name").map(String::as_str),
-            labels.span_name(),
-            "span_name of {hex}"
-        );
+        let name = s.labels.get("span_name").map(String::as_str);
+        if name == Some("other") && labels.span_name() != Some("other") {
+            // Beyond the per-window cap of distinct span names (counted).
+            assert!(report.stats.span_names_overflowed > 0, "{:?}", report.stats);
+        } else {
+            assert_eq!(name, labels.span_name(), "span_name of {hex}");
+        }
         // Extra pairs arrive exactly, unless the per-window key cap removed the key
         // (counted in label_keys_removed).
         let sent: BTreeMap<&str, &str> = labels
