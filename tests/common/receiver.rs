@@ -106,6 +106,8 @@ pub struct Received {
     pub series_labels: Vec<(String, String)>,
     /// The decoded profiles (one per raw sample).
     pub profiles: Vec<Profile>,
+    /// The profiles as they arrived (gzipped pprof), for external readers.
+    pub raw_profiles: Vec<Vec<u8>>,
     /// `Ok` if the request broke no rule; else the rule it broke.
     pub verdict: Result<(), String>,
     /// The status the receiver answered (0 for never).
@@ -383,6 +385,7 @@ async fn handle(
         endpoint: Endpoint::Other,
         series_labels: Vec::new(),
         profiles: Vec::new(),
+        raw_profiles: Vec::new(),
         verdict: Ok(()),
         answered: 0,
     };
@@ -529,6 +532,7 @@ fn check_push(
             let profile = check_profile(&sample.raw_profile)?;
             check_series_with_sample_keys(&labels, &profile)?;
             profiles.push(profile);
+            received.raw_profiles.push(sample.raw_profile.clone());
         }
         received.series_labels = labels;
         received.profiles.extend(profiles);
@@ -765,6 +769,7 @@ fn check_ingest(
     check_series_with_sample_keys(&labels, &profile).map_err(|(_, rule)| (422, rule))?;
     received.series_labels = labels;
     received.profiles.push(profile);
+    received.raw_profiles.push(body.to_vec());
     Ok(())
 }
 
