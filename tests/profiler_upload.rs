@@ -103,6 +103,29 @@ fn windows_reach_the_server_as_valid_labelled_push_requests_and_no_files() {
         labelled_burns > 0,
         "no samples of the labelled work arrived"
     );
+
+    // A real decoder reads a profile exactly as the server received it.
+    if let Some(go) = tool("go") {
+        let dir = temp_dir("upload-go");
+        let path = dir.join("received.pb.gz");
+        let labelled = received
+            .iter()
+            .flat_map(|r| r.profiles.iter().zip(&r.raw_profiles))
+            .find(|(p, _)| {
+                span_profiler::__private::pprof::samples(p)
+                    .iter()
+                    .any(|s| s.labels.contains_key("span_id"))
+            })
+            .map(|(_, raw)| raw)
+            .expect("a received profile with labelled samples");
+        std::fs::write(&path, labelled).unwrap();
+        let raw = go_pprof(&go, &["-raw", path.to_str().unwrap()]);
+        assert!(
+            raw.contains("span_id:["),
+            "no span_id in -raw output:\n{raw}"
+        );
+        assert!(raw.contains("span_name:[upload-route]"), "{raw}");
+    }
 }
 
 /// Profile files in the default `./profiles` (0 when it does not exist).
