@@ -184,6 +184,7 @@ impl<F> Profiled<F> {
     }
 
     /// A wrapper that also knows the local root span of its labels.
+    #[cfg(feature = "otel")]
     pub(crate) fn with_root(inner: F, handle: Option<LabelHandle>, root: RootLink) -> Self {
         let id = handle.as_ref().map_or(0, LabelHandle::id);
         Self {

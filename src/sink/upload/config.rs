@@ -82,6 +82,8 @@ impl fmt::Display for ServerAddress {
 
 /// Everything the uploader needs, validated by `ProfilerBuilder::start`.
 #[derive(Debug, Clone)]
+// Without the `upload` feature only validation reads it (a server address is an error).
+#[cfg_attr(not(feature = "upload"), allow(dead_code))]
 pub struct UploadConfig {
     pub(crate) server: ServerAddress,
     pub(crate) protocol: Protocol,
