@@ -46,7 +46,7 @@ impl FlameGraph {
         self
     }
 
-    /// The title at the top (default [`DEFAULT_TITLE`]); the subtitle always says what was
+    /// The title at the top (default "CPU flame graph"); the subtitle always says what was
     /// drawn (the filter and the total).
     pub fn title(mut self, title: impl Into<String>) -> Self {
         self.title = Some(title.into());

@@ -33,7 +33,7 @@
 //! stacks are one or two frames deep). Without the flag this module contains only this
 //! page; everything else in the crate builds and works the same.
 //!
-//! Then build the runtime yourself and call [`install`] (or [`Hooks::install`]) on the
+//! Then build the runtime yourself and call `install` (or `Hooks::install`) on the
 //! builder. `#[tokio::main]` builds its runtime out of reach, so replace it with a
 //! manual `Builder`:
 //!
