@@ -174,17 +174,10 @@ pin_project! {
 
 impl<F> Profiled<F> {
     pub(crate) fn new(inner: F, handle: Option<LabelHandle>) -> Self {
-        let id = handle.as_ref().map_or(0, LabelHandle::id);
-        Self {
-            inner: Some(inner),
-            id,
-            handle,
-            root: RootLink::default(),
-        }
+        Self::with_root(inner, handle, RootLink::default())
     }
 
     /// A wrapper that also knows the local root span of its labels.
-    #[cfg(feature = "otel")]
     pub(crate) fn with_root(inner: F, handle: Option<LabelHandle>, root: RootLink) -> Self {
         let id = handle.as_ref().map_or(0, LabelHandle::id);
         Self {
