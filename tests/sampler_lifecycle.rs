@@ -100,10 +100,17 @@ fn sigprof_from_kill_or_raise_is_ignored_during_and_after_a_session() {
     let _lock = sampler_lock();
     let mut sampler = Sampler::start(config(100)).expect("start");
     for _ in 0..5 {
-        // SAFETY: our handler is installed; it ignores signals not from a timer.
-        unsafe {
-            libc::raise(libc::SIGPROF);
-            libc::kill(libc::getpid(), libc::SIGPROF);
+        // SAFETY: our handler is installed; it ignores signals not from a timer. `raise`
+        // is handled before it returns.
+        unsafe { libc::raise(libc::SIGPROF) };
+        // `kill` targets the process: its signal may still be pending on another thread
+        // when the next is sent, and the two would merge. Wait until it was handled.
+        let before = sampler.stats().ignored_not_timer;
+        // SAFETY: as above.
+        unsafe { libc::kill(libc::getpid(), libc::SIGPROF) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while sampler.stats().ignored_not_timer == before && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
         }
     }
     let mut recorded = 0;
