@@ -14,7 +14,7 @@ pub use crate::tokio_hooks::state::{
 
 /// The label id in force on this thread (what the signal handler would read).
 pub fn current_label_id() -> u64 {
-    crate::labels::slot::current()
+    crate::sampler::slot::current()
 }
 
 /// The label id a wrapper applies (0 for none).
@@ -122,8 +122,8 @@ pub mod pprof {
     /// A closed window and a symbolizer kept together, so that encoding can be repeated
     /// (benchmarks measure `encode` with a warm symbolizer cache).
     pub struct PreparedWindow {
-        window: crate::collect::aggregate::ClosedWindow,
-        symbolizer: crate::collect::symbolize::Symbolizer,
+        window: crate::window::ClosedWindow,
+        symbolizer: crate::symbolize::Symbolizer,
         opts: crate::pprof::encode::EncodeOptions,
     }
 
@@ -135,7 +135,7 @@ pub mod pprof {
             end: SystemTime,
             opts: EncodeWindowOptions,
         ) -> Self {
-            use crate::collect::aggregate::{WindowAggregator, WindowLimits};
+            use crate::window::{WindowAggregator, WindowLimits};
             use crate::pprof::encode::EncodeOptions;
             let mut window = WindowAggregator::new(WindowLimits::default(), start);
             for (frames, label_id, weight) in samples {
@@ -143,7 +143,7 @@ pub mod pprof {
             }
             Self {
                 window: window.close(end),
-                symbolizer: crate::collect::symbolize::Symbolizer::new(),
+                symbolizer: crate::symbolize::Symbolizer::new(),
                 opts: EncodeOptions {
                     max_piece_bytes: opts.max_piece_bytes,
                     max_piece_samples: opts.max_piece_samples,

@@ -1,7 +1,7 @@
 //! Carrying labels into blocking closures, which no task hook sees.
 
 use crate::labels::registry::{LabelHandle, Registry};
-use crate::labels::slot::{self, Scope};
+use crate::sampler::slot::{self, SlotGuard};
 
 /// Runs `f` on Tokio's blocking pool (`tokio::task::spawn_blocking`) with the labels in
 /// force here: every CPU sample of the closure carries them, as if it were a task
@@ -67,7 +67,7 @@ where
         id => Registry::global().acquire(id),
     };
     move || {
-        let scope = Scope::enter(handle.as_ref().map_or(0, LabelHandle::id));
+        let scope = SlotGuard::enter(handle.as_ref().map_or(0, LabelHandle::id));
         let result = f();
         drop(scope);
         drop(handle); // after the restore: the id stays registered while it is in force
@@ -94,7 +94,7 @@ mod tests {
         let handle = register("captured");
         let id = handle.id();
         let job = {
-            let _scope = Scope::enter(id);
+            let _scope = SlotGuard::enter(id);
             with_current_labels(slot::current)
         };
         drop(handle);
@@ -104,7 +104,7 @@ mod tests {
             "the closure keeps the id registered"
         );
         let (seen, after) = std::thread::spawn(move || {
-            let _thread_scope = Scope::enter(0x5eed); // whatever the pool thread had
+            let _thread_scope = SlotGuard::enter(0x5eed); // whatever the pool thread had
             (job(), slot::current())
         })
         .join()
@@ -117,7 +117,7 @@ mod tests {
     fn without_labels_here_the_closure_runs_under_zero_whatever_its_thread_had() {
         let job = with_current_labels(slot::current);
         let (seen, after) = std::thread::spawn(move || {
-            let _thread_scope = Scope::enter(0x77);
+            let _thread_scope = SlotGuard::enter(0x77);
             (job(), slot::current())
         })
         .join()
@@ -134,10 +134,10 @@ mod tests {
     fn a_panicking_closure_restores_the_slot() {
         let handle = register("panics");
         let job = {
-            let _scope = Scope::enter(handle.id());
+            let _scope = SlotGuard::enter(handle.id());
             with_current_labels(boom)
         };
-        let _thread_scope = Scope::enter(0x99);
+        let _thread_scope = SlotGuard::enter(0x99);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
         assert!(result.is_err());
         assert_eq!(slot::current(), 0x99);
@@ -151,7 +151,7 @@ mod tests {
         let handle = register("blocking");
         let id = handle.id();
         let (inside, plain) = runtime.block_on(async move {
-            let _scope = Scope::enter(id);
+            let _scope = SlotGuard::enter(id);
             let inside = spawn_blocking(slot::current);
             let plain = tokio::task::spawn_blocking(slot::current);
             (inside.await.unwrap(), plain.await.unwrap())

@@ -47,9 +47,9 @@ pub(crate) static LABELS: LabelCounters = LabelCounters {
 
 /// A flag that lets a message be logged once per process.
 #[derive(Debug)]
-pub(crate) struct Once(AtomicBool);
+pub(crate) struct LogOnce(AtomicBool);
 
-impl Once {
+impl LogOnce {
     pub(crate) const fn new() -> Self {
         Self(AtomicBool::new(false))
     }

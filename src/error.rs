@@ -27,6 +27,14 @@ impl fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
+impl BuildError {
+    /// An [`InvalidOption`](Self::InvalidOption) error: `option` names the builder method
+    /// or environment variable, `reason` what is wrong and how to fix it.
+    pub(crate) fn invalid(option: &'static str, reason: String) -> Self {
+        Self::InvalidOption { option, reason }
+    }
+}
+
 /// Why the profiler could not start.
 #[derive(Debug)]
 #[non_exhaustive]

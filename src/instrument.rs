@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 
 use crate::labels::registry::LabelHandle;
-use crate::labels::slot::Scope;
+use crate::sampler::slot::SlotGuard;
 use crate::Labels;
 
 /// Attaches profiling labels to any future.
@@ -125,12 +125,9 @@ pub trait ProfiledExt: Future + Sized {
 
 impl<F: Future> ProfiledExt for F {}
 
-/// The local root span a wrapper's task metrics go to (feature `task-metrics`); nothing
-/// without the feature.
 #[cfg(feature = "task-metrics")]
-pub(crate) type RootLink = Option<std::sync::Arc<crate::otel::Root>>;
-/// The local root span a wrapper's task metrics go to (feature `task-metrics`); nothing
-/// without the feature.
+pub(crate) use crate::otel::RootLink;
+/// Without the feature `task-metrics` a wrapper links to no root span.
 #[cfg(not(feature = "task-metrics"))]
 pub(crate) type RootLink = ();
 
@@ -165,7 +162,7 @@ pin_project! {
             if inner.is_some() {
                 // Dropping a future runs its code (destructors of its locals): that work
                 // belongs to these labels too.
-                let _scope = Scope::enter(id);
+                let _scope = SlotGuard::enter(id);
                 inner.set(None);
             }
         }
@@ -311,7 +308,7 @@ impl<F: Future> Future for Profiled<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _scope = Scope::enter(*this.id);
+        let _scope = SlotGuard::enter(*this.id);
         match this.inner.as_pin_mut() {
             Some(inner) => inner.poll(cx),
             // Unreachable by the invariant; a pending future that is never woken is the

@@ -164,36 +164,46 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
+// The modules follow the data flow: label sources write the slot, the sampler reads it
+// per sample, windows aggregate samples, the symbolizer names their frames, the encoder
+// writes pprof and the sinks send it. See ARCHITECTURE.md.
+
+/// cfg helpers (`cfg_sampler!`).
+#[macro_use]
+mod macros;
+
 /// Carrying labels into blocking closures (`spawn_blocking`).
 mod blocking;
-/// `ProfilerBuilder`: options, defaults, validation.
-mod builder;
-/// Aggregation of samples per (stack, labels), symbolization, loaded modules.
-mod collect;
 /// Event counters behind `stats()` and the log-once helper.
 mod counters;
 /// Errors of the fallible areas.
 mod error;
+/// The hasher of the id-keyed maps.
+mod id_hash;
 /// Flame graphs (SVG) and per-span summaries from pprof profiles.
 #[cfg(feature = "flamegraph")]
 pub mod flamegraph;
 /// The future wrapper.
 mod instrument;
-/// Labels, the label registry and the per-thread slot.
+/// Labels and the label registry.
 mod labels;
+/// The process's loaded objects (`dl_iterate_phdr`): the one walker of the loader's list.
+mod modules;
 /// OpenTelemetry: ProfilingTracerProvider, span-id map, context lookups.
 #[cfg(feature = "otel")]
 mod otel;
 /// pprof messages, encoder, decoder and validator.
 mod pprof;
-/// The `Profiler` handle, its collector thread and its statistics.
+/// The `Profiler` handle and its builder, collector thread, writer thread and statistics.
 mod profiler;
-/// The signal-based sampler.
+/// The per-thread label slot and the signal-based sampler that reads it.
 mod sampler;
 /// Where closed windows go: local files and Pyroscope uploads.
 mod sink;
 /// std / loom switch for the structures loom models.
 mod sync;
+/// Symbolization of a closed window's addresses.
+mod symbolize;
 /// Tokio task hooks: spawned tasks inherit labels (needs `--cfg tokio_unstable`).
 pub mod tokio_hooks;
 /// Tower layer for axum and tonic: a server span and its labels per request.
@@ -202,13 +212,15 @@ mod tower;
 /// `tracing_subscriber::Layer`: labels of a span's OpenTelemetry local root while entered.
 #[cfg(feature = "tracing")]
 mod tracing_layer;
+/// Window aggregation per (stack, label set) with the per-window caps.
+mod window;
 
 pub use blocking::{spawn_blocking, with_current_labels};
-pub use builder::{
+pub use profiler::builder::{
     ProfilerBuilder, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_OUTPUT_DIR, DEFAULT_SAMPLE_RATE,
     DEFAULT_UPLOAD_INTERVAL, MAX_SAMPLE_RATE, MAX_UPLOAD_INTERVAL, MIN_UPLOAD_INTERVAL,
 };
-pub use builder::{
+pub use profiler::builder::{
     DEFAULT_MAX_PROFILE_AGE, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUEUE_CAPACITY,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF_MAX, DEFAULT_RETRY_BACKOFF_MIN,
     DEFAULT_STOP_TIMEOUT, MAX_PROFILE_AGE_LIMIT, MAX_REQUEST_BYTES_LIMIT, MAX_REQUEST_SAMPLES,

@@ -22,7 +22,7 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 use tracing_subscriber::Layer;
 
 use crate::labels::registry::LabelHandle;
-use crate::labels::slot;
+use crate::sampler::slot;
 
 /// A [`tracing_subscriber::Layer`] that gives the work inside tracing spans the profiling
 /// labels of their OpenTelemetry local root span, so that applications instrumented with
@@ -163,7 +163,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::slot::Scope;
+    use crate::sampler::slot::SlotGuard;
 
     #[test]
     fn the_layer_is_send_and_sync() {
@@ -177,7 +177,7 @@ mod tests {
         let subscriber =
             tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), layer);
         tracing_core::dispatcher::with_default(&Dispatch::new(subscriber), || {
-            let _outer = Scope::enter(77);
+            let _outer = SlotGuard::enter(77);
             // Spans without OpenTelemetry data keep the labels in force.
             let a = tracing::info_span!("a");
             let b = tracing::info_span!("b");

@@ -1,14 +1,15 @@
-//! Labels: what a sample is tagged with, the registry that gives each set an id, and the
-//! per-thread slot the signal handler reads.
+//! Labels: what a sample is tagged with and the registry that gives each set an id (the
+//! per-thread slot that carries an id to the signal handler is the sampler's:
+//! `crate::sampler::slot`).
 
 pub(crate) mod registry;
 pub(crate) mod set;
-pub(crate) mod slot;
 
 use std::fmt;
 use std::sync::Arc;
 
-use crate::counters::{Once, LABELS};
+use crate::counters::{LogOnce, LABELS};
+use crate::sampler::slot;
 use registry::{LabelHandle, Registry};
 use set::{bounded_value, validate_key, LabelSet};
 pub use set::{LabelError, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
@@ -143,7 +144,7 @@ impl Labels {
     /// assert_eq!(labels.get("span_id"), None);
     /// ```
     pub fn with(self, key: impl Into<String>, value: impl Into<String>) -> Labels {
-        static LOGGED: Once = Once::new();
+        static LOGGED: LogOnce = LogOnce::new();
         let key = key.into();
         match self.clone().try_with(key.as_str(), value) {
             Ok(labels) => labels,

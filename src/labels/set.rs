@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::counters::{Once, LABELS};
+use crate::counters::{LogOnce, LABELS};
 
 /// Longest label value the server keeps, in bytes; longer values are cut on a UTF-8
 /// boundary (and counted).
@@ -99,7 +99,7 @@ pub(crate) fn validate_key(key: &str) -> Result<(), LabelError> {
 
 /// Cuts `value` to [`MAX_LABEL_VALUE_BYTES`] on a UTF-8 boundary, counting cuts.
 pub(crate) fn bounded_value(mut value: String) -> String {
-    static LOGGED: Once = Once::new();
+    static LOGGED: LogOnce = LogOnce::new();
     if value.len() > MAX_LABEL_VALUE_BYTES {
         let mut end = MAX_LABEL_VALUE_BYTES;
         while !value.is_char_boundary(end) {

@@ -7,7 +7,7 @@ use opentelemetry::Context;
 use super::{map, span_id_u64, OTEL};
 use crate::instrument::RootLink;
 use crate::labels::registry::LabelHandle;
-use crate::labels::slot::Scope;
+use crate::sampler::slot::SlotGuard;
 use crate::Labels;
 
 /// The labels of the span in `cx` (its local root's set, registered), and with feature
@@ -63,7 +63,7 @@ pub(crate) fn lookup_current() -> (Option<LabelHandle>, RootLink) {
 #[must_use = "the labels are removed as soon as the guard is dropped"]
 pub struct ContextLabelsGuard {
     // Declared before `_handle`: the slot is restored before the labels are released.
-    _scope: Scope,
+    _scope: SlotGuard,
     handle: Option<LabelHandle>,
 }
 
@@ -81,7 +81,7 @@ impl ContextLabelsGuard {
     fn with_handle(handle: Option<LabelHandle>) -> Self {
         let id = handle.as_ref().map_or(0, LabelHandle::id);
         Self {
-            _scope: Scope::enter(id),
+            _scope: SlotGuard::enter(id),
             handle,
         }
     }

@@ -14,9 +14,9 @@
 //! released (dropping a `LabelHandle` may lock the label registry).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::id_hash::{shard_index, IdHashBuilder};
 use crate::labels::registry::LabelHandle;
 use crate::sync::lock;
 
@@ -47,6 +47,10 @@ impl Root {
     }
 }
 
+/// The local root span a wrapper's task metrics go to (feature `task-metrics`).
+#[cfg(feature = "task-metrics")]
+pub(crate) type RootLink = Option<Arc<Root>>;
+
 /// One live span's entry.
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
@@ -59,39 +63,15 @@ pub(crate) struct Node {
 /// Number of shards; a power of two.
 const SHARDS: usize = 64;
 
-type Shard = Mutex<HashMap<u64, Node, BuildHasherDefault<IdHasher>>>;
+type Shard = Mutex<HashMap<u64, Node, IdHashBuilder>>;
 
 fn shards() -> &'static [Shard; SHARDS] {
     static MAP: OnceLock<[Shard; SHARDS]> = OnceLock::new();
     MAP.get_or_init(|| std::array::from_fn(|_| Mutex::new(HashMap::default())))
 }
 
-/// Span ids are usually random, but custom id generators may count up: mix the bits
-/// (Fibonacci hashing) so both the shard choice and the table's buckets spread well.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed here; fold anything else in byte by byte.
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
 fn shard(span_id: u64) -> &'static Shard {
-    let mixed = span_id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    // The top bits of a Fibonacci hash are the best mixed.
-    &shards()[(mixed >> (64 - SHARDS.trailing_zeros())) as usize]
+    &shards()[shard_index(span_id, SHARDS)]
 }
 
 /// Inserts `node` for `span_id` unless the id already has an entry. Returns whether it

@@ -2,8 +2,10 @@
 //! the `pyroscope.profile.id` attribute and a label set, and the lookups that let futures
 //! and guards pick those labels up from an OpenTelemetry `Context`.
 //!
-//! See DESIGN.md "OpenTelemetry" and PROTOCOL.md "Span linking".
+//! ARCHITECTURE.md ("OpenTelemetry") explains the span-id map and the local-root rule.
 
+/// Provider options (`LabelScope`) and the labels they give a span.
+mod config;
 /// From a `Context` to labels; the sync guard.
 mod context;
 /// The span-id map (live span -> its local root's labels).
@@ -27,13 +29,14 @@ use crate::counters::Counter;
 pub use context::ContextLabelsGuard;
 pub(crate) use context::{lookup, lookup_current};
 #[cfg(feature = "task-metrics")]
-pub(crate) use map::Root;
+pub(crate) use map::{Root, RootLink};
 #[cfg(feature = "task-metrics")]
 pub use metrics::{
     TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
     TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
 };
-pub use provider::{LabelScope, ProfilingTracerProvider};
+pub use config::LabelScope;
+pub use provider::ProfilingTracerProvider;
 #[allow(unused_imports)] // called by the Profiler when it starts
 pub(crate) use service::note_application_name;
 pub use span::ProfilingSpan;

@@ -5,32 +5,9 @@ use std::sync::Arc;
 use opentelemetry::trace::TracerProvider;
 use opentelemetry::InstrumentationScope;
 
+use super::config::{Config, LabelScope};
 use super::service;
 use super::tracer::ProfilingTracer;
-
-/// Which spans a label is taken from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum LabelScope {
-    /// The label is never written.
-    Off,
-    /// Work under a span carries its *local root's* value (the first span of the trace in
-    /// this process). The default: Grafana's "Profiles" link sits on local roots.
-    #[default]
-    LocalRoot,
-    /// Work under a span carries that span's own value. For `span_id`, every span then
-    /// gets `pyroscope.profile.id`; for `span_name`, every span name becomes a series
-    /// label value on the server, so keep span names low-cardinality.
-    AllSpans,
-}
-
-/// The options a provider hands to its tracers.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) span_id: LabelScope,
-    pub(crate) span_name: LabelScope,
-    pub(crate) trace_id: bool,
-}
 
 /// Wraps any OpenTelemetry [`TracerProvider`] so that the work of each request can be
 /// found in its CPU profile from its trace.

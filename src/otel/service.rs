@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use crate::counters::Once;
+use crate::counters::LogOnce;
 use crate::sync::lock;
 
 #[derive(Debug, Default)]
@@ -22,7 +22,7 @@ static NAMES: Mutex<Names> = Mutex::new(Names {
     service: None,
     application: None,
 });
-static WARNED: Once = Once::new();
+static WARNED: LogOnce = LogOnce::new();
 
 /// Notes the service name traces carry and warns (once) if it differs from the
 /// application name.

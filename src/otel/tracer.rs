@@ -7,11 +7,10 @@ use opentelemetry::trace::{Span as _, SpanBuilder, SpanContext, TraceContextExt,
 use opentelemetry::{Context, KeyValue};
 
 use super::map::{self, Node, Root};
-use super::provider::{Config, LabelScope};
+use super::config::{Config, LabelScope};
 use super::span::ProfilingSpan;
 use super::{span_id_u64, OTEL};
-use crate::labels::set::{bounded_value, span_id_hex, LabelSet};
-use crate::Labels;
+use crate::labels::set::span_id_hex;
 
 /// Span attribute Grafana looks for to show a span's "Profiles" link; its value is the
 /// `span_id` sample label of the work under the span.
@@ -130,42 +129,5 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
             profiling_span.set_recorder(recorder);
         }
         profiling_span
-    }
-}
-
-impl Config {
-    /// With local-root (or no) scopes for both labels and no per-span part, a child's
-    /// labels are exactly its parent's: share the parent's handle.
-    fn child_shares_parent_labels(&self) -> bool {
-        self.span_id != LabelScope::AllSpans && self.span_name != LabelScope::AllSpans
-    }
-
-    /// The labels of work directly under a span with id `span_id`.
-    fn labels(
-        &self,
-        span_id: u64,
-        sampled: bool,
-        name: Option<String>,
-        root: Option<&Arc<Root>>,
-        trace_id: Option<u128>,
-    ) -> Labels {
-        let id = match self.span_id {
-            LabelScope::Off => None,
-            LabelScope::LocalRoot => root.filter(|r| r.sampled).map(|r| r.span_id),
-            LabelScope::AllSpans => sampled.then_some(span_id),
-        };
-        let name = match self.span_name {
-            LabelScope::Off => None,
-            LabelScope::LocalRoot => root.map(|r| r.name.clone()),
-            LabelScope::AllSpans => name,
-        };
-        let set = LabelSet {
-            span_id: id,
-            span_name: name.filter(|n| !n.is_empty()).map(bounded_value),
-            // A trace id alone would make a label set for every unsampled trace.
-            trace_id: trace_id.filter(|_| id.is_some()),
-            ..LabelSet::default()
-        };
-        Labels::from_set(set)
     }
 }

@@ -21,10 +21,10 @@ use flate2::Compression;
 use prost::encoding::{message, string};
 use prost::Message;
 
-use crate::collect::aggregate::ClosedWindow;
-use crate::collect::symbolize::Symbolizer;
-use crate::collect::COLLECT;
-use crate::counters::Once;
+use crate::window::ClosedWindow;
+use crate::symbolize::Symbolizer;
+use crate::pprof::ENCODE;
+use crate::counters::LogOnce;
 use crate::labels::set::{span_id_hex, trace_id_hex};
 use crate::pprof::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
@@ -542,7 +542,7 @@ impl PieceBuilder {
         let raw = self.profile.encode_to_vec();
         debug_assert_eq!(raw.len(), self.bytes, "size tracking must be exact");
         if raw.len() > self.max_bytes {
-            COLLECT.pieces_oversized.incr();
+            ENCODE.pieces_oversized.incr();
         }
         let mut gz = GzEncoder::new(
             Vec::with_capacity(raw.len() / 4 + 64),
@@ -552,14 +552,14 @@ impl PieceBuilder {
         let gzipped = match gz.write_all(&raw).and_then(|()| gz.finish()) {
             Ok(bytes) => bytes,
             Err(err) => {
-                static LOGGED: Once = Once::new();
+                static LOGGED: LogOnce = LogOnce::new();
                 if LOGGED.first() {
                     log::error!(target: "span_profiler", "gzip of a profile failed ({err}); the profile is sent uncompressed");
                 }
                 raw.clone()
             }
         };
-        COLLECT.pieces_encoded.incr();
+        ENCODE.pieces_encoded.incr();
         Some(EncodedPiece {
             gzipped,
             uncompressed_len: raw.len(),
@@ -573,8 +573,8 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::collect::aggregate::{WindowAggregator, WindowLimits};
-    use crate::collect::modules::frame_pointer_backtrace;
+    use crate::window::{WindowAggregator, WindowLimits};
+    use crate::modules::frame_pointer_backtrace;
     use crate::labels::registry::{LabelHandle, Registry};
     use crate::labels::set::LabelSet;
     use crate::pprof::validate::{decode, samples, validate};
@@ -770,14 +770,14 @@ mod tests {
         w.add(&[base, base + 1], 0, 1);
         w.add(&[base + 2, base + 3], 0, 1);
         let window = w.close(SystemTime::now());
-        let before = COLLECT.pieces_oversized.get();
+        let before = ENCODE.pieces_oversized.get();
         let opts = EncodeOptions {
             max_piece_bytes: Some(10),
             ..EncodeOptions::for_rate(100)
         };
         let pieces = encode(&window, &mut Symbolizer::new(), &opts);
         assert_eq!(pieces.len(), 2);
-        assert!(COLLECT.pieces_oversized.get() >= before + 2);
+        assert!(ENCODE.pieces_oversized.get() >= before + 2);
         decode_all(&pieces);
     }
 

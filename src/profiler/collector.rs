@@ -11,9 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use super::stats::{Dropped, Stats, StopReport};
 use super::writer::{self, WriterHandle};
 use super::StopError;
-use crate::builder::Config;
-use crate::collect::{WindowAggregator, WindowLimits, COLLECT};
-use crate::counters::{Once, LABELS};
+use crate::profiler::builder::Config;
+use crate::window::{WindowAggregator, WindowLimits, WINDOW};
+use crate::counters::{LogOnce, LABELS};
 use crate::error::StartError;
 use crate::labels::registry::Registry;
 use crate::sampler::{RawSample, Sampler, SamplerConfig, SamplerStats, DEFAULT_BUFFER_SLOTS};
@@ -234,7 +234,7 @@ impl Collector {
     }
 
     fn publish_stats(&mut self) {
-        static SHALLOW_LOGGED: Once = Once::new();
+        static SHALLOW_LOGGED: LogOnce = LogOnce::new();
         let s = &self.last_sampler_stats;
         let frame_pointers_missing =
             s.samples >= SHALLOW_MIN_SAMPLES && s.shallow_stacks * 2 > s.samples;
@@ -257,10 +257,10 @@ impl Collector {
             },
             windows: self.windows,
             empty_windows: self.empty_windows,
-            label_expired: COLLECT.label_expired.get(),
-            label_sets_overflowed: COLLECT.label_sets_overflowed.get(),
-            span_names_overflowed: COLLECT.span_names_overflowed.get(),
-            label_keys_removed: COLLECT.label_keys_removed.get(),
+            label_expired: WINDOW.label_expired.get(),
+            label_sets_overflowed: WINDOW.label_sets_overflowed.get(),
+            span_names_overflowed: WINDOW.span_names_overflowed.get(),
+            label_keys_removed: WINDOW.label_keys_removed.get(),
             rejected_label_pairs: LABELS.rejected_pairs.get(),
             truncated_label_values: LABELS.truncated_values.get(),
             threads_armed: s.threads_armed,

@@ -1,5 +1,7 @@
 //! The `Profiler` handle: start, stop, stats.
 
+/// `ProfilerBuilder`: options, defaults, validation, environment variables.
+pub(crate) mod builder;
 mod collector;
 mod error;
 mod stats;
@@ -14,8 +16,8 @@ use std::thread::JoinHandle;
 pub use error::StopError;
 pub use stats::{Dropped, Stats, StopReport};
 
-use crate::builder::{Config, ProfilerBuilder};
 use crate::error::StartError;
+use builder::{Config, ProfilerBuilder};
 use crate::sync::lock_std as lock;
 
 /// True while a profiler runs in this process (one at a time: the sampler and the

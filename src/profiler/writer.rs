@@ -12,10 +12,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 
 use super::stats::Stats;
-use crate::builder::{Config, MAX_REQUEST_SAMPLES};
-use crate::collect::symbolize::Symbolizer;
-use crate::collect::ClosedWindow;
-use crate::counters::Once;
+use crate::profiler::builder::{Config, MAX_REQUEST_SAMPLES};
+use crate::symbolize::Symbolizer;
+use crate::window::ClosedWindow;
+use crate::counters::LogOnce;
 use crate::error::StartError;
 use crate::pprof::encode::{encode, EncodeOptions, EncodedPiece};
 use crate::sink::files::FileSink;
@@ -61,7 +61,7 @@ impl WriterHandle {
     /// Queues a closed window; when the writer is a full queue behind, the window is
     /// discarded and counted (`Stats::windows_discarded`).
     pub(super) fn send(&self, window: ClosedWindow) {
-        static FULL_LOGGED: Once = Once::new();
+        static FULL_LOGGED: LogOnce = LogOnce::new();
         let Some(tx) = &self.tx else { return };
         match tx.try_send(window) {
             Ok(()) => {}

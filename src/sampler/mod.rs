@@ -14,25 +14,48 @@
 //! and [`Sampler::start`] returns [`StartError::Unsupported`](crate::StartError).
 
 pub mod buffer;
+pub(crate) mod slot;
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(span_profiler_loom)
-))]
-mod linux;
+cfg_sampler! {
+    mod linux;
+    use linux::{handler, session};
+    pub use session::Sampler;
+    pub(crate) use linux::armed::arm_current_thread;
+    /// Test hooks for the allocation-proof test (see `handler`).
+    pub use handler::{in_handler, set_in_handler};
+}
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(span_profiler_loom)
-))]
-use linux::{handler, session};
+cfg_no_sampler! {
+    mod unsupported;
+    pub use unsupported::{in_handler, set_in_handler, Sampler};
+    pub(crate) use unsupported::arm_current_thread;
+}
+
+use std::sync::atomic::AtomicU64;
+
+use crate::error::BuildError;
+
+/// The running session's cookie (0: none). Timers carry it in `sigev_value`; the handler
+/// refuses signals with another; a thread's first label write compares it with the
+/// session it last armed for. Written only by session start, stop and the fork child
+/// handler.
+pub(crate) static SESSION_COOKIE: AtomicU64 = AtomicU64::new(0);
 
 /// Default sampling rate: 100 Hz (one sample per 10 ms of a thread's CPU time).
 pub const DEFAULT_SAMPLE_RATE_HZ: u32 = 100;
 /// Highest accepted sampling rate (samples per second of one thread's CPU time).
 pub const MAX_SAMPLE_RATE_HZ: u32 = 10_000;
+/// Checks a sampling rate given as option `option`: 1 to [`MAX_SAMPLE_RATE_HZ`].
+pub(crate) fn check_sample_rate(option: &'static str, hz: u32) -> Result<(), BuildError> {
+    if hz == 0 || hz > MAX_SAMPLE_RATE_HZ {
+        return Err(BuildError::invalid(
+            option,
+            format!("{hz} Hz is out of range; use 1 to {MAX_SAMPLE_RATE_HZ} Hz (100 is typical)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Default number of buffer slots (about 1 KiB each), used by the first start only.
 pub const DEFAULT_BUFFER_SLOTS: usize = 1024;
 
@@ -148,89 +171,3 @@ impl SamplerStats {
     }
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(span_profiler_loom)
-))]
-pub use session::Sampler;
-
-/// Called on a thread's first label write of a sampler session: arms the thread's own
-/// timer (and records its stack range) unless the sampler already did.
-pub(crate) fn arm_current_thread(session: u64) {
-    #[cfg(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(span_profiler_loom)
-    ))]
-    session::arm_current_thread(session);
-    #[cfg(not(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(span_profiler_loom)
-    )))]
-    let _ = session;
-}
-
-/// Test hooks for the allocation-proof test (see `handler`).
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(span_profiler_loom)
-))]
-pub use handler::{in_handler, set_in_handler};
-
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(span_profiler_loom)
-)))]
-mod unsupported {
-    use super::{RawSample, SamplerConfig, SamplerStats};
-    use crate::StartError;
-
-    /// The sampler; on this platform it cannot start.
-    #[derive(Debug)]
-    pub struct Sampler {
-        _private: (),
-    }
-
-    impl Sampler {
-        /// Always [`StartError::Unsupported`] on this platform.
-        pub fn start(_config: SamplerConfig) -> Result<Sampler, StartError> {
-            let platform = if cfg!(target_os = "linux") {
-                std::env::consts::ARCH
-            } else {
-                std::env::consts::OS
-            };
-            Err(StartError::Unsupported { platform })
-        }
-        /// Nothing to do.
-        pub fn maintain(&mut self) {}
-        /// Nothing to drain.
-        pub fn drain(&mut self, _f: &mut dyn FnMut(&RawSample<'_>)) {}
-        /// Empty stats.
-        pub fn stats(&self) -> SamplerStats {
-            SamplerStats::default()
-        }
-        /// Empty stats.
-        pub fn stop(self) -> SamplerStats {
-            SamplerStats::default()
-        }
-    }
-
-    /// Never inside a handler here.
-    pub fn in_handler() -> bool {
-        false
-    }
-
-    /// No handler here.
-    pub fn set_in_handler(_value: bool) {}
-}
-
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    not(span_profiler_loom)
-)))]
-pub use unsupported::{in_handler, set_in_handler, Sampler};

@@ -9,7 +9,7 @@ use tokio::task::Id;
 
 use super::state::{PollFrames, TaskTable, ThreadSlot, DEFAULT_SHARDS, HOOKS};
 use crate::labels::registry::Registry;
-use crate::labels::slot;
+use crate::sampler::slot;
 
 /// An application callback for one task event.
 type Callback = Arc<dyn Fn(&TaskMeta<'_>) + Send + Sync>;

@@ -19,10 +19,11 @@
 //! (runtime shutdown, `spawn_blocking` tasks, which have no entry) releases at once.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::panic::Location;
 
-use crate::counters::{Counter, Once};
+use crate::counters::{Counter, LogOnce};
+use crate::id_hash::IdHashBuilder as IdBuild;
 use crate::labels::registry::{LabelHandle, Registry};
 use crate::labels::set::LabelSet;
 use crate::sync::{lock, Mutex};
@@ -51,12 +52,12 @@ pub struct ThreadSlot;
 impl LabelSlot for ThreadSlot {
     #[inline]
     fn replace(&mut self, id: u64) -> u64 {
-        crate::labels::slot::replace(id)
+        crate::sampler::slot::replace(id)
     }
 
     #[inline]
     fn current(&self) -> u64 {
-        crate::labels::slot::current()
+        crate::sampler::slot::current()
     }
 }
 
@@ -85,33 +86,7 @@ pub(crate) static HOOKS: HookCounters = HookCounters {
     frames_unavailable: Counter::new(),
 };
 
-/// A multiplicative hasher for task ids (FxHash's step): Tokio's ids are sequential
-/// `u64`s and need no protection against chosen collisions.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TaskIdHasher(u64);
 
-const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl Hasher for TaskIdHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(SEED);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type IdBuild = BuildHasherDefault<TaskIdHasher>;
 
 /// A snapshot of the hooks' tallies, for tests and `stats()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -278,7 +253,7 @@ impl<K: Copy + Eq + Hash> TaskTable<K> {
         }
         let handle = self.registry.acquire(parent);
         if handle.is_none() {
-            static LOGGED: Once = Once::new();
+            static LOGGED: LogOnce = LogOnce::new();
             HOOKS.parent_expired.incr();
             if LOGGED.first() {
                 log::warn!(
@@ -346,7 +321,7 @@ impl<K: Copy + Eq + Hash> TaskTable<K> {
     /// there is one (restoring the value before it), and counts the mismatch.
     #[cold]
     fn unbalanced(frames: &mut PollFrames<K>, slot: &mut impl LabelSlot, task: K) {
-        static LOGGED: Once = Once::new();
+        static LOGGED: LogOnce = LogOnce::new();
         HOOKS.unbalanced_polls.incr();
         if LOGGED.first() {
             log::warn!(

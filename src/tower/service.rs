@@ -10,7 +10,7 @@ use tower_service::Service;
 use super::future::ProfileFuture;
 use super::request;
 use crate::labels::registry::LabelHandle;
-use crate::labels::slot::Scope;
+use crate::sampler::slot::SlotGuard;
 
 /// The service of a [`ProfileLayer`](crate::ProfileLayer): wraps an inner
 /// `Service<http::Request<B>>` so that each request runs under its server span's context
@@ -122,7 +122,7 @@ where
         let (handle, _root) = crate::otel::lookup(&started.cx);
         let future = {
             let _attached = started.cx.clone().attach();
-            let _scope = Scope::enter(handle.as_ref().map_or(0, LabelHandle::id));
+            let _scope = SlotGuard::enter(handle.as_ref().map_or(0, LabelHandle::id));
             self.inner.call(req)
         };
         #[cfg(feature = "task-metrics")]

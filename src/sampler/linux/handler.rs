@@ -20,15 +20,14 @@
 //! disassembly of this function and its callees).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
 
 use super::bounds::{self, StackBounds};
 use super::unwind::{registers, FramePointerUnwinder, Registers, Unwinder};
 use crate::counters::Counter;
+use crate::sampler::SESSION_COOKIE;
 use crate::sampler::buffer::{SampleBuffer, FLAG_NO_BOUNDS, FLAG_TRUNCATED, MAX_FRAMES};
 
-/// The cookie of the running session (0: none). Timers carry it in `sigev_value`.
-pub static COOKIE: AtomicU64 = AtomicU64::new(0);
 /// Whether the running session records samples.
 pub static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Whether the handler measures its own CPU time (two `clock_gettime` calls).
@@ -166,7 +165,7 @@ unsafe fn sample(info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
     let value = unsafe { std::ptr::read(base.add(SI_VALUE_OFFSET) as *const u64) };
     // Relaxed (both): a stale value only makes us ignore one signal or record one
     // sample into a slot the next drain discards by cookie.
-    let cookie = COOKIE.load(Relaxed);
+    let cookie = SESSION_COOKIE.load(Relaxed);
     if cookie == 0 || value != cookie || !ENABLED.load(Relaxed) {
         COUNTERS.ignored_other_session.incr();
         return;
@@ -187,7 +186,7 @@ unsafe fn sample(info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
         COUNTERS.dropped_full.incr();
         return;
     };
-    let label_id = crate::labels::slot::current();
+    let label_id = crate::sampler::slot::current();
     let tid = current_tid();
     // SAFETY: `ucontext` is the kernel's `ucontext_t` (checked non-null above).
     let regs = unsafe { registers(ucontext as *const libc::ucontext_t) };

@@ -1,8 +1,28 @@
 //! The sampler on Linux x86_64 / aarch64.
+//!
+//! - `slot` (in the parent): the label id the handler reads.
+//! - `handler`: the SIGPROF handler and its contract.
+//! - `unwind`: the unwinder trait and the frame-pointer unwinder.
+//! - `bounds`: stack bounds published for the handler.
+//! - `timers`: `timer_create` / `sigaction`.
+//! - `procfs`: thread discovery, `SigBlk`, `/proc/self/maps`.
+//! - `session`: [`Sampler`](session::Sampler): start, drain, stats, stop.
+//! - `scan`: the collector's periodic work (disposition, thread scan, bounds).
+//! - `armed`: the armed-timer registry; threads that arm themselves.
+//! - `fork`: the forked child's inert sampler.
 
+pub(crate) mod armed;
 pub(super) mod bounds;
+pub(super) mod fork;
 pub(super) mod handler;
 pub(super) mod procfs;
+pub(super) mod scan;
 pub(super) mod session;
 pub(super) mod timers;
 pub(super) mod unwind;
+
+/// This process's id.
+fn pid() -> i32 {
+    // SAFETY: `getpid` has no preconditions.
+    unsafe { libc::getpid() }
+}

@@ -113,73 +113,9 @@ pub fn install() -> io::Result<()> {
     Ok(())
 }
 
-/// Whether `addr` is in the main program (not in a shared object). Only there are our
-/// `const` thread-locals in static TLS, safe to read from a signal handler.
-pub fn in_main_program(addr: usize) -> bool {
-    object_index(addr) == Some(0)
-}
-
-/// Index (in `dl_iterate_phdr` order, 0 = the main program) of the loaded object whose
-/// `PT_LOAD` segments contain `addr`.
-pub fn object_index(addr: usize) -> Option<usize> {
-    struct Search {
-        addr: usize,
-        index: usize,
-        found: Option<usize>,
-    }
-    unsafe extern "C" fn visit(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: `data` is the `Search` passed below, alive for the whole iteration.
-        let search = unsafe { &mut *(data as *mut Search) };
-        // SAFETY: the loader passes a valid `dl_phdr_info` for the callback's duration.
-        let info = unsafe { &*info };
-        let headers: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
-            &[]
-        } else {
-            // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers.
-            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
-        };
-        for ph in headers {
-            if ph.p_type != libc::PT_LOAD {
-                continue;
-            }
-            let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
-            let end = start.wrapping_add(ph.p_memsz as usize);
-            if start <= search.addr && search.addr < end {
-                search.found = Some(search.index);
-                return 1;
-            }
-        }
-        search.index += 1;
-        0
-    }
-    let mut search = Search {
-        addr,
-        index: 0,
-        found: None,
-    };
-    // SAFETY: `visit` matches the callback type and only touches `search`.
-    unsafe { libc::dl_iterate_phdr(Some(visit), &mut search as *mut Search as *mut libc::c_void) };
-    search.found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn this_crate_is_in_the_main_program_and_libc_is_not() {
-        assert!(in_main_program(our_handler()));
-        let libc_fn = libc::timer_create as *const () as usize;
-        let index = object_index(libc_fn);
-        assert!(
-            matches!(index, Some(i) if i > 0),
-            "libc's timer_create found in {index:?}"
-        );
-    }
 
     #[test]
     fn the_thread_cpu_clock_of_this_thread_matches_pthread_getcpuclockid() {

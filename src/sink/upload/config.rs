@@ -105,9 +105,6 @@ pub struct UploadConfig {
     pub(crate) tls_roots: Vec<Vec<u8>>,
 }
 
-fn invalid(option: &'static str, reason: String) -> BuildError {
-    BuildError::InvalidOption { option, reason }
-}
 
 /// Parses a `server_address`: `http://` or `https://`, a host with an optional port, an
 /// optional base path; no credentials, query or fragment.
@@ -115,7 +112,7 @@ pub(crate) fn validate_server_address(address: &str) -> Result<ServerAddress, Bu
     const OPTION: &str = "server_address";
     let address = address.trim();
     let Some((scheme, rest)) = address.split_once("://") else {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!("`{address}` has no scheme; write it as `http://host:4040` or `https://host`"),
         ));
@@ -124,7 +121,7 @@ pub(crate) fn validate_server_address(address: &str) -> Result<ServerAddress, Bu
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     if rest[..authority_end].contains('@') {
         // Never echo the address: it holds a password.
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             "the address contains credentials (`user:password@`); remove them and use \
              `basic_auth(user, password)` so they are never logged"
@@ -135,14 +132,14 @@ pub(crate) fn validate_server_address(address: &str) -> Result<ServerAddress, Bu
         "http" => false,
         "https" => true,
         _ => {
-            return Err(invalid(
+            return Err(BuildError::invalid(
                 OPTION,
                 format!("`{address}` has scheme `{scheme}`; use `http://` or `https://`"),
             ))
         }
     };
     if https && !cfg!(feature = "tls") {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!("`{address}` is https, but span-profiler was built without its `tls` feature; enable it"),
         ));
@@ -150,7 +147,7 @@ pub(crate) fn validate_server_address(address: &str) -> Result<ServerAddress, Bu
     let authority = &rest[..authority_end];
     let tail = &rest[authority_end..];
     if tail.contains(['?', '#']) {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!("`{address}` has a query or fragment; give only scheme, host, port and an optional path"),
         ));
@@ -158,7 +155,7 @@ pub(crate) fn validate_server_address(address: &str) -> Result<ServerAddress, Bu
     validate_authority(address, authority)?;
     let base_path = tail.trim_end_matches('/');
     if base_path.contains(|c: char| c.is_ascii_control() || c == ' ' || !c.is_ascii()) {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!("the path of `{address}` contains spaces, control or non-ASCII characters; percent-encode them"),
         ));
@@ -170,14 +167,14 @@ pub(crate) fn validate_server_address(address: &str) -> Result<ServerAddress, Bu
     };
     #[cfg(feature = "upload")]
     if server.url("/").parse::<http::Uri>().is_err() {
-        return Err(invalid(OPTION, format!("`{address}` is not a valid URL")));
+        return Err(BuildError::invalid(OPTION, format!("`{address}` is not a valid URL")));
     }
     Ok(server)
 }
 
 fn validate_authority(address: &str, authority: &str) -> Result<(), BuildError> {
     let bad = |what: &str| {
-        invalid(
+        BuildError::invalid(
             "server_address",
             format!("`{address}` {what}; write it as `http://host:4040` or `https://host`"),
         )
@@ -225,7 +222,7 @@ pub(crate) fn validate_tags(
 ) -> Result<(), BuildError> {
     const OPTION: &str = "tag";
     if tags.len() > MAX_TAGS {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!(
                 "{} tags plus the {} fixed series labels and `span_name` make {} label names; \
@@ -239,19 +236,19 @@ pub(crate) fn validate_tags(
     for (i, (key, value)) in tags.iter().enumerate() {
         validate_tag_key(key)?;
         if tags[..i].iter().any(|(k, _)| k == key) {
-            return Err(invalid(
+            return Err(BuildError::invalid(
                 OPTION,
                 format!("tag `{key}` is given twice; series label names must be unique"),
             ));
         }
         if value.is_empty() {
-            return Err(invalid(
+            return Err(BuildError::invalid(
                 OPTION,
                 format!("tag `{key}` has an empty value, which the server treats as no label; give it a value"),
             ));
         }
         if value.len() > MAX_LABEL_VALUE_BYTES {
-            return Err(invalid(
+            return Err(BuildError::invalid(
                 OPTION,
                 format!(
                     "the value of tag `{key}` is {} bytes; the server accepts at most {MAX_LABEL_VALUE_BYTES}",
@@ -261,7 +258,7 @@ pub(crate) fn validate_tags(
         }
         if protocol == Protocol::Ingest {
             if let Some(c) = value.chars().find(|c| matches!(c, ',' | '}')) {
-                return Err(invalid(
+                return Err(BuildError::invalid(
                     OPTION,
                     format!(
                         "the value `{value}` of tag `{key}` contains `{c}`, which ends a value in \
@@ -277,13 +274,13 @@ pub(crate) fn validate_tags(
 fn validate_tag_key(key: &str) -> Result<(), BuildError> {
     const OPTION: &str = "tag";
     if key.is_empty() {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             "a tag key is empty; use letters, digits, `_` and `.`".into(),
         ));
     }
     if key.len() > MAX_LABEL_KEY_BYTES {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!(
                 "tag key of {} bytes is longer than the server's {MAX_LABEL_KEY_BYTES}",
@@ -292,19 +289,19 @@ fn validate_tag_key(key: &str) -> Result<(), BuildError> {
         ));
     }
     if key.starts_with("__") {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!("tag key `{key}` starts with `__`, which the server reserves; rename it"),
         ));
     }
     if FIXED_SERIES_LABELS.contains(&key) {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!("tag key `{key}` is a series label the profiler sets itself; rename it"),
         ));
     }
     if SAMPLE_LABEL_KEYS.contains(&key) {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!(
                 "tag key `{key}` is reserved for span labels (`span_id`, `span_name`, \
@@ -316,7 +313,7 @@ fn validate_tag_key(key: &str) -> Result<(), BuildError> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
     if !chars_ok || key.as_bytes()[0].is_ascii_digit() {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!("tag key `{key}` is invalid; use letters, digits, `_` and `.`, not starting with a digit"),
         ));
@@ -347,7 +344,7 @@ pub(crate) fn validate_header(
     const OPTION: &str = "http_header";
     let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!(
                 "header name `{}` is not a valid HTTP token; use letters, digits and `-`",
@@ -357,20 +354,20 @@ pub(crate) fn validate_header(
     }
     let lower = name.to_ascii_lowercase();
     if MANAGED_HEADERS.contains(&lower.as_str()) {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             format!("header `{name}` is set by the uploader itself; leave it out"),
         ));
     }
     if lower == "authorization" && *auth != Auth::None {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             "header `Authorization` conflicts with `basic_auth`/`bearer_token`; use one of them"
                 .into(),
         ));
     }
     if lower == "x-scope-orgid" && tenant_id.is_some() {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             OPTION,
             "header `X-Scope-OrgID` conflicts with `tenant_id`; use one of them".into(),
         ));
@@ -391,13 +388,13 @@ pub(crate) fn check_header_value(
     value: &str,
 ) -> Result<(), BuildError> {
     if value.is_empty() {
-        return Err(invalid(option, format!("{what} is empty")));
+        return Err(BuildError::invalid(option, format!("{what} is empty")));
     }
     if !value
         .bytes()
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
     {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             option,
             format!(
                 "{what} contains a control or non-ASCII character, not allowed in HTTP headers"
@@ -405,7 +402,7 @@ pub(crate) fn check_header_value(
         ));
     }
     if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             option,
             format!("{what} starts or ends with whitespace; trim it"),
         ));
@@ -425,11 +422,11 @@ pub(crate) fn parse_tls_roots(pems: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, BuildErr
         let mut found = 0;
         for cert in CertificateDer::pem_slice_iter(pem) {
             let cert = cert.map_err(|err| {
-                invalid(OPTION, format!("certificate #{} is not valid PEM ({err}); pass `-----BEGIN CERTIFICATE-----` blocks", i + 1))
+                BuildError::invalid(OPTION, format!("certificate #{} is not valid PEM ({err}); pass `-----BEGIN CERTIFICATE-----` blocks", i + 1))
             })?;
             let mut store = rustls::RootCertStore::empty();
             store.add(cert.clone()).map_err(|err| {
-                invalid(
+                BuildError::invalid(
                     OPTION,
                     format!("certificate #{} cannot be a trust anchor: {err}", i + 1),
                 )
@@ -438,7 +435,7 @@ pub(crate) fn parse_tls_roots(pems: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, BuildErr
             found += 1;
         }
         if found == 0 {
-            return Err(invalid(
+            return Err(BuildError::invalid(
                 OPTION,
                 format!(
                     "input #{} holds no `-----BEGIN CERTIFICATE-----` block",

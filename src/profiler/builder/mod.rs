@@ -8,16 +8,17 @@ use crate::sink::upload::{
     parse_tls_roots, validate_header, validate_server_address, validate_tags, Auth, Protocol,
     UploadConfig,
 };
-use crate::Profiler;
+use crate::profiler::Profiler;
+use crate::sampler::{check_sample_rate, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ};
 
 /// `from_env()`: the environment variables and their parsing.
 mod env;
 
 /// Default sampling rate, in samples per second of CPU time per thread (Hz).
-pub const DEFAULT_SAMPLE_RATE: u32 = 100;
+pub const DEFAULT_SAMPLE_RATE: u32 = DEFAULT_SAMPLE_RATE_HZ;
 
 /// Highest accepted sampling rate, in Hz.
-pub const MAX_SAMPLE_RATE: u32 = 10_000;
+pub const MAX_SAMPLE_RATE: u32 = MAX_SAMPLE_RATE_HZ;
 
 /// Default length of a profiling window: one file (or upload) per window.
 pub const DEFAULT_UPLOAD_INTERVAL: Duration = Duration::from_secs(10);
@@ -135,8 +136,8 @@ impl Default for ProfilerBuilder {
             output_dir: None,
             max_files: DEFAULT_MAX_FILES,
             max_bytes: DEFAULT_MAX_BYTES,
-            max_label_sets: crate::collect::DEFAULT_MAX_LABEL_SETS,
-            max_span_names: crate::collect::DEFAULT_MAX_SPAN_NAMES,
+            max_label_sets: crate::window::DEFAULT_MAX_LABEL_SETS,
+            max_span_names: crate::window::DEFAULT_MAX_SPAN_NAMES,
             server_address: None,
             protocol: Protocol::Push,
             tags: Vec::new(),
@@ -371,17 +372,9 @@ impl ProfilerBuilder {
             None => env("OTEL_SERVICE_NAME").unwrap_or_default(),
         };
         validate_application_name(&name)?;
-        if self.sample_rate == 0 || self.sample_rate > MAX_SAMPLE_RATE {
-            return Err(invalid(
-                "sample_rate",
-                format!(
-                    "{} Hz is out of range; use 1 to {MAX_SAMPLE_RATE} Hz (100 is typical)",
-                    self.sample_rate
-                ),
-            ));
-        }
+        check_sample_rate("sample_rate", self.sample_rate)?;
         if !(MIN_UPLOAD_INTERVAL..=MAX_UPLOAD_INTERVAL).contains(&self.upload_interval) {
-            return Err(invalid(
+            return Err(BuildError::invalid(
                 "upload_interval",
                 format!(
                     "{:?} is out of range; use {MIN_UPLOAD_INTERVAL:?} to {MAX_UPLOAD_INTERVAL:?} \
@@ -391,13 +384,13 @@ impl ProfilerBuilder {
             ));
         }
         if self.max_files == 0 {
-            return Err(invalid(
+            return Err(BuildError::invalid(
                 "max_files",
                 "0 would delete every file; keep at least 1".into(),
             ));
         }
         if self.max_label_sets == 0 || self.max_span_names == 0 {
-            return Err(invalid(
+            return Err(BuildError::invalid(
                 "max_label_sets/max_span_names",
                 "0 would drop every label; allow at least 1".into(),
             ));
@@ -471,15 +464,12 @@ impl Config {
             output_dir: PathBuf::from(DEFAULT_OUTPUT_DIR),
             max_files: DEFAULT_MAX_FILES,
             max_bytes: DEFAULT_MAX_BYTES,
-            max_label_sets: crate::collect::DEFAULT_MAX_LABEL_SETS,
-            max_span_names: crate::collect::DEFAULT_MAX_SPAN_NAMES,
+            max_label_sets: crate::window::DEFAULT_MAX_LABEL_SETS,
+            max_span_names: crate::window::DEFAULT_MAX_SPAN_NAMES,
         }
     }
 }
 
-fn invalid(option: &'static str, reason: String) -> BuildError {
-    BuildError::InvalidOption { option, reason }
-}
 
 /// Checks the upload options (only when a server address is set).
 fn upload_config(
@@ -489,7 +479,7 @@ fn upload_config(
 ) -> Result<UploadConfig, BuildError> {
     let server = validate_server_address(address)?;
     if !cfg!(feature = "upload") {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             "server_address",
             "span-profiler was built without its `upload` feature; enable it to upload".into(),
         ));
@@ -499,7 +489,7 @@ fn upload_config(
         Auth::None => {}
         Auth::Basic { user, password } => {
             if user.contains(':') {
-                return Err(invalid(
+                return Err(BuildError::invalid(
                     "basic_auth",
                     format!("user `{user}` contains `:`, which Basic auth cannot carry"),
                 ));
@@ -528,20 +518,20 @@ fn upload_config(
         headers.push((lower, value.clone()));
     }
     if b.request_timeout.is_zero() {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             "request_timeout",
             "0 would fail every upload; use a few seconds (10 s is typical)".into(),
         ));
     }
     if b.queue_capacity == 0 {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             "queue_capacity",
             "0 would drop every window; allow at least 1".into(),
         ));
     }
     let (min, max) = b.retry_backoff;
     if min.is_zero() || min > max {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             "retry_backoff",
             format!(
                 "({min:?}, {max:?}) is not a range; use 0 < min <= max (default 500 ms to 30 s)"
@@ -549,7 +539,7 @@ fn upload_config(
         ));
     }
     if b.max_profile_age.is_zero() || b.max_profile_age > MAX_PROFILE_AGE_LIMIT {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             "max_profile_age",
             format!(
                 "{:?} is out of range; use more than 0 and at most {MAX_PROFILE_AGE_LIMIT:?}                  (the server refuses older profiles)",
@@ -558,7 +548,7 @@ fn upload_config(
         ));
     }
     if !(MIN_REQUEST_BYTES..=MAX_REQUEST_BYTES_LIMIT).contains(&b.max_request_bytes) {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             "max_request_bytes",
             format!(
                 "{} is out of range; use {MIN_REQUEST_BYTES} to {MAX_REQUEST_BYTES_LIMIT} bytes                  (1 MiB is typical)",
@@ -587,7 +577,7 @@ fn upload_config(
 /// The application name rule of Pyroscope's ingest grammar, used for both protocols.
 pub(crate) fn validate_application_name(name: &str) -> Result<(), BuildError> {
     if name.is_empty() {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             "application_name",
             "the name is empty; set it with `application_name(..)` or the OTEL_SERVICE_NAME \
              environment variable (it must equal the OpenTelemetry `service.name`)"
@@ -598,7 +588,7 @@ pub(crate) fn validate_application_name(name: &str) -> Result<(), BuildError> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')))
     {
-        return Err(invalid(
+        return Err(BuildError::invalid(
             "application_name",
             format!("`{name}` contains `{bad}`; allowed are letters, digits, `_ . - /`"),
         ));

@@ -1,11 +1,10 @@
-//! From raw samples to windows ready for encoding: aggregation per (stack, label set) with
-//! the per-window caps, symbolization, and the list of loaded modules.
+//! Window aggregation: drained samples become one window per upload interval, weights
+//! added per (stack, label set), with the per-window caps that keep memory and the
+//! server's label rules bounded.
 //!
 //! Everything here runs on the collector thread, never in the signal handler.
 
 pub(crate) mod aggregate;
-pub(crate) mod modules;
-pub(crate) mod symbolize;
 
 pub(crate) use aggregate::{
     ClosedWindow, WindowAggregator, WindowLimits, DEFAULT_MAX_LABEL_SETS, DEFAULT_MAX_SPAN_NAMES,
@@ -13,13 +12,13 @@ pub(crate) use aggregate::{
 
 use crate::counters::Counter;
 
-/// Tallies of what aggregation, symbolization and encoding did, for `stats()`.
+/// Tallies of what aggregation did, for `stats()`.
 ///
 /// Every sample or label that a cap or a lookup changes is counted here; nothing is lost
 /// silently. "Samples" are calls of `WindowAggregator::add` (one signal each); "weight"
 /// is the sum of their weights (timer expiries).
 #[derive(Debug)]
-pub(crate) struct CollectCounters {
+pub(crate) struct WindowCounters {
     /// Samples added to a window (with non-zero weight and at least one frame).
     pub(crate) samples: Counter,
     /// Weight added to windows.
@@ -45,19 +44,10 @@ pub(crate) struct CollectCounters {
     pub(crate) samples_empty: Counter,
     /// Windows closed.
     pub(crate) windows_closed: Counter,
-    /// Distinct addresses symbolized (cache misses of the symbolizer).
-    pub(crate) addresses_symbolized: Counter,
-    /// Of those, addresses for which no function name was found (encoded with a hex name).
-    pub(crate) addresses_unresolved: Counter,
-    /// Complete pprof profiles produced by the encoder (one per piece).
-    pub(crate) pieces_encoded: Counter,
-    /// Pieces larger than `max_piece_bytes` because a single sample with its locations
-    /// did not fit into the limit on its own (sent whole rather than dropped).
-    pub(crate) pieces_oversized: Counter,
 }
 
-/// The process-wide collect tallies.
-pub(crate) static COLLECT: CollectCounters = CollectCounters {
+/// The process-wide window tallies.
+pub(crate) static WINDOW: WindowCounters = WindowCounters {
     samples: Counter::new(),
     weight: Counter::new(),
     label_expired: Counter::new(),
@@ -68,8 +58,4 @@ pub(crate) static COLLECT: CollectCounters = CollectCounters {
     stacks_truncated: Counter::new(),
     samples_empty: Counter::new(),
     windows_closed: Counter::new(),
-    addresses_symbolized: Counter::new(),
-    addresses_unresolved: Counter::new(),
-    pieces_encoded: Counter::new(),
-    pieces_oversized: Counter::new(),
 };

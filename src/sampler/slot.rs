@@ -1,4 +1,5 @@
-//! The per-thread label slot: the one place a signal handler reads labels from.
+//! The per-thread label slot: the one place the signal handler reads labels from, and the
+//! sampler's first input (the data flow starts here).
 //!
 //! Each thread has one `const`-initialised thread-local holding the label id in force on
 //! it (0 = none). The type has no destructor, so the thread-local needs no lazy
@@ -6,7 +7,7 @@
 //! fixed offset from the thread pointer and safe to read from a signal handler.
 //!
 //! Only *scoped* sources write the slot, and each restores the previous value before it
-//! returns ([`Scope`]): the future wrapper around each poll and drop, the Tokio poll hooks,
+//! returns ([`SlotGuard`]): the future wrapper around each poll and drop, the Tokio poll hooks,
 //! the tracing layer, the sync guard. The writer and the handler that reads run on the
 //! same thread, so `Relaxed` accesses ordered by `compiler_fence` suffice: a signal
 //! interrupts the thread between two instructions, and the fences stop the compiler from
@@ -29,10 +30,6 @@ thread_local! {
     };
 }
 
-/// Session id of the running sampler, 0 when none runs. Written by the sampler at start
-/// and stop; read on label writes to let a thread arm its own timer early.
-pub(crate) static SAMPLER_SESSION: AtomicU64 = AtomicU64::new(0);
-
 /// Writes `id` into this thread's slot and returns the previous value.
 #[inline]
 pub(crate) fn replace(id: u64) -> u64 {
@@ -45,7 +42,7 @@ pub(crate) fn replace(id: u64) -> u64 {
         if id != 0 {
             // Relaxed: a hint; a thread that misses a session start is found by the
             // sampler's next discovery scan instead.
-            let session = SAMPLER_SESSION.load(Ordering::Relaxed);
+            let session = super::SESSION_COOKIE.load(Ordering::Relaxed);
             if session != 0 && slot.armed_session.get() != session {
                 slot.armed_session.set(session);
                 arm_this_thread(session);
@@ -67,7 +64,7 @@ pub(crate) fn current() -> u64 {
 #[cold]
 #[inline(never)]
 fn arm_this_thread(session: u64) {
-    crate::sampler::arm_current_thread(session);
+    super::arm_current_thread(session);
 }
 
 /// Sets the slot for a lexical scope and restores the previous id when dropped, also
@@ -75,12 +72,12 @@ fn arm_this_thread(session: u64) {
 ///
 /// `!Send`: it must be dropped on the thread whose slot it wrote.
 #[must_use = "the labels are restored as soon as the scope is dropped"]
-pub(crate) struct Scope {
+pub(crate) struct SlotGuard {
     prev: u64,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
-impl Scope {
+impl SlotGuard {
     #[inline]
     pub(crate) fn enter(id: u64) -> Self {
         Self {
@@ -90,7 +87,7 @@ impl Scope {
     }
 }
 
-impl Drop for Scope {
+impl Drop for SlotGuard {
     #[inline]
     fn drop(&mut self) {
         replace(self.prev);
@@ -105,10 +102,10 @@ mod tests {
     fn scopes_nest_and_restore() {
         assert_eq!(current(), 0);
         {
-            let _outer = Scope::enter(7);
+            let _outer = SlotGuard::enter(7);
             assert_eq!(current(), 7);
             {
-                let _inner = Scope::enter(9);
+                let _inner = SlotGuard::enter(9);
                 assert_eq!(current(), 9);
             }
             assert_eq!(current(), 7);
@@ -118,9 +115,9 @@ mod tests {
 
     #[test]
     fn a_panic_inside_a_scope_restores_the_slot() {
-        let _outer = Scope::enter(3);
+        let _outer = SlotGuard::enter(3);
         let result = std::panic::catch_unwind(|| {
-            let _inner = Scope::enter(4);
+            let _inner = SlotGuard::enter(4);
             panic!("boom");
         });
         assert!(result.is_err());
@@ -129,7 +126,7 @@ mod tests {
 
     #[test]
     fn each_thread_has_its_own_slot() {
-        let _s = Scope::enter(11);
+        let _s = SlotGuard::enter(11);
         std::thread::spawn(|| assert_eq!(current(), 0))
             .join()
             .unwrap();

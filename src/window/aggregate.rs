@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::collect::COLLECT;
+use crate::window::WINDOW;
 use crate::labels::registry::Registry;
 use crate::labels::set::LabelSet;
 
@@ -166,12 +166,12 @@ impl WindowAggregator {
     pub(crate) fn add(&mut self, frames: &[usize], label_id: u64, weight: u64) {
         if frames.is_empty() || weight == 0 {
             self.stats.samples_empty += 1;
-            COLLECT.samples_empty.incr();
+            WINDOW.samples_empty.incr();
             return;
         }
         let frames = if frames.len() > MAX_STACK_DEPTH {
             self.stats.stacks_truncated += 1;
-            COLLECT.stacks_truncated.incr();
+            WINDOW.stacks_truncated.incr();
             &frames[..MAX_STACK_DEPTH]
         } else {
             frames
@@ -182,23 +182,23 @@ impl WindowAggregator {
         if labels == OVERFLOW_LABELS {
             self.stats.label_sets_overflowed += 1;
             self.stats.label_sets_overflowed_weight += weight;
-            COLLECT.label_sets_overflowed.incr();
-            COLLECT.label_sets_overflowed_weight.add(weight);
+            WINDOW.label_sets_overflowed.incr();
+            WINDOW.label_sets_overflowed_weight.add(weight);
         } else {
             if resolved.renamed {
                 self.stats.span_names_overflowed += 1;
-                COLLECT.span_names_overflowed.incr();
+                WINDOW.span_names_overflowed.incr();
             }
             if resolved.keys_removed {
                 self.stats.label_keys_removed += 1;
-                COLLECT.label_keys_removed.incr();
+                WINDOW.label_keys_removed.incr();
             }
         }
         *self.weights.entry((stack, labels)).or_insert(0) += weight;
         self.stats.samples += 1;
         self.stats.weight += weight;
-        COLLECT.samples.incr();
-        COLLECT.weight.add(weight);
+        WINDOW.samples.incr();
+        WINDOW.weight.add(weight);
     }
 
     /// No sample was added since the window opened.
@@ -208,7 +208,7 @@ impl WindowAggregator {
 
     /// Closes the window at `end`: samples sorted by (stack, label set).
     pub(crate) fn close(self, end: SystemTime) -> ClosedWindow {
-        COLLECT.windows_closed.incr();
+        WINDOW.windows_closed.incr();
         let mut samples: Vec<WindowSample> = self
             .weights
             .into_iter()
@@ -266,7 +266,7 @@ impl WindowAggregator {
             Some(resolved) => resolved,
             None => {
                 self.stats.label_expired += 1;
-                COLLECT.label_expired.incr();
+                WINDOW.label_expired.incr();
                 UNLABELLED
             }
         }
@@ -440,13 +440,13 @@ mod tests {
     #[test]
     fn an_expired_label_id_keeps_the_sample_without_labels_and_is_counted() {
         let id = register(Some(3), Some("gone"), &[]).id(); // handle dropped: freed (no profiler)
-        let before = COLLECT.label_expired.get();
+        let before = WINDOW.label_expired.get();
         let mut w = window(WindowLimits::default());
         w.add(&[1, 2], id, 2);
         w.add(&[1, 2], id, 1);
         let c = w.close(SystemTime::now());
         assert_eq!(c.stats.label_expired, 2);
-        assert!(COLLECT.label_expired.get() >= before + 2);
+        assert!(WINDOW.label_expired.get() >= before + 2);
         assert_eq!(c.samples.len(), 1);
         assert_eq!(c.samples[0].labels, NO_LABELS);
         assert_eq!(c.samples[0].weight, 3);

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
-use crate::collect::modules::{loaded_modules, Module};
-use crate::collect::COLLECT;
+use crate::modules::{loaded_modules, Module};
+use crate::symbolize::SYMBOLIZE;
 
 /// The DWARF reader: owned, reference-counted section data, so contexts are `Send`.
 type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
@@ -158,9 +158,9 @@ impl Symbolizer {
             Some(index) => self.lookup(index, addr),
             None => Vec::new(),
         };
-        COLLECT.addresses_symbolized.incr();
+        SYMBOLIZE.addresses_symbolized.incr();
         let frames = if frames.is_empty() {
-            COLLECT.addresses_unresolved.incr();
+            SYMBOLIZE.addresses_unresolved.incr();
             let name = match module {
                 Some(index) => {
                     let m = &self.modules[index];
@@ -447,7 +447,7 @@ fn load_dwarf(file: &object::File<'_>) -> Option<addr2line::Context<Reader>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collect::modules::frame_pointer_backtrace;
+    use crate::modules::frame_pointer_backtrace;
 
     #[inline(never)]
     fn leaf_function_for_symbolizer_test() -> u64 {

@@ -47,7 +47,7 @@ impl ProfilerBuilder {
         match (get("PYROSCOPE_BASIC_AUTH_USER"), get("PYROSCOPE_BASIC_AUTH_PASSWORD")) {
             (Some(user), Some(password)) => self = self.basic_auth(user, password),
             (None, None) => {}
-            (Some(_), None) | (None, Some(_)) => fail(invalid(
+            (Some(_), None) | (None, Some(_)) => fail(BuildError::invalid(
                 "PYROSCOPE_BASIC_AUTH_USER",
                 "only one of PYROSCOPE_BASIC_AUTH_USER and PYROSCOPE_BASIC_AUTH_PASSWORD is set; set both or neither".into(),
             )),
@@ -71,7 +71,7 @@ impl ProfilerBuilder {
         if let Some(interval) = get("PYROSCOPE_UPLOAD_INTERVAL") {
             match parse_duration(interval.trim()) {
                 Some(d) => self = self.upload_interval(d),
-                None => fail(invalid(
+                None => fail(BuildError::invalid(
                     "PYROSCOPE_UPLOAD_INTERVAL",
                     format!("`{interval}` is not a duration; write e.g. `10s`, `1m30s` or `500ms`"),
                 )),
@@ -80,7 +80,7 @@ impl ProfilerBuilder {
         if let Some(rate) = get("PYROSCOPE_SAMPLE_RATE") {
             match rate.trim().parse::<u32>() {
                 Ok(hz) => self = self.sample_rate(hz),
-                Err(_) => fail(invalid(
+                Err(_) => fail(BuildError::invalid(
                     "PYROSCOPE_SAMPLE_RATE",
                     format!("`{rate}` is not a whole number of Hz; write e.g. `100`"),
                 )),
@@ -93,9 +93,6 @@ impl ProfilerBuilder {
     }
 }
 
-fn invalid(option: &'static str, reason: String) -> BuildError {
-    BuildError::InvalidOption { option, reason }
-}
 
 /// Reads `SPAN_PROFILER_ENABLED` (unset or empty: enabled).
 pub(crate) fn enabled(env: &dyn Fn(&str) -> Option<String>) -> Result<bool, BuildError> {
@@ -105,7 +102,7 @@ pub(crate) fn enabled(env: &dyn Fn(&str) -> Option<String>) -> Result<bool, Buil
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(invalid(
+        _ => Err(BuildError::invalid(
             ENABLED_VAR,
             format!("`{value}` is not a switch; use `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`)"),
         )),
@@ -122,7 +119,7 @@ fn parse_labels(text: &str) -> Result<Vec<(String, String)>, BuildError> {
         .filter(|item| !item.is_empty())
     {
         let Some((key, value)) = item.split_once('=') else {
-            return Err(invalid(
+            return Err(BuildError::invalid(
                 "PYROSCOPE_LABELS",
                 format!("`{item}` has no `=`; write the labels as `key=value,key=value`"),
             ));

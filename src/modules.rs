@@ -1,9 +1,10 @@
-//! The loaded modules (main executable, shared libraries) and their executable segments.
+//! The loaded modules (main executable, shared libraries, the vDSO) and their executable
+//! segments: the crate's one walker of the dynamic loader's list.
 //!
-//! The only `unsafe` of `collect/`: [`loaded_modules`] asks the dynamic loader for its
-//! list with `dl_iterate_phdr` and copies what it needs out of the loader's structures
-//! before the callback returns. Everything else (build ids, symbols, DWARF) is read from
-//! the modules' files on disk by the symbolizer.
+//! [`loaded_modules`] asks the loader with `dl_iterate_phdr` and copies what it needs out
+//! of the loader's structures before the callback returns. The sampler uses it to check
+//! that the crate is in the main program (static TLS); the symbolizer to map addresses to
+//! files (build ids, symbols and DWARF are then read from the files on disk).
 //!
 //! Never call this from a signal handler: `dl_iterate_phdr` takes the loader's lock and
 //! the callback allocates.
@@ -36,6 +37,9 @@ pub(crate) struct Module {
     pub(crate) path: Option<PathBuf>,
     /// What a profile shows as the mapping's file name (the path, or the loader's name).
     pub(crate) name: String,
+    /// Whether this is the main program (the loader's first object), where this crate's
+    /// `const` thread-locals live in static TLS.
+    pub(crate) is_main: bool,
     /// Load bias: run-time address minus the address in the ELF file (`dlpi_addr`).
     pub(crate) bias: usize,
     /// Executable segments, in program-header order.
@@ -64,6 +68,15 @@ pub(crate) fn loaded_modules() -> Vec<Module> {
         );
     }
     out
+}
+
+/// Whether `addr` (code, such as a function's address) is in the main program rather
+/// than a shared object. Only there are this crate's `const` thread-locals in static TLS,
+/// safe to read from a signal handler.
+pub(crate) fn in_main_program(addr: usize) -> bool {
+    loaded_modules()
+        .iter()
+        .any(|m| m.is_main && m.segment_of(addr).is_some())
 }
 
 /// `dl_iterate_phdr` callback: copies one object's name, bias and executable segments.
@@ -130,6 +143,7 @@ unsafe extern "C" fn collect_module(
         out.push(Module {
             path,
             name,
+            is_main,
             bias,
             segments,
         });
@@ -216,6 +230,12 @@ mod tests {
             "our code is in the main program"
         );
         assert!(!main.segments.is_empty());
+    }
+
+    #[test]
+    fn this_crate_is_in_the_main_program_and_libc_is_not() {
+        assert!(in_main_program(marker as *const () as usize));
+        assert!(!in_main_program(libc::timer_create as *const () as usize));
     }
 
     #[test]
