@@ -135,8 +135,8 @@ pub mod pprof {
             end: SystemTime,
             opts: EncodeWindowOptions,
         ) -> Self {
-            use crate::window::{WindowAggregator, WindowLimits};
             use crate::pprof::encode::EncodeOptions;
+            use crate::window::{WindowAggregator, WindowLimits};
             let mut window = WindowAggregator::new(WindowLimits::default(), start);
             for (frames, label_id, weight) in samples {
                 window.add(frames, *label_id, *weight);

@@ -39,6 +39,7 @@ pub(crate) type IdHashBuilder = BuildHasherDefault<IdHasher>;
 
 /// Index of the shard (of `shards`, a power of two) for `id`: the top bits of its mix,
 /// the best-mixed ones.
+#[cfg(feature = "otel")]
 #[inline]
 pub(crate) fn shard_index(id: u64, shards: usize) -> usize {
     debug_assert!(shards.is_power_of_two());
@@ -51,6 +52,7 @@ mod tests {
     use super::*;
     use std::hash::BuildHasher;
 
+    #[cfg(feature = "otel")]
     #[test]
     fn sequential_ids_spread_over_every_shard() {
         let mut seen = [0usize; 64];

@@ -7,8 +7,8 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 
 use crate::labels::registry::LabelHandle;
+use crate::labels::Labels;
 use crate::sampler::slot::SlotGuard;
-use crate::Labels;
 
 /// Attaches profiling labels to any future.
 ///
@@ -237,11 +237,11 @@ impl<F> Profiled<F> {
     /// assert_eq!(polls.unwrap().value, opentelemetry::Value::I64(2));
     /// ```
     #[cfg(feature = "task-metrics")]
-    pub fn with_task_metrics(mut self) -> Profiled<crate::TaskMetered<F>> {
+    pub fn with_task_metrics(mut self) -> Profiled<crate::otel::TaskMetered<F>> {
         // Not pinned (owned): the parts can be moved out; `PinnedDrop` then sees `None`.
         let handle = self.handle.take();
         let root = self.root.take();
-        let metered = crate::TaskMetered::new(self.into_inner(), root.as_deref());
+        let metered = crate::otel::TaskMetered::new(self.into_inner(), root.as_deref());
         Profiled::with_root(metered, handle, root)
     }
 

@@ -178,15 +178,17 @@ mod blocking;
 mod counters;
 /// Errors of the fallible areas.
 mod error;
-/// The hasher of the id-keyed maps.
-mod id_hash;
 /// Flame graphs (SVG) and per-span summaries from pprof profiles.
 #[cfg(feature = "flamegraph")]
 pub mod flamegraph;
+/// The hasher of the id-keyed maps.
+mod id_hash;
 /// The future wrapper.
 mod instrument;
 /// Labels and the label registry.
 mod labels;
+/// The Pyroscope server's limits, one home for each.
+mod limits;
 /// The process's loaded objects (`dl_iterate_phdr`): the one walker of the loader's list.
 mod modules;
 /// OpenTelemetry: ProfilingTracerProvider, span-id map, context lookups.
@@ -200,10 +202,10 @@ mod profiler;
 mod sampler;
 /// Where closed windows go: local files and Pyroscope uploads.
 mod sink;
-/// std / loom switch for the structures loom models.
-mod sync;
 /// Symbolization of a closed window's addresses.
 mod symbolize;
+/// std / loom switch for the structures loom models.
+mod sync;
 /// Tokio task hooks: spawned tasks inherit labels (needs `--cfg tokio_unstable`).
 pub mod tokio_hooks;
 /// Tower layer for axum and tonic: a server span and its labels per request.
@@ -216,16 +218,6 @@ mod tracing_layer;
 mod window;
 
 pub use blocking::{spawn_blocking, with_current_labels};
-pub use profiler::builder::{
-    ProfilerBuilder, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_OUTPUT_DIR, DEFAULT_SAMPLE_RATE,
-    DEFAULT_UPLOAD_INTERVAL, MAX_SAMPLE_RATE, MAX_UPLOAD_INTERVAL, MIN_UPLOAD_INTERVAL,
-};
-pub use profiler::builder::{
-    DEFAULT_MAX_PROFILE_AGE, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUEUE_CAPACITY,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF_MAX, DEFAULT_RETRY_BACKOFF_MIN,
-    DEFAULT_STOP_TIMEOUT, MAX_PROFILE_AGE_LIMIT, MAX_REQUEST_BYTES_LIMIT, MAX_REQUEST_SAMPLES,
-    MAX_TAGS, MIN_REQUEST_BYTES,
-};
 pub use error::{BuildError, StartError};
 pub use instrument::{Profiled, ProfiledExt};
 pub use labels::{LabelError, Labels, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
@@ -238,6 +230,16 @@ pub use otel::{
 pub use otel::{
     TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
     TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
+};
+pub use profiler::builder::{
+    ProfilerBuilder, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_OUTPUT_DIR, DEFAULT_SAMPLE_RATE,
+    DEFAULT_UPLOAD_INTERVAL, MAX_SAMPLE_RATE, MAX_UPLOAD_INTERVAL, MIN_UPLOAD_INTERVAL,
+};
+pub use profiler::builder::{
+    DEFAULT_MAX_PROFILE_AGE, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF_MAX, DEFAULT_RETRY_BACKOFF_MIN,
+    DEFAULT_STOP_TIMEOUT, MAX_PROFILE_AGE_LIMIT, MAX_REQUEST_BYTES_LIMIT, MAX_REQUEST_SAMPLES,
+    MAX_TAGS, MIN_REQUEST_BYTES,
 };
 pub use profiler::{Dropped, Profiler, Stats, StopError, StopReport};
 pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport};

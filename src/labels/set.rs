@@ -3,16 +3,14 @@
 use std::fmt;
 
 use crate::counters::{LogOnce, LABELS};
+use crate::limits;
 
 /// Longest label value the server keeps, in bytes; longer values are cut on a UTF-8
 /// boundary (and counted).
-pub const MAX_LABEL_VALUE_BYTES: usize = 2048;
+pub const MAX_LABEL_VALUE_BYTES: usize = limits::MAX_LABEL_VALUE_BYTES;
 
 /// Longest label key the server accepts, in bytes.
-pub const MAX_LABEL_KEY_BYTES: usize = 1024;
-
-/// Sample-label keys this crate writes itself, or that the server treats specially.
-pub(crate) const RESERVED_KEYS: [&str; 4] = ["span_id", "trace_id", "span_name", "profile_id"];
+pub const MAX_LABEL_KEY_BYTES: usize = limits::MAX_LABEL_NAME_BYTES;
 
 /// Why a label pair was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +79,7 @@ pub(crate) fn validate_key(key: &str) -> Result<(), LabelError> {
     if key.len() > MAX_LABEL_KEY_BYTES {
         return Err(LabelError::KeyTooLong { len: key.len() });
     }
-    if key.starts_with("__") || RESERVED_KEYS.contains(&key) {
+    if limits::is_reserved_key(key) {
         return Err(LabelError::ReservedKey {
             key: key.to_owned(),
         });

@@ -7,8 +7,8 @@ use opentelemetry::Context;
 use super::{map, span_id_u64, OTEL};
 use crate::instrument::RootLink;
 use crate::labels::registry::LabelHandle;
+use crate::labels::Labels;
 use crate::sampler::slot::SlotGuard;
-use crate::Labels;
 
 /// The labels of the span in `cx` (its local root's set, registered), and with feature
 /// `task-metrics` its local root. No labels when `cx` holds no valid span, or a span no

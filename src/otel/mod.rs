@@ -26,6 +26,7 @@ use opentelemetry::trace::SpanContext;
 
 use crate::counters::Counter;
 
+pub use config::LabelScope;
 pub use context::ContextLabelsGuard;
 pub(crate) use context::{lookup, lookup_current};
 #[cfg(feature = "task-metrics")]
@@ -35,7 +36,6 @@ pub use metrics::{
     TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
     TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
 };
-pub use config::LabelScope;
 pub use provider::ProfilingTracerProvider;
 #[allow(unused_imports)] // called by the Profiler when it starts
 pub(crate) use service::note_application_name;

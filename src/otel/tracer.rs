@@ -6,8 +6,8 @@ use std::sync::Arc;
 use opentelemetry::trace::{Span as _, SpanBuilder, SpanContext, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
-use super::map::{self, Node, Root};
 use super::config::{Config, LabelScope};
+use super::map::{self, Node, Root};
 use super::span::ProfilingSpan;
 use super::{span_id_u64, OTEL};
 use crate::labels::set::span_id_hex;

@@ -21,12 +21,12 @@ use flate2::Compression;
 use prost::encoding::{message, string};
 use prost::Message;
 
-use crate::window::ClosedWindow;
-use crate::symbolize::Symbolizer;
-use crate::pprof::ENCODE;
 use crate::counters::LogOnce;
 use crate::labels::set::{span_id_hex, trace_id_hex};
 use crate::pprof::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+use crate::pprof::ENCODE;
+use crate::symbolize::Symbolizer;
+use crate::window::ClosedWindow;
 
 /// gzip level: Go's `runtime/pprof` writes with `gzip.BestSpeed` too.
 const GZIP_LEVEL: u32 = 1;
@@ -573,11 +573,11 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::window::{WindowAggregator, WindowLimits};
-    use crate::modules::frame_pointer_backtrace;
     use crate::labels::registry::{LabelHandle, Registry};
     use crate::labels::set::LabelSet;
+    use crate::modules::frame_pointer_backtrace;
     use crate::pprof::validate::{decode, samples, validate};
+    use crate::window::{WindowAggregator, WindowLimits};
 
     fn register(
         span_id: u64,

@@ -14,25 +14,10 @@ pub use crate::pprof::proto::{
     Function, Label, Line, Location, Mapping, Profile, Sample, ValueType,
 };
 
-/// Largest uncompressed profile the server accepts.
-pub const MAX_PROFILE_BYTES: usize = 4 << 20;
-/// Most samples per profile the server accepts.
-pub const MAX_SAMPLES: usize = 16_000;
-/// Most labels per sample the server accepts.
-pub const MAX_LABELS_PER_SAMPLE: usize = 100;
-/// Longest label name the server accepts, in bytes.
-pub const MAX_LABEL_NAME_BYTES: usize = 1024;
-/// Longest label value the server accepts, in bytes.
-pub const MAX_LABEL_VALUE_BYTES: usize = 2048;
-/// Deepest stack the server keeps.
-pub const MAX_STACK_DEPTH: usize = 1000;
-/// Label names a series may have on the server; every sample-label key except `span_id`
-/// and `trace_id` becomes one.
-pub const MAX_SERIES_LABEL_NAMES: usize = 30;
-/// How far in the past `time_nanos` may be.
-pub const MAX_PROFILE_AGE: Duration = Duration::from_secs(3600);
-/// How far in the future `time_nanos` may be.
-pub const MAX_PROFILE_AHEAD: Duration = Duration::from_secs(600);
+pub use crate::limits::{
+    MAX_LABELS_PER_SAMPLE, MAX_LABEL_NAME_BYTES, MAX_LABEL_VALUE_BYTES, MAX_PROFILE_AGE,
+    MAX_PROFILE_AHEAD, MAX_PROFILE_BYTES, MAX_SAMPLES, MAX_SERIES_LABEL_NAMES, MAX_STACK_DEPTH,
+};
 
 /// Decodes a profile, gzipped (detected by its magic bytes) or raw. Invalid UTF-8 in a
 /// string is a decode error. Input that inflates beyond 4 MiB is refused.

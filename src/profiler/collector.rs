@@ -11,13 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 use super::stats::{Dropped, Stats, StopReport};
 use super::writer::{self, WriterHandle};
 use super::StopError;
-use crate::profiler::builder::Config;
-use crate::window::{WindowAggregator, WindowLimits, WINDOW};
 use crate::counters::{LogOnce, LABELS};
 use crate::error::StartError;
 use crate::labels::registry::Registry;
+use crate::profiler::builder::Config;
 use crate::sampler::{RawSample, Sampler, SamplerConfig, SamplerStats, DEFAULT_BUFFER_SLOTS};
 use crate::sync::lock_std as lock;
+use crate::window::{WindowAggregator, WindowLimits, WINDOW};
 
 /// How often the collector drains the buffer and rescans threads.
 const TICK: Duration = Duration::from_millis(100);

@@ -18,7 +18,7 @@ pub enum StopError {
         /// The I/O error.
         source: io::Error,
         /// What was achieved.
-        report: Box<crate::StopReport>,
+        report: Box<super::StopReport>,
     },
 }
 

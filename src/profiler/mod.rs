@@ -17,8 +17,8 @@ pub use error::StopError;
 pub use stats::{Dropped, Stats, StopReport};
 
 use crate::error::StartError;
-use builder::{Config, ProfilerBuilder};
 use crate::sync::lock_std as lock;
+use builder::{Config, ProfilerBuilder};
 
 /// True while a profiler runs in this process (one at a time: the sampler and the
 /// label registry are process-wide).

@@ -63,7 +63,7 @@ pub struct Stats {
     pub frame_pointers_missing: bool,
     /// Upload counters (requests sent, retried, failed, dropped by reason), when a
     /// server address is set.
-    pub upload: Option<crate::UploadCounts>,
+    pub upload: Option<crate::sink::upload::UploadCounts>,
 }
 
 impl Stats {
@@ -96,7 +96,7 @@ pub struct StopReport {
     /// Profile files written, including the last window's.
     pub files_written: u64,
     /// What the uploader delivered and lost, when a server address is set.
-    pub upload: Option<crate::UploadReport>,
+    pub upload: Option<crate::sink::upload::UploadReport>,
     /// The final counters.
     pub stats: Stats,
 }

@@ -12,17 +12,17 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 
 use super::stats::Stats;
-use crate::profiler::builder::{Config, MAX_REQUEST_SAMPLES};
-use crate::symbolize::Symbolizer;
-use crate::window::ClosedWindow;
 use crate::counters::LogOnce;
 use crate::error::StartError;
 use crate::pprof::encode::{encode, EncodeOptions, EncodedPiece};
+use crate::profiler::builder::{Config, MAX_REQUEST_SAMPLES};
 use crate::sink::files::FileSink;
 use crate::sink::upload::UploadReport;
 #[cfg(feature = "upload")]
 use crate::sink::upload::{UploadWindow, Uploader};
+use crate::symbolize::Symbolizer;
 use crate::sync::lock_std as lock;
+use crate::window::ClosedWindow;
 
 /// How far the writer may fall behind, in time: a first window can wait several seconds
 /// for the symbolizer's DWARF index on a busy machine. Beyond it the collector discards

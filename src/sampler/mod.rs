@@ -170,4 +170,3 @@ impl SamplerStats {
         self.handler_cpu_ns + self.maintain_cpu_ns + self.drain_cpu_ns
     }
 }
-

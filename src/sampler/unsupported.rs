@@ -1,7 +1,7 @@
 //! The sampler where it cannot run: `start()` says why.
 
 use super::{RawSample, SamplerConfig, SamplerStats};
-use crate::StartError;
+use crate::error::StartError;
 
 /// The sampler; on this platform it cannot start.
 #[derive(Debug)]

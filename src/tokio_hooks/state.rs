@@ -86,8 +86,6 @@ pub(crate) static HOOKS: HookCounters = HookCounters {
     frames_unavailable: Counter::new(),
 };
 
-
-
 /// A snapshot of the hooks' tallies, for tests and `stats()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HookCountersSnapshot {

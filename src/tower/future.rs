@@ -11,8 +11,9 @@ use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
 
 use super::request::{self, Started};
+use crate::instrument::Profiled;
 use crate::labels::registry::LabelHandle;
-use crate::{Labels, Profiled};
+use crate::labels::Labels;
 
 pin_project! {
     /// The response future of a [`ProfileService`](crate::ProfileService).
@@ -83,7 +84,7 @@ pin_project! {
 /// The handler's future as polled: under the request's context, and metered when the
 /// layer asks for task metrics (feature `task-metrics`).
 #[cfg(feature = "task-metrics")]
-type Handler<F> = crate::TaskMetered<WithContext<F>>;
+type Handler<F> = crate::otel::TaskMetered<WithContext<F>>;
 /// The handler's future as polled: under the request's context.
 #[cfg(not(feature = "task-metrics"))]
 type Handler<F> = WithContext<F>;
@@ -93,7 +94,7 @@ impl<F> ProfileFuture<F> {
         let owned = started.owned.then(|| started.cx.clone());
         let handler = inner.with_context(started.cx);
         #[cfg(feature = "task-metrics")]
-        let handler = crate::TaskMetered::new(handler, started.task_root.as_deref());
+        let handler = crate::otel::TaskMetered::new(handler, started.task_root.as_deref());
         Self {
             inner: Profiled::new(handler, handle),
             owned,

@@ -19,22 +19,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::window::WINDOW;
 use crate::labels::registry::Registry;
 use crate::labels::set::LabelSet;
+use crate::limits::{FIXED_SERIES_LABELS, MAX_SERIES_LABEL_NAMES, MAX_STACK_DEPTH};
+use crate::window::WINDOW;
 
 /// Default cap on distinct label sets per window.
 pub(crate) const DEFAULT_MAX_LABEL_SETS: usize = 10_000;
 /// Default cap on distinct `span_name` values per window.
 pub(crate) const DEFAULT_MAX_SPAN_NAMES: usize = 200;
-/// Label names a Pyroscope server accepts per series.
-pub(crate) const SERVER_MAX_LABEL_NAMES: usize = 30;
-/// Series label names every upload carries: `__name__`, `service_name`,
-/// `otel.scope.name`, `otel.scope.version`, `process.runtime.name`,
-/// `process.runtime.version` (PROTOCOL.md "Push API").
-pub(crate) const FIXED_SERIES_LABEL_NAMES: usize = 6;
-/// Deepest stack the server keeps; deeper stacks are cut to their innermost frames.
-pub(crate) const MAX_STACK_DEPTH: usize = 1000;
 /// Name that replaces `span_name` values beyond the per-window cap.
 pub(crate) const OTHER_SPAN_NAME: &str = "other";
 
@@ -66,7 +59,7 @@ impl WindowLimits {
     /// fixed series labels, `series_tags` user tags and `span_name`, so that the total
     /// stays within the server's 30 label names.
     pub(crate) const fn label_keys_within(series_tags: usize) -> usize {
-        SERVER_MAX_LABEL_NAMES.saturating_sub(FIXED_SERIES_LABEL_NAMES + series_tags + 1)
+        MAX_SERIES_LABEL_NAMES.saturating_sub(FIXED_SERIES_LABELS.len() + series_tags + 1)
     }
 }
 
@@ -565,8 +558,8 @@ mod tests {
         assert_eq!(l.max_label_sets, 10_000);
         assert_eq!(l.max_span_names, 200);
         assert_eq!(
-            FIXED_SERIES_LABEL_NAMES + 1 + l.max_label_keys,
-            SERVER_MAX_LABEL_NAMES
+            FIXED_SERIES_LABELS.len() + 1 + l.max_label_keys,
+            MAX_SERIES_LABEL_NAMES
         );
         assert_eq!(WindowLimits::label_keys_within(40), 0);
     }

@@ -93,7 +93,6 @@ impl ProfilerBuilder {
     }
 }
 
-
 /// Reads `SPAN_PROFILER_ENABLED` (unset or empty: enabled).
 pub(crate) fn enabled(env: &dyn Fn(&str) -> Option<String>) -> Result<bool, BuildError> {
     let Some(value) = env(ENABLED_VAR) else {

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{BuildError, StartError};
+use crate::limits;
+use crate::profiler::Profiler;
+use crate::sampler::{check_sample_rate, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ};
 use crate::sink::upload::{
     parse_tls_roots, validate_header, validate_server_address, validate_tags, Auth, Protocol,
     UploadConfig,
 };
-use crate::profiler::Profiler;
-use crate::sampler::{check_sample_rate, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ};
 
 /// `from_env()`: the environment variables and their parsing.
 mod env;
@@ -64,20 +65,20 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default largest uncompressed pprof per upload request, in bytes (1 MiB): the server's
 /// default ingestion burst is 2 MB, so larger requests can be refused with 429 forever.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = limits::SAFE_REQUEST_BYTES;
 
 /// Largest accepted `max_request_bytes`: the server's 4 MiB profile limit.
-pub const MAX_REQUEST_BYTES_LIMIT: usize = 4 * 1024 * 1024;
+pub const MAX_REQUEST_BYTES_LIMIT: usize = limits::MAX_PROFILE_BYTES;
 
 /// Smallest accepted `max_request_bytes`.
 pub const MIN_REQUEST_BYTES: usize = 16 * 1024;
 
 /// Most tags (series labels) per profiler: with the 6 fixed series labels and
 /// `span_name` they fill the server's 30 label names.
-pub const MAX_TAGS: usize = crate::sink::upload::MAX_TAGS;
+pub const MAX_TAGS: usize = limits::MAX_TAGS;
 
 /// Most samples per upload request (the server's limit per profile).
-pub const MAX_REQUEST_SAMPLES: usize = 16_000;
+pub const MAX_REQUEST_SAMPLES: usize = limits::MAX_SAMPLES;
 
 /// Configures and starts a [`Profiler`]. Setters never fail; [`start`](Self::start)
 /// validates everything and says what to fix.
@@ -470,7 +471,6 @@ impl Config {
     }
 }
 
-
 /// Checks the upload options (only when a server address is set).
 fn upload_config(
     b: &ProfilerBuilder,
@@ -551,7 +551,7 @@ fn upload_config(
         return Err(BuildError::invalid(
             "max_request_bytes",
             format!(
-                "{} is out of range; use {MIN_REQUEST_BYTES} to {MAX_REQUEST_BYTES_LIMIT} bytes                  (1 MiB is typical)",
+                "{} is out of range; use {MIN_REQUEST_BYTES} to {MAX_REQUEST_BYTES_LIMIT} bytes (1 MiB is typical)",
                 b.max_request_bytes
             ),
         ));

@@ -4,9 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{FIXED_SERIES_LABELS, MAX_TAGS, SAMPLE_LABEL_KEYS, SERVER_MAX_LABEL_NAMES};
 use crate::error::BuildError;
 use crate::labels::{MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
+use crate::limits::{FIXED_SERIES_LABELS, MAX_SERIES_LABEL_NAMES, MAX_TAGS, RESERVED_SAMPLE_KEYS};
 
 /// How profiles are sent to the server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,7 +105,6 @@ pub struct UploadConfig {
     pub(crate) tls_roots: Vec<Vec<u8>>,
 }
 
-
 /// Parses a `server_address`: `http://` or `https://`, a host with an optional port, an
 /// optional base path; no credentials, query or fragment.
 pub(crate) fn validate_server_address(address: &str) -> Result<ServerAddress, BuildError> {
@@ -167,7 +166,10 @@ pub(crate) fn validate_server_address(address: &str) -> Result<ServerAddress, Bu
     };
     #[cfg(feature = "upload")]
     if server.url("/").parse::<http::Uri>().is_err() {
-        return Err(BuildError::invalid(OPTION, format!("`{address}` is not a valid URL")));
+        return Err(BuildError::invalid(
+            OPTION,
+            format!("`{address}` is not a valid URL"),
+        ));
     }
     Ok(server)
 }
@@ -226,7 +228,7 @@ pub(crate) fn validate_tags(
             OPTION,
             format!(
                 "{} tags plus the {} fixed series labels and `span_name` make {} label names; \
-                 the server accepts {SERVER_MAX_LABEL_NAMES}: use at most {MAX_TAGS} tags",
+                 the server accepts {MAX_SERIES_LABEL_NAMES}: use at most {MAX_TAGS} tags",
                 tags.len(),
                 FIXED_SERIES_LABELS.len(),
                 tags.len() + FIXED_SERIES_LABELS.len() + 1,
@@ -300,7 +302,7 @@ fn validate_tag_key(key: &str) -> Result<(), BuildError> {
             format!("tag key `{key}` is a series label the profiler sets itself; rename it"),
         ));
     }
-    if SAMPLE_LABEL_KEYS.contains(&key) {
+    if RESERVED_SAMPLE_KEYS.contains(&key) {
         return Err(BuildError::invalid(
             OPTION,
             format!(

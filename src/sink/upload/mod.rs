@@ -39,25 +39,3 @@ pub use config::{Protocol, UploadConfig};
 pub use counts::{UploadCounts, UploadDropped, UploadReport};
 #[cfg(feature = "upload")]
 pub use uploader::{UploadWindow, Uploader};
-
-/// Series label names every upload carries besides the user's tags (PROTOCOL.md "Push
-/// API"), in the order they are sent.
-pub(crate) const FIXED_SERIES_LABELS: [&str; 6] = [
-    "__name__",
-    "service_name",
-    "otel.scope.name",
-    "otel.scope.version",
-    "process.runtime.name",
-    "process.runtime.version",
-];
-
-/// Sample-label keys the profiler writes itself; `span_name` becomes a series label on
-/// the server, the others never do.
-pub(crate) const SAMPLE_LABEL_KEYS: [&str; 4] = ["span_id", "span_name", "trace_id", "profile_id"];
-
-/// Label names the server accepts per series.
-pub(crate) const SERVER_MAX_LABEL_NAMES: usize = 30;
-
-/// Most user tags: the fixed series labels and `span_name` take the rest of the server's
-/// 30 label names.
-pub(crate) const MAX_TAGS: usize = SERVER_MAX_LABEL_NAMES - FIXED_SERIES_LABELS.len() - 1;

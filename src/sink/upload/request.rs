@@ -329,7 +329,7 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort_unstable();
         assert_eq!(names, sorted);
-        for fixed in super::super::FIXED_SERIES_LABELS {
+        for fixed in crate::limits::FIXED_SERIES_LABELS {
             assert!(names.contains(&fixed), "{fixed}");
         }
         assert!(labels.contains(&LabelPair {
