@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use span_profiler::__private::label_id_of;
-use span_profiler::__private::pprof::{EncodeWindowOptions, PreparedWindow, RawSample};
+use span_profiler::__private::pprof::{EncodeWindowOptions, PreparedWindow, WindowSample};
 use span_profiler::{Labels, Profiled, ProfiledExt};
 
 const STACKS: usize = 5_000;
@@ -36,7 +36,7 @@ fn stack(i: usize) -> Vec<usize> {
 }
 
 fn window(labels: &[Profiled<std::future::Ready<()>>]) -> PreparedWindow {
-    let samples: Vec<RawSample> = (0..STACKS)
+    let samples: Vec<WindowSample> = (0..STACKS)
         .map(|i| {
             let id = if labels.is_empty() {
                 0

@@ -65,7 +65,7 @@ impl Drop for Burners {
 fn start_sampler(rate_hz: u32) -> Sampler {
     Sampler::start(SamplerConfig {
         sample_rate_hz: rate_hz,
-        buffer_slots: 8192,
+        buffer_entries: 8192,
         measure_handler_cpu: true,
     })
     .expect("the sampler starts (Linux, no other SIGPROF handler)")

@@ -4,8 +4,8 @@ pub use crate::labels::registry::{LabelHandle, Registry, RegistryLen};
 pub use crate::labels::set::LabelSet;
 pub use crate::sampler::buffer::{Record as SampleRecord, SampleBuffer, MAX_FRAMES};
 pub use crate::sampler::{
-    in_handler as in_sampler_handler, set_in_handler as set_in_sampler_handler, RawSample, Sampler,
-    SamplerConfig, SamplerStats, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ,
+    in_handler as in_sampler_handler, set_in_handler as set_in_sampler_handler, DrainedSample,
+    Sampler, SamplerConfig, SamplerStats, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ,
 };
 pub use crate::tokio_hooks::state::{
     hook_counters, HookCountersSnapshot, LabelSlot, PollFrames, TaskTable, ThreadSlot,
@@ -73,7 +73,7 @@ pub mod pprof {
 
     /// One raw sample for [`encode_window`]: frames (leaf PC first, then return
     /// addresses), label id (0: none), weight.
-    pub type RawSample = (Vec<usize>, u64, u64);
+    pub type WindowSample = (Vec<usize>, u64, u64);
 
     /// A window encoded by [`encode_window`].
     #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ pub mod pprof {
     /// Aggregates `samples` into one window `[start, end]` with the default caps and
     /// encodes it with a fresh symbolizer.
     pub fn encode_window(
-        samples: &[RawSample],
+        samples: &[WindowSample],
         start: SystemTime,
         end: SystemTime,
         sample_rate_hz: u32,
@@ -130,7 +130,7 @@ pub mod pprof {
     impl PreparedWindow {
         /// Aggregates `samples` into one window `[start, end]` with the default caps.
         pub fn new(
-            samples: &[RawSample],
+            samples: &[WindowSample],
             start: SystemTime,
             end: SystemTime,
             opts: EncodeWindowOptions,

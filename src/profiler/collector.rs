@@ -15,7 +15,7 @@ use crate::counters::{LogOnce, LABELS};
 use crate::error::StartError;
 use crate::labels::registry::Registry;
 use crate::profiler::builder::Config;
-use crate::sampler::{RawSample, Sampler, SamplerConfig, SamplerStats, DEFAULT_BUFFER_SLOTS};
+use crate::sampler::{DrainedSample, Sampler, SamplerConfig, SamplerStats, DEFAULT_BUFFER_ENTRIES};
 use crate::sync::lock_std as lock;
 use crate::window::{WindowAggregator, WindowLimits, WINDOW};
 
@@ -26,8 +26,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// delayed by a stalled machine loses nothing.
 const BUFFER_SECONDS: usize = 2;
 
-/// Largest sample buffer, in slots (about 1 KiB each).
-const MAX_BUFFER_SLOTS: usize = 8192;
+/// Largest sample buffer, in entries (about 1 KiB each).
+const MAX_BUFFER_ENTRIES: usize = 8192;
 
 /// Fewer samples than this say nothing about frame pointers yet.
 const SHALLOW_MIN_SAMPLES: u64 = 50;
@@ -57,11 +57,11 @@ impl Outcome {
 
 type Spawned = (mpsc::Sender<()>, JoinHandle<Outcome>, Arc<Mutex<Stats>>);
 
-/// Sample-buffer slots for `rate_hz`: two seconds of samples from every CPU (a CPU-time
+/// Sample-buffer entries for `rate_hz`: two seconds of samples from every CPU (a CPU-time
 /// timer fires at most once per kernel tick, so this over-provisions above 250 Hz).
-fn buffer_slots(rate_hz: u32) -> usize {
+fn buffer_entries(rate_hz: u32) -> usize {
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    (rate_hz as usize * cpus * BUFFER_SECONDS).clamp(DEFAULT_BUFFER_SLOTS, MAX_BUFFER_SLOTS)
+    (rate_hz as usize * cpus * BUFFER_SECONDS).clamp(DEFAULT_BUFFER_ENTRIES, MAX_BUFFER_ENTRIES)
 }
 
 /// Starts the writer (and uploader) and the sampler on the calling thread (so their
@@ -73,7 +73,7 @@ pub(super) fn spawn(config: Config) -> Result<Spawned, StartError> {
     registry.set_profiling(true);
     let sampler_config = SamplerConfig {
         sample_rate_hz: config.sample_rate,
-        buffer_slots: buffer_slots(config.sample_rate),
+        buffer_entries: buffer_entries(config.sample_rate),
         ..SamplerConfig::default()
     };
     let sampler = match Sampler::start(sampler_config) {
@@ -201,7 +201,7 @@ impl Collector {
 
     fn drain_from(&mut self, sampler: &mut Sampler) {
         let window = &mut self.window;
-        sampler.drain(&mut |sample: &RawSample<'_>| {
+        sampler.drain(&mut |sample: &DrainedSample<'_>| {
             window.add(sample.frames, sample.label_id, sample.weight);
         });
         // Every label id drained above is resolved (the aggregator resolves on add).

@@ -1,13 +1,13 @@
-//! The sample buffer: a fixed array of slots that signal handlers on any thread fill and
+//! The sample buffer: a fixed array of entries that signal handlers on any thread fill and
 //! the collector empties. Lock-free, many producers, any number of drainers.
 //!
-//! Each slot has a state word that moves `EMPTY -> WRITING -> FULL -> READING -> EMPTY`.
-//! A producer (a signal handler) claims an `EMPTY` slot with a CAS, writes its record
+//! Each entry has a state word that moves `EMPTY -> WRITING -> FULL -> READING -> EMPTY`.
+//! A producer (a signal handler) claims an `EMPTY` entry with a CAS, writes its record
 //! straight into it (the unwinder writes the frames in place, so the handler needs no
-//! stack buffer), then publishes it as `FULL`. A drainer claims a `FULL` slot with a CAS,
+//! stack buffer), then publishes it as `FULL`. A drainer claims a `FULL` entry with a CAS,
 //! reads it and hands it back as `EMPTY`. Nobody ever waits: a producer that finds no
-//! `EMPTY` slot among its probes drops the sample and the caller counts it; a drainer
-//! skips slots that are still being written and takes them on its next pass.
+//! `EMPTY` entry among its probes drops the sample and the caller counts it; a drainer
+//! skips entries that are still being written and takes them on its next pass.
 //!
 //! The process allocates one buffer on the first `start()` and never frees it, so a
 //! handler still running on another thread while `stop()` runs never touches freed
@@ -24,7 +24,7 @@ use crate::sync::{AtomicU64, AtomicUsize};
 /// Frames kept per sample; deeper stacks are cut (and flagged) at this depth.
 pub const MAX_FRAMES: usize = 128;
 
-/// How many slots a producer looks at before it gives up and drops its sample.
+/// How many entries a producer looks at before it gives up and drops its sample.
 const MAX_PROBES: usize = 64;
 
 const EMPTY: u64 = 0;
@@ -45,7 +45,7 @@ pub struct Record {
     pub cookie: u64,
     /// 1 + timer overruns.
     pub weight: u64,
-    /// Label id read from the thread's slot.
+    /// Label id read from the thread's label slot.
     pub label_id: u64,
     /// Interrupted stack pointer.
     pub sp: usize,
@@ -107,7 +107,7 @@ mod cell {
     pub(super) use loom::cell::UnsafeCell as Cell;
 }
 
-struct Slot {
+struct Entry {
     /// `EMPTY`, `WRITING`, `FULL` or `READING`. Only the owner of the current state moves
     /// it on: a producer owns `WRITING`, a drainer owns `READING`.
     state: AtomicU64,
@@ -118,14 +118,14 @@ struct Slot {
 
 /// A fixed-capacity, lock-free sample buffer (many producers, any number of drainers).
 pub struct SampleBuffer {
-    slots: Box<[Slot]>,
-    /// `slots.len() - 1`; the length is a power of two.
+    entries: Box<[Entry]>,
+    /// `entries.len() - 1`; the length is a power of two.
     mask: usize,
-    /// Where the next producer starts probing (wraps). Spreads producers over the slots.
+    /// Where the next producer starts probing (wraps). Spreads producers over the entries.
     cursor: AtomicUsize,
 }
 
-// SAFETY: a slot's `record` is only accessed by the one thread that moved its `state`
+// SAFETY: an entry's `record` is only accessed by the one thread that moved its `state`
 // into `WRITING` or `READING` with a CAS; the Release store that leaves that state and
 // the Acquire CAS that enters the next one order the accesses (see `Claim::publish` and
 // `drain`). Everything else is atomic.
@@ -134,110 +134,110 @@ unsafe impl Sync for SampleBuffer {}
 unsafe impl Send for SampleBuffer {}
 
 impl SampleBuffer {
-    /// A buffer of at least `capacity` slots (rounded up to a power of two, at least 2).
+    /// A buffer of at least `capacity` entries (rounded up to a power of two, at least 2).
     pub fn new(capacity: usize) -> Self {
         let len = capacity
             .max(2)
             .checked_next_power_of_two()
             .unwrap_or(1 << 20);
-        let slots = (0..len)
-            .map(|_| Slot {
+        let entries = (0..len)
+            .map(|_| Entry {
                 state: AtomicU64::new(EMPTY),
                 record: cell::Cell::new(Record::ZERO),
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
         Self {
-            slots,
+            entries,
             mask: len - 1,
             cursor: AtomicUsize::new(0),
         }
     }
 
-    /// Number of slots.
+    /// Number of entries.
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.entries.len()
     }
 
-    /// Claims an empty slot for writing, or `None` when none was found (the buffer is
+    /// Claims an empty entry for writing, or `None` when none was found (the buffer is
     /// full): the caller counts the drop. Signal-safe: atomics only, bounded probes.
     #[inline]
     pub fn claim(&self) -> Option<Claim<'_>> {
-        // Relaxed: the cursor only spreads producers; slot ownership is decided by the
-        // CAS on the slot's state.
+        // Relaxed: the cursor only spreads producers; entry ownership is decided by the
+        // CAS on the entry's state.
         let start = self.cursor.fetch_add(1, Relaxed);
-        let probes = if MAX_PROBES < self.slots.len() {
+        let probes = if MAX_PROBES < self.entries.len() {
             MAX_PROBES
         } else {
-            self.slots.len()
+            self.entries.len()
         };
         for i in 0..probes {
-            let slot = self.slots.get(start.wrapping_add(i) & self.mask)?;
+            let entry = self.entries.get(start.wrapping_add(i) & self.mask)?;
             // Relaxed: a cheap pre-check that saves a cache-line write; the CAS below
             // decides. Left out of the loom model: loom explores no alternative schedule
             // behind a relaxed pre-check (its models then ran once), and skipping the CAS
             // after a stale pre-check is the same outcome as a failed CAS.
             #[cfg(not(span_profiler_loom))]
-            if slot.state.load(Relaxed) != EMPTY {
+            if entry.state.load(Relaxed) != EMPTY {
                 continue;
             }
             // Acquire: pairs with the Release store of EMPTY in `drain`, so the drainer's
             // reads of the old record happen before our writes.
-            if slot
+            if entry
                 .state
                 .compare_exchange(EMPTY, WRITING, Acquire, Relaxed)
                 .is_ok()
             {
-                return Some(Claim { slot });
+                return Some(Claim { entry });
             }
         }
         None
     }
 
-    /// Takes every published record out of the buffer, calling `f` on each. Slots still
+    /// Takes every published record out of the buffer, calling `f` on each. Entries still
     /// being written are left for the next call. Returns the number of records taken.
     pub fn drain(&self, mut f: impl FnMut(&Record)) -> usize {
         let mut taken = 0;
-        for slot in self.slots.iter() {
+        for entry in self.entries.iter() {
             // Relaxed: a cheap pre-check; the CAS below decides (not modelled: see `claim`).
             #[cfg(not(span_profiler_loom))]
-            if slot.state.load(Relaxed) != FULL {
+            if entry.state.load(Relaxed) != FULL {
                 continue;
             }
             // Acquire: pairs with the Release store of FULL in `Claim::publish`, making
             // the producer's record visible.
-            if slot
+            if entry
                 .state
                 .compare_exchange(FULL, READING, Acquire, Relaxed)
                 .is_err()
             {
                 continue;
             }
-            // SAFETY: we hold READING; no producer writes this slot until we store EMPTY.
-            slot.record.with(|record| f(unsafe { &*record }));
+            // SAFETY: we hold READING; no producer writes this entry until we store EMPTY.
+            entry.record.with(|record| f(unsafe { &*record }));
             // Release: our reads above happen before the next producer's writes; pairs
             // with the Acquire CAS in `claim`.
-            slot.state.store(EMPTY, Release);
+            entry.state.store(EMPTY, Release);
             taken += 1;
         }
         taken
     }
 }
 
-/// A slot held in the `WRITING` state. Dropping it without [`Claim::publish`] hands the
-/// slot back empty.
+/// An entry held in the `WRITING` state. Dropping it without [`Claim::publish`] hands the
+/// entry back empty.
 pub struct Claim<'a> {
-    slot: &'a Slot,
+    entry: &'a Entry,
 }
 
 impl Claim<'_> {
-    /// Gives `f` the slot's record to fill in place.
+    /// Gives `f` the entry's record to fill in place.
     #[inline(always)]
     pub fn write<R>(&mut self, f: impl FnOnce(&mut Record) -> R) -> R {
         // SAFETY: we hold WRITING (claimed with an Acquire CAS); no one else touches the
         // record until we publish or release it, and `&mut self` prevents overlapping
         // borrows through this claim.
-        self.slot
+        self.entry
             .record
             .with_mut(|record| f(unsafe { &mut *record }))
     }
@@ -246,7 +246,7 @@ impl Claim<'_> {
     #[inline]
     pub fn publish(self) {
         // Release: makes the record written above visible to the drainer's Acquire CAS.
-        self.slot.state.store(FULL, Release);
+        self.entry.state.store(FULL, Release);
         std::mem::forget(self);
     }
 }
@@ -255,7 +255,7 @@ impl Drop for Claim<'_> {
     fn drop(&mut self) {
         // Release: our (partial) writes happen before the next owner's; pairs with the
         // Acquire CAS in `claim`.
-        self.slot.state.store(EMPTY, Release);
+        self.entry.state.store(EMPTY, Release);
     }
 }
 

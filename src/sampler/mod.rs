@@ -56,17 +56,17 @@ pub(crate) fn check_sample_rate(option: &'static str, hz: u32) -> Result<(), Bui
     Ok(())
 }
 
-/// Default number of buffer slots (about 1 KiB each), used by the first start only.
-pub const DEFAULT_BUFFER_SLOTS: usize = 1024;
+/// Default number of buffer entries (about 1 KiB each), used by the first start only.
+pub const DEFAULT_BUFFER_ENTRIES: usize = 1024;
 
 /// Sampler options.
 #[derive(Debug, Clone)]
 pub struct SamplerConfig {
     /// Samples per second of each thread's CPU time (1 ..= [`MAX_SAMPLE_RATE_HZ`]).
     pub sample_rate_hz: u32,
-    /// Slots of the process's one sample buffer (rounded up to a power of two). Only the
+    /// Entries of the process's one sample buffer (rounded up to a power of two). Only the
     /// first start in a process allocates; later starts reuse that buffer.
-    pub buffer_slots: usize,
+    pub buffer_entries: usize,
     /// Measure the thread CPU time spent inside the handler (two `clock_gettime` calls
     /// per sample) into [`SamplerStats::handler_cpu_ns`].
     pub measure_handler_cpu: bool,
@@ -76,7 +76,7 @@ impl Default for SamplerConfig {
     fn default() -> Self {
         Self {
             sample_rate_hz: DEFAULT_SAMPLE_RATE_HZ,
-            buffer_slots: DEFAULT_BUFFER_SLOTS,
+            buffer_entries: DEFAULT_BUFFER_ENTRIES,
             measure_handler_cpu: false,
         }
     }
@@ -84,7 +84,7 @@ impl Default for SamplerConfig {
 
 /// One sample as the handler recorded it, lent to the drain callback.
 #[derive(Debug, Clone, Copy)]
-pub struct RawSample<'a> {
+pub struct DrainedSample<'a> {
     /// Timer expirations this sample stands for: 1 + `si_overrun` (clamped).
     pub weight: u64,
     /// The thread's label id when it was interrupted (0: none).
@@ -105,7 +105,7 @@ pub struct SamplerStats {
     pub samples: u64,
     /// Sum of drained sample weights (timer expirations).
     pub weight: u64,
-    /// Samples dropped in the handler because the buffer had no free slot.
+    /// Samples dropped in the handler because the buffer had no free entry.
     pub dropped_buffer_full: u64,
     /// Samples dropped in the handler because no buffer existed (never expected).
     pub dropped_no_buffer: u64,

@@ -1,6 +1,6 @@
 //! The sampler where it cannot run: `start()` says why.
 
-use super::{RawSample, SamplerConfig, SamplerStats};
+use super::{DrainedSample, SamplerConfig, SamplerStats};
 use crate::error::StartError;
 
 /// The sampler; on this platform it cannot start.
@@ -22,7 +22,7 @@ impl Sampler {
     /// Nothing to do.
     pub fn maintain(&mut self) {}
     /// Nothing to drain.
-    pub fn drain(&mut self, _f: &mut dyn FnMut(&RawSample<'_>)) {}
+    pub fn drain(&mut self, _f: &mut dyn FnMut(&DrainedSample<'_>)) {}
     /// Empty stats.
     pub fn stats(&self) -> SamplerStats {
         SamplerStats::default()

@@ -46,7 +46,7 @@ impl Collector {
             .name("test-collector".into())
             .spawn(move || {
                 let mut samples = Vec::new();
-                let mut take = |s: &span_profiler::__private::RawSample<'_>| {
+                let mut take = |s: &span_profiler::__private::DrainedSample<'_>| {
                     samples.push(Sample {
                         weight: s.weight,
                         label_id: s.label_id,

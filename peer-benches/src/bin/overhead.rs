@@ -107,7 +107,7 @@ fn measure(config: Config, shape: Shape, secs: Duration) -> Outcome {
         Config::OursSampler(hz) => {
             let sampler = Sampler::start(SamplerConfig {
                 sample_rate_hz: hz,
-                buffer_slots: 4096,
+                buffer_entries: 4096,
                 measure_handler_cpu: true,
             })
             .expect("sampler starts");

@@ -222,7 +222,7 @@ mod tests {
                 }
             }; TABLE_LEN],
         };
-        // Tids that share a home slot probe onward.
+        // Tids that share a home index probe onward.
         let tids: Vec<i32> = (1..1_000_000)
             .filter(|t| home(*t) == home(1))
             .take(3)

@@ -14,7 +14,7 @@
 //!   (ignores `kill`, `raise`, `tgkill` and `setitimer`), `si_value` equals the current
 //!   session cookie, the `enabled` flag. Each refusal is counted.
 //! - Stack use stays small (std's alternate signal stack is small): frames are written
-//!   straight into the claimed buffer slot.
+//!   straight into the claimed buffer entry.
 //!
 //! `tests/sampler_no_alloc_*.rs` prove the first rule two ways (malloc interposition and
 //! disassembly of this function and its callees).
@@ -39,7 +39,7 @@ pub static BUFFER: AtomicPtr<SampleBuffer> = AtomicPtr::new(std::ptr::null_mut()
 pub struct HandlerCounters {
     /// Samples written into the buffer.
     pub recorded: Counter,
-    /// Samples dropped: no free buffer slot.
+    /// Samples dropped: no free buffer entry.
     pub dropped_full: Counter,
     /// Samples dropped: no buffer (cannot happen once a session started).
     pub dropped_no_buffer: Counter,
@@ -164,7 +164,7 @@ unsafe fn sample(info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
     // SAFETY: for SI_TIMER the timer union is valid: `si_value` at offset 24 (8 bytes).
     let value = unsafe { std::ptr::read(base.add(SI_VALUE_OFFSET) as *const u64) };
     // Relaxed (both): a stale value only makes us ignore one signal or record one
-    // sample into a slot the next drain discards by cookie.
+    // sample into an entry the next drain discards by cookie.
     let cookie = SESSION_COOKIE.load(Relaxed);
     if cookie == 0 || value != cookie || !ENABLED.load(Relaxed) {
         COUNTERS.ignored_other_session.incr();

@@ -13,7 +13,7 @@ use super::{fork, pid};
 use crate::error::StartError;
 use crate::sampler::buffer::{SampleBuffer, FLAG_NO_BOUNDS, FLAG_TRUNCATED};
 use crate::sampler::{
-    check_sample_rate, RawSample, SamplerConfig, SamplerStats, SESSION_COOKIE,
+    check_sample_rate, DrainedSample, SamplerConfig, SamplerStats, SESSION_COOKIE,
 };
 use crate::sync::lock;
 
@@ -129,7 +129,7 @@ impl Sampler {
         // Acquire: pairs with the Release store below (an earlier start).
         let mut buffer = BUFFER.load(Acquire);
         if buffer.is_null() {
-            buffer = Box::leak(Box::new(SampleBuffer::new(config.buffer_slots)));
+            buffer = Box::leak(Box::new(SampleBuffer::new(config.buffer_entries)));
             // Release: publishes the initialised buffer; pairs with the Acquire loads in
             // the handler and above.
             BUFFER.store(buffer, Release);
@@ -200,7 +200,7 @@ impl Sampler {
 
     /// Moves every recorded sample of this session out of the buffer, calling `f` once
     /// per sample. Records an earlier session left are discarded and counted.
-    pub fn drain(&mut self, f: &mut dyn FnMut(&RawSample<'_>)) {
+    pub fn drain(&mut self, f: &mut dyn FnMut(&DrainedSample<'_>)) {
         if !self.live() {
             return;
         }
@@ -228,7 +228,7 @@ impl Sampler {
                     pending.insert(record.tid, record.sp);
                 }
             }
-            f(&RawSample {
+            f(&DrainedSample {
                 weight: record.weight,
                 label_id: record.label_id,
                 tid: record.tid,
