@@ -125,11 +125,11 @@ pub trait ProfiledExt: Future + Sized {
 
 impl<F: Future> ProfiledExt for F {}
 
-#[cfg(feature = "task-metrics")]
-pub(crate) use crate::otel::RootLink;
-/// Without the feature `task-metrics` a wrapper links to no root span.
-#[cfg(not(feature = "task-metrics"))]
-pub(crate) type RootLink = ();
+#[cfg(feature = "otel")]
+use crate::otel::RootLink;
+/// Without OpenTelemetry a wrapper links to no root span.
+#[cfg(not(feature = "otel"))]
+type RootLink = ();
 
 pin_project! {
     /// A future with profiling labels: returned by [`ProfiledExt`]'s methods.

@@ -4,8 +4,8 @@
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 
+use super::map::RootLink;
 use super::{map, span_id_u64, OTEL};
-use crate::instrument::RootLink;
 use crate::labels::registry::LabelHandle;
 use crate::labels::Labels;
 use crate::sampler::slot::SlotGuard;

@@ -29,8 +29,7 @@ use crate::counters::Counter;
 pub use config::LabelScope;
 pub use context::ContextLabelsGuard;
 pub(crate) use context::{lookup, lookup_current};
-#[cfg(feature = "task-metrics")]
-pub(crate) use map::{Root, RootLink};
+pub(crate) use map::RootLink;
 #[cfg(feature = "task-metrics")]
 pub use metrics::{
     TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,

@@ -533,7 +533,7 @@ mod tests {
         let f = inner.frames.last().unwrap();
         assert!(f.name.ends_with("tests::innermost_caller"), "{f:?}");
         assert_eq!(f.line, inner_line, "{f:?}");
-        assert!(f.file.ends_with("symbolize.rs"));
+        assert!(f.file.ends_with("symbolizer.rs"));
         let f = middle.frames.last().unwrap();
         assert!(f.name.ends_with("tests::middle_caller"), "{f:?}");
         assert_eq!(f.line, middle_line, "{f:?}");

@@ -19,7 +19,7 @@ pub(crate) struct Started {
     /// The local root whose task metrics the handler adds to (feature `task-metrics`);
     /// `None`: not metered.
     #[cfg(feature = "task-metrics")]
-    pub(crate) task_root: Option<std::sync::Arc<crate::otel::Root>>,
+    pub(crate) task_root: crate::otel::RootLink,
 }
 
 /// Reuses the span current now if it is a valid local one (an outer layer made it),

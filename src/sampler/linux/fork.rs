@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::*;
 
 use super::armed::ARMED;
 use super::handler::{self, ENABLED};
-use super::session::RUNNING;
+use super::RUNNING;
 use crate::sampler::SESSION_COOKIE;
 
 /// Registers [`atfork_child`] once per process.

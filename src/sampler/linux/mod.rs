@@ -21,6 +21,11 @@ pub(super) mod session;
 pub(super) mod timers;
 pub(super) mod unwind;
 
+use std::sync::atomic::AtomicBool;
+
+/// One session at a time per process.
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
 /// This process's id.
 fn pid() -> i32 {
     // SAFETY: `getpid` has no preconditions.

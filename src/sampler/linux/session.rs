@@ -3,13 +3,13 @@
 //! `fork`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::*};
 
 use super::armed::{armed, armed_or_init};
 use super::bounds::TABLE;
 use super::handler::{self, thread_cpu_ns, BUFFER, COUNTERS, ENABLED, MEASURE_CPU};
 use super::timers::{self, Disposition};
-use super::{fork, pid};
+use super::{fork, pid, RUNNING};
 use crate::error::StartError;
 use crate::sampler::buffer::{SampleBuffer, FLAG_NO_BOUNDS, FLAG_TRUNCATED};
 use crate::sampler::{
@@ -17,8 +17,6 @@ use crate::sampler::{
 };
 use crate::sync::lock;
 
-/// One session at a time per process.
-pub(super) static RUNNING: AtomicBool = AtomicBool::new(false);
 /// Makes successive cookies differ even within one clock tick.
 static SESSIONS: AtomicU64 = AtomicU64::new(0);
 
