@@ -63,7 +63,7 @@ pub fn span_of(set: &LabelSet) -> (Option<u64>, Option<&str>) {
 }
 
 /// pprof for tests, the loopback upload receiver and the flame-graph renderer: the
-/// `profile.proto` messages, `decode`, `validate` (every rule of PROTOCOL.md "Server
+/// `profile.proto` messages, `decode`, `validate` (every rule of ARCHITECTURE.md "Server
 /// validation"), `samples` (a readable listing), and `encode_window` (aggregate and
 /// encode synthetic or captured stacks through the real collector code).
 pub mod pprof {

@@ -3,7 +3,7 @@
 //!
 //! tracing's `Instrumented` (what `#[tracing::instrument]` puts around an async fn)
 //! enters its span around every poll, so entering is exactly the scoped label source the
-//! design needs (DESIGN.md "The slot and the sources that write it").
+//! design needs (ARCHITECTURE.md "Threads").
 //!
 //! tracing-opentelemetry builds OpenTelemetry spans lazily (at first enter, or at close),
 //! so the span id is looked up on enter with `tracing_opentelemetry::get_otel_context`

@@ -1,7 +1,7 @@
 //! The check that the profiler's application name equals the traces' `service.name`.
 //!
 //! Grafana's "Profiles" link queries Pyroscope with `service_name="<resource service.name>"`
-//! (PROTOCOL.md "Span linking"): if the profiler uploads under another name, the link finds
+//! (ARCHITECTURE.md "Server rules the encoder and uploader obey"): if the profiler uploads under another name, the link finds
 //! nothing. Both names are noted here as they become known (a provider's when a tracer is
 //! taken from it, the profiler's when it starts); a difference is logged once.
 

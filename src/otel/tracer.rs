@@ -1,5 +1,5 @@
 //! The tracer: builds the inner tracer's span, then records which labels work under it
-//! carries. It never writes the thread's label slot (DESIGN.md "OpenTelemetry").
+//! carries. It never writes the thread's label slot (ARCHITECTURE.md "OpenTelemetry").
 
 use std::sync::Arc;
 

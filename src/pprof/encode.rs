@@ -1,5 +1,5 @@
 //! A closed window to gzipped pprof CPU profiles, exactly as Go writes them
-//! (PROTOCOL.md "pprof CPU profile as Go writes it").
+//! (ARCHITECTURE.md "The window pipeline and its caps": a CPU profile as Go writes it).
 //!
 //! Two passes. The first symbolizes every distinct address once and builds window-wide
 //! tables of strings, functions, mappings and locations. The second packs the samples

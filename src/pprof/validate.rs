@@ -1,5 +1,5 @@
 //! Decoding and server-side validation of pprof profiles, for tests and the loopback
-//! upload receiver: every rule of PROTOCOL.md "Server validation" that applies to one
+//! upload receiver: every rule of ARCHITECTURE.md "Server rules" that applies to one
 //! profile, plus the rules this crate's own output follows (string labels only, span and
 //! trace ids in OpenTelemetry's hex form, no reserved keys).
 

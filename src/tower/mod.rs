@@ -2,7 +2,7 @@
 //! request (or the span an outer layer already made), its labels on every poll of the
 //! handler.
 //!
-//! See DESIGN.md "OpenTelemetry" and PROTOCOL.md "Span linking".
+//! See ARCHITECTURE.md "OpenTelemetry" and "Server rules the encoder and uploader obey".
 
 /// `ProfileFuture`: applies the labels on every poll, ends the span.
 mod future;

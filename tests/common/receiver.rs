@@ -1,5 +1,5 @@
 //! A strict loopback Pyroscope receiver for the upload tests: both endpoints of
-//! PROTOCOL.md (the Push API and `/ingest`), every server rule it lists, scriptable faults,
+//! the Pyroscope server (the Push API and `/ingest`, as ARCHITECTURE.md "Upload" describes them), every server rule it lists, scriptable faults,
 //! and a record of every request.
 //!
 //! It runs on its own thread with its own runtime, so tests are plain `#[test]`s and
@@ -26,7 +26,7 @@ use prost::Message;
 use span_profiler::__private::pprof::{decode, validate, Profile};
 use tokio::sync::Notify;
 
-/// The Push API's messages, written here from PROTOCOL.md (not taken from the crate, so a
+/// The Push API's messages, written here from the server's protocol (not taken from the crate, so a
 /// wrong field number on either side shows).
 pub mod push {
     #[derive(Clone, PartialEq, prost::Message)]
@@ -610,7 +610,7 @@ fn check_series_with_sample_keys(
     Ok(())
 }
 
-/// Decodes and validates one profile (the crate's decoder implements PROTOCOL.md "Server
+/// Decodes and validates one profile (the crate's decoder implements ARCHITECTURE.md "Server
 /// validation"), plus the per-profile limits.
 fn check_profile(bytes: &[u8]) -> Result<Profile, Rule> {
     let profile = decode(bytes).map_err(|e| bad(format!("profile does not decode: {e}")))?;

@@ -1,5 +1,6 @@
-//! Upload options and their rules (PROTOCOL.md "Push API", "Legacy ingest", "Auth and
-//! tenancy"). Every check names the input and the rule; no message ever repeats a secret.
+//! Upload options and their rules (ARCHITECTURE.md "Upload" and "Server rules the encoder
+//! and uploader obey"; auth and tenancy). Every check names the input and the rule; no
+//! message ever repeats a secret.
 
 use std::fmt;
 use std::time::Duration;

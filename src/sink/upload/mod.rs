@@ -1,4 +1,4 @@
-//! Upload to a Pyroscope server (PROTOCOL.md "Push API" and "Legacy ingest").
+//! Upload to a Pyroscope server (ARCHITECTURE.md "Upload").
 //!
 //! A dedicated thread owns a current-thread Tokio runtime and a hyper client, so uploads
 //! work whether or not the application runs Tokio, and a saturated application runtime

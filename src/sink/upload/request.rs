@@ -1,4 +1,4 @@
-//! The requests of both protocols, byte for byte as PROTOCOL.md describes them, and the
+//! The requests of both protocols, byte for byte as the server decodes them, and the
 //! Push API's protobuf messages.
 //!
 //! Pieces arrive gzipped from the encoder and are gzipped nowhere else: the Push API
