@@ -1,0 +1,257 @@
+//! Validation: from the builder's options to a checked [`Config`], each failure a
+//! [`BuildError`] that names the option (or environment variable) and the fix.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::env;
+use super::*;
+use crate::error::BuildError;
+use crate::sampler::check_sample_rate;
+use crate::sink::upload::{
+    parse_tls_roots, validate_header, validate_server_address, validate_tags, Auth, UploadConfig,
+};
+
+impl ProfilerBuilder {
+    pub(crate) fn validate(self) -> Result<Config, BuildError> {
+        self.validate_with(&|name| std::env::var(name).ok())
+    }
+
+    /// [`validate`](Self::validate) reading the environment through `env`.
+    pub(crate) fn validate_with(
+        self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, BuildError> {
+        if !env::enabled(env)? {
+            return Ok(Config::disabled());
+        }
+        if let Some(err) = self.env_error {
+            return Err(err);
+        }
+        let name = match self.application_name.clone() {
+            Some(name) => name,
+            None => env("OTEL_SERVICE_NAME").unwrap_or_default(),
+        };
+        validate_application_name(&name)?;
+        check_sample_rate("sample_rate", self.sample_rate)?;
+        if !(MIN_UPLOAD_INTERVAL..=MAX_UPLOAD_INTERVAL).contains(&self.upload_interval) {
+            return Err(BuildError::invalid(
+                "upload_interval",
+                format!(
+                    "{:?} is out of range; use {MIN_UPLOAD_INTERVAL:?} to {MAX_UPLOAD_INTERVAL:?} \
+                     (10 s is typical)",
+                    self.upload_interval
+                ),
+            ));
+        }
+        if self.max_files == 0 {
+            return Err(BuildError::invalid(
+                "max_files",
+                "0 would delete every file; keep at least 1".into(),
+            ));
+        }
+        if self.max_label_sets == 0 || self.max_span_names == 0 {
+            return Err(BuildError::invalid(
+                "max_label_sets/max_span_names",
+                "0 would drop every label; allow at least 1".into(),
+            ));
+        }
+        let upload = match &self.server_address {
+            Some(address) => Some(upload_config(&self, address, &name)?),
+            None => None,
+        };
+        Ok(Config {
+            enabled: true,
+            write_files: upload.is_none() || self.output_dir.is_some(),
+            series_tags: upload.as_ref().map_or(0, |u| u.tags.len()),
+            upload,
+            stop_timeout: self.stop_timeout,
+            max_request_bytes: self.max_request_bytes,
+            application_name: name,
+            sample_rate: self.sample_rate,
+            upload_interval: self.upload_interval,
+            output_dir: self
+                .output_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTPUT_DIR)),
+            max_files: self.max_files,
+            max_bytes: self.max_bytes,
+            max_label_sets: self.max_label_sets,
+            max_span_names: self.max_span_names,
+        })
+    }
+}
+
+/// Validated options.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// False when `SPAN_PROFILER_ENABLED=false`: `Profiler::start` must then return an
+    /// inert profiler at once (no sampler, no threads, no files, no uploads); the other
+    /// fields are then defaults and were not validated.
+    pub(crate) enabled: bool,
+    /// Set when `server_address` was given: upload every window.
+    pub(crate) upload: Option<UploadConfig>,
+    /// Write files: true without a server, and with one only if `output_dir` was set.
+    pub(crate) write_files: bool,
+    /// Number of user tags (series labels): the window's sample-label keys are capped
+    /// with `WindowLimits::label_keys_within(series_tags)`.
+    pub(crate) series_tags: usize,
+    /// How long `stop()` spends uploading what is left.
+    pub(crate) stop_timeout: Duration,
+    /// Largest uncompressed piece: `EncodeOptions::max_piece_bytes` when uploading.
+    pub(crate) max_request_bytes: usize,
+    pub(crate) application_name: String,
+    pub(crate) sample_rate: u32,
+    pub(crate) upload_interval: Duration,
+    pub(crate) output_dir: PathBuf,
+    pub(crate) max_files: usize,
+    pub(crate) max_bytes: u64,
+    pub(crate) max_label_sets: usize,
+    pub(crate) max_span_names: usize,
+}
+
+impl Config {
+    /// The configuration of a profiler switched off by `SPAN_PROFILER_ENABLED=false`.
+    fn disabled() -> Self {
+        Self {
+            enabled: false,
+            upload: None,
+            write_files: false,
+            series_tags: 0,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            application_name: String::new(),
+            sample_rate: DEFAULT_SAMPLE_RATE,
+            upload_interval: DEFAULT_UPLOAD_INTERVAL,
+            output_dir: PathBuf::from(DEFAULT_OUTPUT_DIR),
+            max_files: DEFAULT_MAX_FILES,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_label_sets: crate::window::DEFAULT_MAX_LABEL_SETS,
+            max_span_names: crate::window::DEFAULT_MAX_SPAN_NAMES,
+        }
+    }
+}
+
+/// Checks the upload options (only when a server address is set).
+fn upload_config(
+    b: &ProfilerBuilder,
+    address: &str,
+    name: &str,
+) -> Result<UploadConfig, BuildError> {
+    let server = validate_server_address(address)?;
+    if !cfg!(feature = "upload") {
+        return Err(BuildError::invalid(
+            "server_address",
+            "span-profiler was built without its `upload` feature; enable it to upload".into(),
+        ));
+    }
+    validate_tags(&b.tags, b.protocol)?;
+    match &b.auth {
+        Auth::None => {}
+        Auth::Basic { user, password } => {
+            if user.contains(':') {
+                return Err(BuildError::invalid(
+                    "basic_auth",
+                    format!("user `{user}` contains `:`, which Basic auth cannot carry"),
+                ));
+            }
+            crate::sink::upload::check_header_value("basic_auth", "the user", user)?;
+            crate::sink::upload::check_header_value(
+                "basic_auth",
+                "the password",
+                password.expose(),
+            )?;
+        }
+        Auth::Bearer(token) => {
+            crate::sink::upload::check_header_value("bearer_token", "the token", token.expose())?;
+        }
+    }
+    if let Some(tenant) = &b.tenant_id {
+        crate::sink::upload::check_header_value(
+            "tenant_id",
+            &format!("tenant `{}`", tenant.escape_debug()),
+            tenant,
+        )?;
+    }
+    let mut headers = Vec::with_capacity(b.http_headers.len());
+    for (header, value) in &b.http_headers {
+        let lower = validate_header(header, value, &b.auth, b.tenant_id.as_deref())?;
+        headers.push((lower, value.clone()));
+    }
+    if b.request_timeout.is_zero() {
+        return Err(BuildError::invalid(
+            "request_timeout",
+            "0 would fail every upload; use a few seconds (10 s is typical)".into(),
+        ));
+    }
+    if b.queue_capacity == 0 {
+        return Err(BuildError::invalid(
+            "queue_capacity",
+            "0 would drop every window; allow at least 1".into(),
+        ));
+    }
+    let (min, max) = b.retry_backoff;
+    if min.is_zero() || min > max {
+        return Err(BuildError::invalid(
+            "retry_backoff",
+            format!(
+                "({min:?}, {max:?}) is not a range; use 0 < min <= max (default 500 ms to 30 s)"
+            ),
+        ));
+    }
+    if b.max_profile_age.is_zero() || b.max_profile_age > MAX_PROFILE_AGE_LIMIT {
+        return Err(BuildError::invalid(
+            "max_profile_age",
+            format!(
+                "{:?} is out of range; use more than 0 and at most {MAX_PROFILE_AGE_LIMIT:?}                  (the server refuses older profiles)",
+                b.max_profile_age
+            ),
+        ));
+    }
+    if !(MIN_REQUEST_BYTES..=MAX_REQUEST_BYTES_LIMIT).contains(&b.max_request_bytes) {
+        return Err(BuildError::invalid(
+            "max_request_bytes",
+            format!(
+                "{} is out of range; use {MIN_REQUEST_BYTES} to {MAX_REQUEST_BYTES_LIMIT} bytes (1 MiB is typical)",
+                b.max_request_bytes
+            ),
+        ));
+    }
+    Ok(UploadConfig {
+        server,
+        protocol: b.protocol,
+        application_name: name.to_owned(),
+        tags: b.tags.clone(),
+        auth: b.auth.clone(),
+        tenant_id: b.tenant_id.clone(),
+        headers,
+        request_timeout: b.request_timeout,
+        queue_capacity: b.queue_capacity,
+        backoff_min: min,
+        backoff_max: max,
+        max_profile_age: b.max_profile_age,
+        sample_rate: b.sample_rate,
+        tls_roots: parse_tls_roots(&b.tls_roots_pem)?,
+    })
+}
+
+/// The application name rule of Pyroscope's ingest grammar, used for both protocols.
+pub(crate) fn validate_application_name(name: &str) -> Result<(), BuildError> {
+    if name.is_empty() {
+        return Err(BuildError::invalid(
+            "application_name",
+            "the name is empty; set it with `application_name(..)` or the OTEL_SERVICE_NAME \
+             environment variable (it must equal the OpenTelemetry `service.name`)"
+                .into(),
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')))
+    {
+        return Err(BuildError::invalid(
+            "application_name",
+            format!("`{name}` contains `{bad}`; allowed are letters, digits, `_ . - /`"),
+        ));
+    }
+    Ok(())
+}
