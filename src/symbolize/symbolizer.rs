@@ -495,7 +495,7 @@ mod tests {
         assert!(
             outer
                 .name
-                .ends_with("symbolize::tests::leaf_function_for_symbolizer_test"),
+                .ends_with("symbolizer::tests::leaf_function_for_symbolizer_test"),
             "{}",
             outer.name
         );
