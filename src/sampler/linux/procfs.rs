@@ -25,7 +25,21 @@ fn read_into(path: &str, buf: &mut Vec<u8>) -> std::io::Result<()> {
 }
 
 /// Every live thread of the process. Threads that exit during the scan are skipped.
+#[cfg(test)]
 pub fn threads(buf: &mut Vec<u8>) -> std::io::Result<Vec<ThreadKey>> {
+    threads_since(&std::collections::HashMap::new(), buf)
+}
+
+/// Every live thread of the process, reading `stat` (for the start time) only for tids
+/// that `known` (tid -> start time, from an earlier scan) does not hold: one directory
+/// listing plus one small read per new thread, instead of a read per thread.
+///
+/// A tid that was reused since `known` was taken (one thread exited, another got its tid)
+/// keeps its old start time here; callers pass an empty map now and then to catch that.
+pub fn threads_since(
+    known: &std::collections::HashMap<i32, u64>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Vec<ThreadKey>> {
     let mut keys = Vec::new();
     let mut path = String::new();
     for entry in std::fs::read_dir("/proc/self/task")? {
@@ -37,6 +51,10 @@ pub fn threads(buf: &mut Vec<u8>) -> std::io::Result<Vec<ThreadKey>> {
         else {
             continue;
         };
+        if let Some(&starttime) = known.get(&tid) {
+            keys.push(ThreadKey { tid, starttime });
+            continue;
+        }
         path.clear();
         use std::fmt::Write;
         let _ = write!(path, "/proc/self/task/{tid}/stat");
@@ -132,6 +150,33 @@ pub fn mapping_containing(mappings: &[StackMapping], sp: usize) -> Option<StackB
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_since_reads_stat_only_for_threads_it_does_not_know() {
+        let mut buf = Vec::new();
+        // SAFETY: `gettid` has no preconditions.
+        let me = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        let fresh = threads(&mut buf).unwrap();
+        let real = fresh.iter().find(|k| k.tid == me).unwrap().starttime;
+        // A known tid keeps the start time it was given (no `stat` read)...
+        let known = std::collections::HashMap::from([(me, real + 12_345)]);
+        let since = threads_since(&known, &mut buf).unwrap();
+        assert_eq!(since.iter().find(|k| k.tid == me).unwrap().starttime, real + 12_345);
+        // ...and a thread it does not know is read from `/proc`.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: as above.
+            tx.send(unsafe { libc::syscall(libc::SYS_gettid) } as i32).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let other = rx.recv().unwrap();
+        let since = threads_since(&known, &mut buf).unwrap();
+        let key = since.iter().find(|k| k.tid == other).expect("the new thread is listed");
+        assert!(key.starttime >= real, "{} < {real}", key.starttime);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+    }
 
     #[test]
     fn starttime_is_found_after_a_comm_with_spaces_and_parens() {

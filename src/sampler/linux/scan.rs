@@ -18,6 +18,11 @@ static LOG_BLOCKED: LogOnce = LogOnce::new();
 /// How often (in scans) every armed thread's `SigBlk` is re-read.
 const BLOCKED_CHECK_EVERY: u64 = 10;
 
+/// How often (in scans) every thread's start time is re-read: between two such scans
+/// only new tids are read, so a tid reused by a new thread within that time (rare: the
+/// kernel hands tids out in order) is noticed within this many scans (about a second).
+const FULL_SCAN_EVERY: u64 = 10;
+
 impl Sampler {
     pub(super) fn check_disposition(&mut self) {
         if self.replaced {
@@ -44,7 +49,11 @@ impl Sampler {
     }
 
     pub(super) fn scan(&mut self) {
-        let Ok(listed) = procfs::threads(&mut self.buf) else {
+        let full = self.stats.scans % FULL_SCAN_EVERY == 0;
+        if full {
+            self.known_threads.clear();
+        }
+        let Ok(listed) = procfs::threads_since(&self.known_threads, &mut self.buf) else {
             return;
         };
         self.stats.scans += 1;
@@ -121,6 +130,7 @@ impl Sampler {
             log_arm_error(*tid, err);
         }
         self.check_blocked(&listed_map, &newly_armed);
+        self.known_threads = listed_map;
     }
 
     /// Drops what we know about `tid`'s stack.

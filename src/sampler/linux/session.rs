@@ -68,6 +68,9 @@ pub struct Sampler {
     stopped: bool,
     /// SP reports (tid -> SP) of leaf-only samples, resolved to bounds by `maintain`.
     pub(super) pending_sp: HashMap<i32, usize>,
+    /// Threads of the last scan (tid -> start time): the next scan reads `stat` only for
+    /// tids not in it.
+    pub(super) known_threads: HashMap<i32, u64>,
     /// Tids whose bounds we published.
     pub(super) published: HashSet<i32>,
     /// Armed tids with SIGPROF blocked.
@@ -165,6 +168,7 @@ impl Sampler {
             buffer,
             stopped: false,
             pending_sp: HashMap::new(),
+            known_threads: HashMap::new(),
             published: HashSet::new(),
             blocked: HashSet::new(),
             buf: Vec::with_capacity(4096),
