@@ -170,6 +170,26 @@ pub mod pprof {
             }
             out
         }
+
+        /// Encodes the window as OTLP requests (uncompressed `ExportProfilesServiceRequest`
+        /// bodies) with the resource of `application_name` and `tags`, cut like the
+        /// uploader cuts them (`max_piece_bytes`, default 1 MiB; `max_piece_samples`,
+        /// default 16,000).
+        #[cfg(feature = "upload")]
+        pub fn encode_otlp(
+            &mut self,
+            application_name: &str,
+            tags: &[(String, String)],
+        ) -> Vec<Vec<u8>> {
+            let settings = crate::otlp::OtlpSettings::default();
+            let resource = crate::otlp::resource(application_name, &settings, tags);
+            let opts = crate::otlp::encode::EncodeOptions {
+                period_ns: self.opts.period_ns,
+                max_bytes: self.opts.max_piece_bytes.unwrap_or(1024 * 1024),
+                max_samples: self.opts.max_piece_samples.unwrap_or(16_000),
+            };
+            crate::otlp::encode::encode(&self.window, &mut self.symbolizer, &opts, &resource)
+        }
     }
 }
 

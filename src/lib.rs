@@ -194,6 +194,9 @@ mod modules;
 /// OpenTelemetry: ProfilingTracerProvider, span-id map, context lookups.
 #[cfg(feature = "otel")]
 mod otel;
+/// OTLP profiles export: the pinned `profiles/v1development` messages and the encoder.
+#[cfg_attr(not(feature = "upload"), allow(dead_code))]
+mod otlp;
 /// pprof messages, encoder, decoder and validator.
 mod pprof;
 /// The `Profiler` handle and its builder, collector thread, writer thread and statistics.
@@ -231,6 +234,7 @@ pub use otel::{
     TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
     TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
 };
+pub use otlp::{OTLP_PROFILES_PATH, OTLP_PROTO_VERSION};
 pub use profiler::builder::{
     ProfilerBuilder, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_OUTPUT_DIR, DEFAULT_SAMPLE_RATE,
     DEFAULT_UPLOAD_INTERVAL, MAX_SAMPLE_RATE, MAX_UPLOAD_INTERVAL, MIN_UPLOAD_INTERVAL,

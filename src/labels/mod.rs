@@ -12,6 +12,23 @@ use crate::counters::{LogOnce, LABELS};
 use crate::sampler::slot;
 use registry::{LabelHandle, Registry};
 use set::{bounded_value, validate_key, LabelSet};
+
+/// Set while a profiler exports OTLP: label sets built for spans then carry the trace id
+/// (OTLP links need it) even when no `trace_id` label was asked for; pprof never writes it
+/// unless asked. `Relaxed`: a span started just before the flag flips gets no trace id,
+/// and its link carries the span id alone, which the server accepts.
+static CARRY_TRACE_IDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns carrying trace ids on or off (the writer, when it starts and stops OTLP export).
+pub(crate) fn carry_trace_ids(on: bool) {
+    CARRY_TRACE_IDS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether label sets built now should carry the trace id.
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
+pub(crate) fn trace_ids_carried() -> bool {
+    CARRY_TRACE_IDS.load(std::sync::atomic::Ordering::Relaxed)
+}
 pub use set::{LabelError, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
 
 /// An immutable set of profiling labels: a span id, a span name, an optional trace id and

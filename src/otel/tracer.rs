@@ -64,8 +64,9 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
         }
         let span_id = span_id_u64(sc);
         let sampled = sc.is_sampled();
-        let trace_id = config
-            .trace_id
+        // OTLP export links samples to their trace: then the set carries the trace id
+        // even without the `trace_id` label (pprof writes it only when asked).
+        let trace_id = (config.trace_id || crate::labels::trace_ids_carried())
             .then(|| u128::from_be_bytes(sc.trace_id().to_bytes()));
 
         let node = if local_root {

@@ -130,10 +130,27 @@ pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterH
             trace_id_label: false,
         }
     };
+    #[cfg(feature = "upload")]
+    let otlp = config
+        .upload
+        .as_ref()
+        .filter(|u| u.protocol == crate::sink::upload::Protocol::Otlp)
+        .map(|u| OtlpExport {
+            resource: crate::otlp::resource(&u.application_name, &u.otlp, &u.tags),
+            options: crate::otlp::encode::EncodeOptions {
+                period_ns,
+                max_bytes: config.max_request_bytes,
+                max_samples: MAX_REQUEST_SAMPLES,
+            },
+        });
+    #[cfg(feature = "upload")]
+    crate::labels::carry_trace_ids(otlp.is_some());
     let writer = Writer {
         files,
         #[cfg(feature = "upload")]
         uploader,
+        #[cfg(feature = "upload")]
+        otlp,
         symbolizer: Symbolizer::new(),
         options,
         stop_timeout: config.stop_timeout,
@@ -156,10 +173,20 @@ pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterH
     })
 }
 
+/// OTLP export: what every request carries and how windows are cut into requests.
+#[cfg(feature = "upload")]
+struct OtlpExport {
+    resource: Vec<crate::otlp::proto::KeyValue>,
+    options: crate::otlp::encode::EncodeOptions,
+}
+
 struct Writer {
     files: Option<FileSink>,
     #[cfg(feature = "upload")]
     uploader: Option<Uploader>,
+    /// Set with `Protocol::Otlp`: uploads are OTLP requests, pprof only goes to files.
+    #[cfg(feature = "upload")]
+    otlp: Option<OtlpExport>,
     symbolizer: Symbolizer,
     options: EncodeOptions,
     stop_timeout: Duration,
@@ -182,6 +209,10 @@ impl Writer {
             self.publish();
         }
         #[cfg(feature = "upload")]
+        if self.otlp.is_some() {
+            crate::labels::carry_trace_ids(false);
+        }
+        #[cfg(feature = "upload")]
         let upload = self.uploader.take().map(|u| u.stop(self.stop_timeout));
         #[cfg(not(feature = "upload"))]
         let upload: Option<UploadReport> = {
@@ -200,6 +231,19 @@ impl Writer {
 
     /// Encodes one window, writes its pieces as files and queues them for upload.
     fn write(&mut self, window: &ClosedWindow) -> Option<(PathBuf, std::io::Error)> {
+        #[cfg(feature = "upload")]
+        if let (Some(otlp), Some(uploader)) = (&self.otlp, &self.uploader) {
+            let bodies = crate::otlp::encode::encode(
+                window,
+                &mut self.symbolizer,
+                &otlp.options,
+                &otlp.resource,
+            );
+            uploader.enqueue(UploadWindow::from_bodies(bodies, window.start, window.end));
+            if self.files.is_none() {
+                return None;
+            }
+        }
         let pieces = encode(window, &mut self.symbolizer, &self.options);
         let mut error = None;
         if let Some(files) = self.files.as_mut() {
@@ -217,6 +261,9 @@ impl Writer {
 
     #[cfg(feature = "upload")]
     fn upload(&mut self, pieces: Vec<EncodedPiece>, start: SystemTime, end: SystemTime) {
+        if self.otlp.is_some() {
+            return;
+        }
         if let Some(uploader) = &self.uploader {
             uploader.enqueue(UploadWindow::new(pieces, start, end));
         }

@@ -86,6 +86,11 @@ impl ProfilerBuilder {
                 )),
             }
         }
+        let (builder, otlp_error) = self.apply_otlp_env(&get);
+        self = builder;
+        if let Some(err) = otlp_error {
+            fail(err);
+        }
         if self.env_error.is_none() {
             self.env_error = first_error;
         }

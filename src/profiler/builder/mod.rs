@@ -11,6 +11,8 @@ use crate::sink::upload::{Auth, Protocol};
 
 /// `from_env()`: the environment variables and their parsing.
 mod env;
+/// OTLP options and their `OTEL_EXPORTER_OTLP_*` variables.
+mod otlp;
 /// From options to a checked `Config`.
 mod validate;
 
@@ -127,6 +129,8 @@ pub struct ProfilerBuilder {
     pub(crate) tls_roots_pem: Vec<Vec<u8>>,
     /// The first malformed environment variable seen by `from_env`, reported by `start`.
     pub(crate) env_error: Option<BuildError>,
+    /// Path, compression and resource options of `Protocol::Otlp`.
+    pub(crate) otlp: crate::otlp::OtlpSettings,
 }
 
 impl Default for ProfilerBuilder {
@@ -154,6 +158,10 @@ impl Default for ProfilerBuilder {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             tls_roots_pem: Vec::new(),
             env_error: None,
+            otlp: crate::otlp::OtlpSettings {
+                path: crate::otlp::OTLP_PROFILES_PATH.to_owned(),
+                ..Default::default()
+            },
         }
     }
 }

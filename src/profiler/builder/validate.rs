@@ -63,7 +63,15 @@ impl ProfilerBuilder {
         Ok(Config {
             enabled: true,
             write_files: upload.is_none() || self.output_dir.is_some(),
-            series_tags: upload.as_ref().map_or(0, |u| u.tags.len()),
+            // OTLP requests carry more series labels than Push (one per resource
+            // attribute): the window's label-key budget counts them as tags.
+            series_tags: upload.as_ref().map_or(0, |u| match u.protocol {
+                crate::sink::upload::Protocol::Otlp => {
+                    u.tags.len() + crate::otlp::OTLP_FIXED_SERIES_LABELS
+                        - crate::limits::FIXED_SERIES_LABELS.len()
+                }
+                _ => u.tags.len(),
+            }),
             upload,
             stop_timeout: self.stop_timeout,
             max_request_bytes: self.max_request_bytes,
@@ -231,6 +239,7 @@ fn upload_config(
         max_profile_age: b.max_profile_age,
         sample_rate: b.sample_rate,
         tls_roots: parse_tls_roots(&b.tls_roots_pem)?,
+        otlp: b.otlp.clone(),
     })
 }
 

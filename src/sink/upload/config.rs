@@ -21,6 +21,16 @@ pub enum Protocol {
     /// The legacy `/ingest` endpoint (`format=pprof`). Tag values may then not contain
     /// `,` or `}`: the endpoint's `name` grammar has no escaping.
     Ingest,
+    /// OpenTelemetry's profiles signal (OTLP/HTTP, protobuf, `profiles/v1development` of
+    /// opentelemetry-proto v1.10.0): each window as an `ExportProfilesServiceRequest`
+    /// whose samples link to their local root span (trace id and span id). Grafana
+    /// Pyroscope accepts it at `/v1development/profiles` and turns the links into
+    /// `span_id` / `trace_id` sample labels; an OpenTelemetry Collector forwards it. The
+    /// server address is the OTLP base endpoint (`http://collector:4318`), to which
+    /// [`OTLP_PROFILES_PATH`](crate::OTLP_PROFILES_PATH) is appended, unless the endpoint
+    /// was given whole with
+    /// [`ProfilerBuilder::otlp_endpoint`](crate::ProfilerBuilder::otlp_endpoint).
+    Otlp,
 }
 
 /// A string that never appears in `Debug` output, logs or errors.
@@ -104,6 +114,8 @@ pub struct UploadConfig {
     pub(crate) sample_rate: u32,
     /// Extra trusted root certificates (DER), besides the webpki roots.
     pub(crate) tls_roots: Vec<Vec<u8>>,
+    /// Path, compression and resource options of [`Protocol::Otlp`].
+    pub(crate) otlp: crate::otlp::OtlpSettings,
 }
 
 /// Parses a `server_address`: `http://` or `https://`, a host with an optional port, an
@@ -224,6 +236,22 @@ pub(crate) fn validate_tags(
     protocol: Protocol,
 ) -> Result<(), BuildError> {
     const OPTION: &str = "tag";
+    if protocol == Protocol::Otlp {
+        // Pyroscope turns every resource attribute into a series label.
+        let max = MAX_SERIES_LABEL_NAMES - crate::otlp::OTLP_FIXED_SERIES_LABELS - 1;
+        if tags.len() > max {
+            return Err(BuildError::invalid(
+                OPTION,
+                format!(
+                    "{} tags plus the {} series labels of an OTLP request and `span_name` \
+                     exceed the server's {MAX_SERIES_LABEL_NAMES} label names: use at most {max} \
+                     tags with `Protocol::Otlp`",
+                    tags.len(),
+                    crate::otlp::OTLP_FIXED_SERIES_LABELS,
+                ),
+            ));
+        }
+    }
     if tags.len() > MAX_TAGS {
         return Err(BuildError::invalid(
             OPTION,

@@ -76,6 +76,8 @@ pub(crate) struct Prepared {
 #[derive(Debug)]
 pub(crate) struct Requests {
     protocol: Protocol,
+    /// OTLP: the endpoint's URI and whether bodies are gzipped.
+    otlp: Option<(Uri, bool)>,
     /// The Push API's URI.
     push_uri: Uri,
     /// `{server}/ingest?name=<app>{tags}` (the rest of the query is per piece).
@@ -104,6 +106,7 @@ impl Requests {
         let content_type = match config.protocol {
             Protocol::Push => "application/proto",
             Protocol::Ingest => "application/octet-stream",
+            Protocol::Otlp => "application/x-protobuf",
         };
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -112,6 +115,25 @@ impl Requests {
         if config.protocol == Protocol::Push {
             headers.insert("connect-protocol-version", HeaderValue::from_static("1"));
         }
+        if config.protocol == Protocol::Otlp && config.otlp.gzip {
+            headers.insert(
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_static("gzip"),
+            );
+        }
+        let otlp_uri = match config.protocol {
+            Protocol::Otlp => Some(
+                config
+                    .server
+                    .url(&config.otlp.path)
+                    .parse::<Uri>()
+                    .map_err(|err| BuildError::InvalidOption {
+                        option: "otlp_endpoint",
+                        reason: format!("`{}` does not make a valid URL: {err}", config.server),
+                    })?,
+            ),
+            _ => None,
+        };
         headers.insert(
             http::header::USER_AGENT,
             HeaderValue::from_static(concat!("span-profiler/", env!("CARGO_PKG_VERSION"))),
@@ -146,6 +168,7 @@ impl Requests {
         }
         Ok(Self {
             protocol: config.protocol,
+            otlp: otlp_uri.map(|uri| (uri, config.otlp.gzip)),
             push_uri,
             ingest_prefix: config.server.url(&format!(
                 "{INGEST_PATH}?name={}",
@@ -157,8 +180,22 @@ impl Requests {
         })
     }
 
-    /// The request for one piece (gzipped pprof) of the window `[start, end)`.
+    /// The request for one piece of the window `[start, end)`: gzipped pprof, or with
+    /// [`Protocol::Otlp`] an uncompressed `ExportProfilesServiceRequest` (gzipped here,
+    /// once, when compression is on).
     pub(crate) fn prepare(&self, gzipped: &[u8], start: SystemTime, end: SystemTime) -> Prepared {
+        if let Some((uri, gzip)) = &self.otlp {
+            let body = if *gzip {
+                gzip_body(gzipped)
+            } else {
+                gzipped.to_vec()
+            };
+            return Prepared {
+                uri: uri.clone(),
+                headers: self.headers.clone(),
+                body: Bytes::from(body),
+            };
+        }
         match self.protocol {
             Protocol::Push => {
                 let request = PushRequest {
@@ -176,7 +213,7 @@ impl Requests {
                     body: Bytes::from(prost::Message::encode_to_vec(&request)),
                 }
             }
-            Protocol::Ingest => {
+            Protocol::Ingest | Protocol::Otlp => {
                 let from = unix_seconds(start);
                 // `until` is exclusive and after `from`, even for a window within one second.
                 let until = unix_seconds(end).max(from + 1);
@@ -195,6 +232,18 @@ impl Requests {
             }
         }
     }
+}
+
+/// Gzips an OTLP body (level 1, as the pprof encoder does).
+fn gzip_body(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::new(1),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    encoder.finish().unwrap_or_default()
 }
 
 /// The series labels of every Push request: fixed ones, then tags, sorted by name.

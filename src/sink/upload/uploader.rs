@@ -60,6 +60,11 @@ impl UploadWindow {
         }
     }
 
+    /// A window of request bodies sent as they are (OTLP requests).
+    pub(crate) fn from_bodies(bodies: Vec<Vec<u8>>, start: SystemTime, end: SystemTime) -> Self {
+        Self::from_gzipped(bodies, start, end)
+    }
+
     /// Number of pieces (requests).
     pub fn len(&self) -> usize {
         self.pieces.len()
