@@ -24,7 +24,7 @@ use super::proto::{
     KeyValueAndUnit, Line, Link, Location, Mapping, Profile, ProfilesDictionary, Resource,
     ResourceProfiles, Sample, ScopeProfiles, Stack, ValueType,
 };
-use crate::labels::set::LabelSet;
+use crate::labels::set::{span_id_hex, LabelSet};
 use crate::symbolize::symbolizer::{MappingInfo, Symbolized};
 use crate::symbolize::Symbolizer;
 use crate::window::aggregate::WindowSample;
@@ -299,28 +299,27 @@ impl Dictionary {
         for (k, v) in &set.pairs {
             attributes.push(self.attribute(k, v));
         }
-        let link = match set.span_id {
-            Some(span_id) => {
-                let trace_id = set.trace_id.unwrap_or(0);
-                match self.links.get(&(trace_id, span_id)) {
-                    Some(&i) => i,
-                    None => {
-                        let i = index(self.dict.link_table.len());
-                        self.dict.link_table.push(Link {
-                            // Without a trace id (a span that began before OTLP export
-                            // was on) the link carries only the span id.
-                            trace_id: set
-                                .trace_id
-                                .map(|t| t.to_be_bytes().to_vec())
-                                .unwrap_or_default(),
-                            span_id: span_id.to_be_bytes().to_vec(),
-                        });
-                        self.links.insert((trace_id, span_id), i);
-                        i
-                    }
+        let link = match (set.span_id, set.trace_id) {
+            (Some(span_id), Some(trace_id)) => match self.links.get(&(trace_id, span_id)) {
+                Some(&i) => i,
+                None => {
+                    let i = index(self.dict.link_table.len());
+                    self.dict.link_table.push(Link {
+                        trace_id: trace_id.to_be_bytes().to_vec(),
+                        span_id: span_id.to_be_bytes().to_vec(),
+                    });
+                    self.links.insert((trace_id, span_id), i);
+                    i
                 }
+            },
+            (Some(span_id), None) => {
+                // No trace id (`Labels::span`, or a span begun before OTLP export was
+                // on): a link needs one, so the span id goes as the `span_id` attribute,
+                // which Pyroscope reads as the same label.
+                attributes.push(self.attribute("span_id", &span_id_hex(span_id)));
+                0
             }
-            None => 0,
+            (None, _) => 0,
         };
         (attributes, link)
     }

@@ -57,6 +57,10 @@ pub mod push {
     }
 }
 
+/// The OTLP endpoint's decoder and rules.
+#[path = "otlp_check.rs"]
+pub mod otlp_check;
+
 /// Label names a series may have.
 pub const MAX_SERIES_LABEL_NAMES: usize = 30;
 /// Samples per profile.
@@ -108,6 +112,8 @@ pub struct Received {
     pub profiles: Vec<Profile>,
     /// The profiles as they arrived (gzipped pprof), for external readers.
     pub raw_profiles: Vec<Vec<u8>>,
+    /// `/v1development/profiles`: the request as Pyroscope converts it.
+    pub otlp: Option<otlp_check::OtlpRequest>,
     /// `Ok` if the request broke no rule; else the rule it broke.
     pub verdict: Result<(), String>,
     /// The status the receiver answered (0 for never).
@@ -386,6 +392,7 @@ async fn handle(
         series_labels: Vec::new(),
         profiles: Vec::new(),
         raw_profiles: Vec::new(),
+        otlp: None,
         verdict: Ok(()),
         answered: 0,
     };
@@ -445,6 +452,12 @@ fn check(parts: &http::request::Parts, body: &[u8], received: &mut Received) -> 
     let result = match parts.uri.path() {
         "/push.v1.PusherService/Push" => check_push(parts, body, received),
         "/ingest" => check_ingest(parts, body, received),
+        "/v1development/profiles" => otlp_check::check(
+            header(parts, "content-type"),
+            header(parts, "content-encoding").is_some_and(|e| e.eq_ignore_ascii_case("gzip")),
+            body,
+        )
+        .map(|request| received.otlp = Some(request)),
         other => Err((404, format!("no such endpoint {other}"))),
     };
     match result {
