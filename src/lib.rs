@@ -104,6 +104,18 @@
 //! | `PYROSCOPE_UPLOAD_INTERVAL` | [`upload_interval`](ProfilerBuilder::upload_interval) | `10s`, `1m30s`, `500ms` |
 //! | `PYROSCOPE_SAMPLE_RATE` | [`sample_rate`](ProfilerBuilder::sample_rate) | Hz, e.g. `100` |
 //! | `SPAN_PROFILER_ENABLED` | (read by every `start()`) | `false`/`0`/`no`/`off`: `start()` returns a profiler that does nothing |
+//! | `SPAN_PROFILER_EXPORTER` | [`protocol(Protocol::Otlp)`](ProfilerBuilder::protocol) | `otlp`: export OTLP profiles (the variables below are read only then); `pyroscope` or unset: Pyroscope |
+//! | `OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT` | [`otlp_endpoint`](ProfilerBuilder::otlp_endpoint) | the whole URL, e.g. `http://collector:4318/v1development/profiles` |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | [`server_address`](ProfilerBuilder::server_address) + [`OTLP_PROFILES_PATH`] | base URL (default `http://localhost:4318`, else `PYROSCOPE_SERVER_ADDRESS` when set) |
+//! | `OTEL_EXPORTER_OTLP_PROFILES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS` | [`http_header`](ProfilerBuilder::http_header), once per pair | `name=value,name=value`, values percent-encoded |
+//! | `OTEL_EXPORTER_OTLP_PROFILES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` | [`request_timeout`](ProfilerBuilder::request_timeout) | milliseconds |
+//! | `OTEL_EXPORTER_OTLP_PROFILES_COMPRESSION`, else `OTEL_EXPORTER_OTLP_COMPRESSION` | [`otlp_gzip`](ProfilerBuilder::otlp_gzip) | `gzip` or `none` |
+//! | `OTEL_EXPORTER_OTLP_PROFILES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL` | (checked) | only `http/protobuf` is supported |
+//!
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` alone never switches profile export on: it is set for
+//! traces in most OpenTelemetry deployments. OTLP export writes opentelemetry-proto
+//! [`OTLP_PROTO_VERSION`] (`profiles/v1development`, the release Grafana Pyroscope's OTLP
+//! ingester decodes); see [`Protocol::Otlp`].
 //!
 //! ## What runs in the signal handler, and why it is safe
 //!

@@ -101,3 +101,48 @@ fn the_demo_profiles_every_route_and_draws_its_flame_graphs() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[path = "common/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
+
+/// `SPAN_PROFILER_EXPORTER=otlp` with `OTEL_EXPORTER_OTLP_ENDPOINT`: the demo exports OTLP
+/// profiles there, says where, and every request is valid by Pyroscope's OTLP rules.
+#[test]
+fn the_demo_exports_otlp_profiles_when_asked_and_says_where() {
+    let _lock = common::profiler_lock();
+    let receiver = receiver::Receiver::start();
+    // The only test of this binary that reads the environment (the other runs with
+    // `use_env: false`), and it holds the profiler lock.
+    std::env::set_var("SPAN_PROFILER_EXPORTER", "otlp");
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url());
+    std::env::set_var("PYROSCOPE_UPLOAD_INTERVAL", "1s");
+    let mut config = app::Config::short(common::temp_dir("demo-otlp"));
+    config.use_env = true;
+    config.duration = Duration::from_secs(3);
+    let outcome = app::run(&config);
+    for var in [
+        "SPAN_PROFILER_EXPORTER",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "PYROSCOPE_UPLOAD_INTERVAL",
+    ] {
+        std::env::remove_var(var);
+    }
+    let outcome = outcome.expect("the demo runs");
+    assert!(outcome.otlp);
+    assert_eq!(
+        outcome.server.as_deref(),
+        Some(format!("{}/v1development/profiles", receiver.url()).as_str())
+    );
+    assert!(report::print_grafana(&outcome), "{outcome:?}");
+    let received = receiver.assert_all_valid();
+    assert!(!received.is_empty());
+    let spans: std::collections::BTreeSet<String> = received
+        .iter()
+        .flat_map(|r| r.otlp.as_ref().expect("OTLP").samples())
+        .filter_map(|s| s.label("span_name").map(str::to_owned))
+        .collect();
+    for route in app::ROUTES {
+        assert!(spans.contains(route), "{route} missing from {spans:?}");
+    }
+}

@@ -111,6 +111,9 @@ pub struct Outcome {
     pub app_name: String,
     /// Where profiles were uploaded (`None`: written to `Config::out_dir`).
     pub server: Option<String>,
+    /// Uploaded as OTLP profiles (`SPAN_PROFILER_EXPORTER=otlp`) rather than to Pyroscope's
+    /// Push API.
+    pub otlp: bool,
     /// Responses per route (index as in [`ROUTES`]).
     pub responses: [u64; 4],
     /// Failed requests (transport errors or non-200 statuses).
@@ -127,10 +130,25 @@ pub struct Outcome {
 /// returns what happened. Flame graphs and the table are `report`'s job.
 pub fn run(config: &Config) -> Result<Outcome, Box<dyn std::error::Error>> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let server = if config.use_env {
-        env("PYROSCOPE_SERVER_ADDRESS")
-    } else {
-        None
+    // `SPAN_PROFILER_EXPORTER=otlp`: OTLP profiles to the endpoint the OpenTelemetry
+    // variables name (what `from_env()` reads, worked out here only to print it).
+    let otlp = config.use_env
+        && env("SPAN_PROFILER_EXPORTER").is_some_and(|e| e.trim().eq_ignore_ascii_case("otlp"));
+    let server = match (config.use_env, otlp) {
+        (false, _) => None,
+        (true, true) => Some(
+            env("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT").unwrap_or_else(|| {
+                let base = env("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .or_else(|| env("PYROSCOPE_SERVER_ADDRESS"))
+                    .unwrap_or_else(|| "http://localhost:4318".into());
+                format!(
+                    "{}{}",
+                    base.trim().trim_end_matches('/'),
+                    span_profiler::OTLP_PROFILES_PATH
+                )
+            }),
+        ),
+        (true, false) => env("PYROSCOPE_SERVER_ADDRESS"),
     };
     let app_name = match config.use_env {
         true => env("PYROSCOPE_APPLICATION_NAME")
@@ -211,6 +229,7 @@ pub fn run(config: &Config) -> Result<Outcome, Box<dyn std::error::Error>> {
     Ok(Outcome {
         app_name,
         server,
+        otlp,
         responses: std::array::from_fn(|i| load.responses[i].load(Relaxed)),
         errors: load.errors.load(Relaxed),
         files,

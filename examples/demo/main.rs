@@ -10,6 +10,8 @@
 //! cargo run --release --example demo            # profiles, flame graphs and a table
 //! DEMO_SECONDS=5 cargo run --release --example demo
 //! PYROSCOPE_SERVER_ADDRESS=http://localhost:4040 cargo run --release --example demo
+//! SPAN_PROFILER_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4040 \
+//!     cargo run --release --example demo   # OTLP profiles (Pyroscope or a collector)
 //! ```
 //!
 //! Without `PYROSCOPE_SERVER_ADDRESS`, profiles go to `./profiles` (`DEMO_OUT_DIR`), flame

@@ -164,9 +164,14 @@ pub fn print_grafana(outcome: &Outcome) -> bool {
         );
         return false;
     }
+    let format = if outcome.otlp {
+        "OTLP profiles request(s) (samples linked to their trace and root span)"
+    } else {
+        "profile(s)"
+    };
     println!(
         r#"
-{delivered} profile(s) went to {server} as service_name="{app}" ({lost} lost).
+{delivered} {format} went to {server} as service_name="{app}" ({lost} lost).
 
 Grafana, Explore, Pyroscope data source:
   profile type  process_cpu:cpu:nanoseconds:cpu:nanoseconds
