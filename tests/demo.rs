@@ -103,7 +103,6 @@ fn the_demo_profiles_every_route_and_draws_its_flame_graphs() {
 }
 
 #[path = "common/receiver.rs"]
-#[allow(dead_code)]
 mod receiver;
 
 /// `SPAN_PROFILER_EXPORTER=otlp` with `OTEL_EXPORTER_OTLP_ENDPOINT`: the demo exports OTLP

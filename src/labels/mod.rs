@@ -20,6 +20,7 @@ use set::{bounded_value, validate_key, LabelSet};
 static CARRY_TRACE_IDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Turns carrying trace ids on or off (the writer, when it starts and stops OTLP export).
+#[cfg_attr(not(feature = "upload"), allow(dead_code))]
 pub(crate) fn carry_trace_ids(on: bool) {
     CARRY_TRACE_IDS.store(on, std::sync::atomic::Ordering::Relaxed);
 }

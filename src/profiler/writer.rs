@@ -240,9 +240,8 @@ impl Writer {
                 &otlp.resource,
             );
             uploader.enqueue(UploadWindow::from_bodies(bodies, window.start, window.end));
-            if self.files.is_none() {
-                return None;
-            }
+            // No files: the pprof encoding is not needed.
+            self.files.as_ref()?;
         }
         let pieces = encode(window, &mut self.symbolizer, &self.options);
         let mut error = None;
