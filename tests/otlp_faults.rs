@@ -331,3 +331,36 @@ fn the_otlp_receiver_refuses_what_pyroscope_cannot_convert() {
         assert_eq!(err.0, 400, "{what}: {err:?}");
     }
 }
+
+/// Requests over `max_request_bytes` are halved until they fit; nothing is lost and every
+/// request is complete on its own (its own dictionary).
+#[test]
+fn otlp_requests_over_the_byte_limit_are_halved_until_they_fit() {
+    use receiver::otlp_check::check;
+
+    let spans = spans(4);
+    let base = upload_leaf_work as *const () as usize;
+    let raw: Vec<_> = (0..300usize)
+        .flat_map(|i| {
+            let frames = vec![base + i, base + 1000 + i, base + 2000];
+            spans.ids.iter().map(move |&id| (frames.clone(), id, 1))
+        })
+        .collect();
+    let start = SystemTime::now() - Duration::from_secs(5);
+    let limit = 8 * 1024;
+    let opts = EncodeWindowOptions {
+        sample_rate_hz: 100,
+        max_piece_bytes: Some(limit),
+        max_piece_samples: None,
+    };
+    let bodies = PreparedWindow::new(&raw, start, start + Duration::from_secs(5), opts)
+        .encode_otlp("halves", &[]);
+    assert!(bodies.len() >= 4, "{} requests", bodies.len());
+    let mut samples = 0;
+    for body in &bodies {
+        assert!(body.len() <= limit, "{} bytes over {limit}", body.len());
+        let request = check(Some("application/x-protobuf"), false, body).expect("valid");
+        samples += request.samples().count();
+    }
+    assert_eq!(samples, 1200);
+}

@@ -14,8 +14,8 @@ use crate::limits::{FIXED_SERIES_LABELS, MAX_SERIES_LABEL_NAMES, MAX_TAGS, RESER
 #[non_exhaustive]
 pub enum Protocol {
     /// Pyroscope's Push API (`/push.v1.PusherService/Push`, Connect unary, protobuf): the
-    /// default, and the only one that carries the `otel.scope.*` and `process.runtime.*`
-    /// series labels.
+    /// default, and the only one that carries the `otel.scope.*` series labels (OTLP
+    /// carries `process.runtime.*` as resource attributes).
     #[default]
     Push,
     /// The legacy `/ingest` endpoint (`format=pprof`). Tag values may then not contain
