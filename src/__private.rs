@@ -12,6 +12,25 @@ pub use crate::tokio_hooks::state::{
     DEFAULT_SHARDS as HOOK_SHARDS, SPAWNED_AT_KEY,
 };
 
+/// The symbolizer on its own, for the `symbolize` bench.
+pub mod symbolize {
+    use crate::symbolize::symbolizer::Symbolizer;
+    use crate::Symbolization;
+
+    /// Up to `n` distinct addresses inside functions of the main program, spread over it.
+    pub fn code_addresses(n: usize) -> Vec<usize> {
+        Symbolizer::new().main_program_addresses(n)
+    }
+
+    /// Symbolizes `addrs` with a new symbolizer (cold: files mapped and indexed, units
+    /// parsed as needed); returns the frames found and the symbolizer's heap bytes.
+    pub fn symbolize_cold(addrs: &[usize], symbolization: Symbolization) -> (usize, u64) {
+        let mut s = Symbolizer::with_options(symbolization);
+        let frames = addrs.iter().map(|&a| s.symbolize(a).frames.len()).sum();
+        (frames, s.footprint().bytes)
+    }
+}
+
 /// The label id in force on this thread (what the signal handler would read).
 pub fn current_label_id() -> u64 {
     crate::sampler::slot::current()

@@ -151,9 +151,13 @@
 //!
 //! `RUSTFLAGS` replaces these flags: repeat `-C force-frame-pointers=yes` in it. For file
 //! and line numbers and inlined frames in release builds keep line tables
-//! (`[profile.release] debug = "line-tables-only"`); inlined functions are then named
-//! without their module path. The symbolizer's DWARF index costs memory while the profiler
-//! runs: about 90 MB for a 38 MB release binary with line tables here (freed by `stop()`).
+//! (`[profile.release] debug = "line-tables-only"`). Functions are named after their
+//! symbol-table entry (`tokio::runtime::task::raw::poll`); inlined ones, which such a build
+//! records by their short name only, get a module path derived from their source file.
+//! Names carry no generic arguments (the profile's `system_name` has the full symbol).
+//! The symbolizer maps object files, parses debug info one compilation unit at a time for
+//! the addresses seen, and keeps its heap within a budget ([`Symbolization`], 16 MiB by
+//! default).
 //!
 //! ## Compared with thread-tag profilers
 //!
@@ -257,8 +261,11 @@ pub use profiler::builder::{
     DEFAULT_STOP_TIMEOUT, MAX_PROFILE_AGE_LIMIT, MAX_REQUEST_BYTES_LIMIT, MAX_REQUEST_SAMPLES,
     MAX_TAGS, MIN_REQUEST_BYTES,
 };
-pub use profiler::{Dropped, Profiler, Stats, StopError, StopReport};
+pub use profiler::{Dropped, Profiler, Stats, StopError, StopReport, SymbolizerStats};
 pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport};
+pub use symbolize::symbolization::{
+    SymbolDetail, Symbolization, DEFAULT_SYMBOLIZER_BUDGET, MIN_SYMBOLIZER_BUDGET,
+};
 #[cfg(feature = "tower")]
 pub use tower::{ProfileFuture, ProfileLayer, ProfileService};
 #[cfg(feature = "tracing")]

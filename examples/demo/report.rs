@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use span_profiler::flamegraph::{self, FlameGraph, Profile, SampleFilter, Summary};
+use span_profiler::flamegraph::{self, FlameGraph, Folding, Profile, SampleFilter, Summary};
 
 use crate::app::Outcome;
 
@@ -22,7 +22,8 @@ pub struct Report {
 }
 
 /// Reads the run's files and writes its flame graphs to `svg_dir` (earlier SVGs of the
-/// demo there are replaced).
+/// demo there are replaced). Runtime plumbing (Tokio, hyper, tower, axum, std, ...) below
+/// the first frame of the demo's own code is drawn as one frame per crate.
 pub fn flame_graphs(
     outcome: &Outcome,
     svg_dir: &Path,
@@ -48,12 +49,14 @@ pub fn flame_graphs(
 
     let whole = svg_dir.join("all.svg");
     FlameGraph::new()
+        .fold(Folding::runtime())
         .title(format!("{}: whole run", outcome.app_name))
         .render_to_file(&profiles, &whole)?;
     let mut per_span = Vec::new();
     for span in &summary.spans {
         let path = svg_dir.join(format!("span-{}.svg", file_name(&span.span_name)));
         FlameGraph::new()
+            .fold(Folding::runtime())
             .title(&span.span_name)
             .filter(SampleFilter::span_name(&span.span_name))
             .render_to_file(&profiles, &path)?;
@@ -63,6 +66,7 @@ pub fn flame_graphs(
     for request in summary.requests.iter().take(3) {
         let path = svg_dir.join(format!("request-{:016x}.svg", request.span_id));
         FlameGraph::new()
+            .fold(Folding::runtime())
             .title(format!(
                 "{} (span_id {:016x})",
                 request.span_name.as_deref().unwrap_or("?"),

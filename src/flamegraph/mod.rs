@@ -29,6 +29,8 @@
 
 /// `FlamegraphError`.
 mod error;
+/// `Folding`: runtime frames drawn as one frame per crate.
+mod fold;
 /// `Profile`: reading and decoding pprof files.
 mod profile;
 /// `FlameGraph`: folding stacks and rendering them with inferno.
@@ -39,6 +41,7 @@ mod stacks;
 mod summary;
 
 pub use error::FlamegraphError;
+pub use fold::{Folding, DEFAULT_RUNTIME_CRATES};
 pub use profile::Profile;
 pub use render::{FlameGraph, Rendered};
 pub use summary::{is_std_frame, summarize, RequestSummary, SpanSummary, Summary};

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::stacks::{Stacks, ValueKind};
-use super::{FlamegraphError, Profile, SampleFilter};
+use super::{FlamegraphError, Folding, Profile, SampleFilter};
 
 /// Default title of a CPU flame graph.
 pub const DEFAULT_TITLE: &str = "CPU flame graph";
@@ -18,6 +18,7 @@ pub const DEFAULT_TITLE: &str = "CPU flame graph";
 #[derive(Debug, Clone, Default)]
 pub struct FlameGraph {
     filter: SampleFilter,
+    folding: Option<Folding>,
     title: Option<String>,
     image_width: Option<usize>,
 }
@@ -43,6 +44,13 @@ impl FlameGraph {
     /// Draws only the samples that pass `filter` (default: all).
     pub fn filter(mut self, filter: SampleFilter) -> Self {
         self.filter = filter;
+        self
+    }
+
+    /// Folds runtime frames (see [`Folding`]; default: none folded). The profiles are not
+    /// changed, only the drawing.
+    pub fn fold(mut self, folding: Folding) -> Self {
+        self.folding = Some(folding);
         self
     }
 
@@ -113,12 +121,18 @@ impl FlameGraph {
                 Some(_) => {}
             }
             for stack in &stacks.stacks {
+                let root_first: Vec<&str> = stack.frames.iter().rev().map(|f| &*f.name).collect();
+                let folded_frames = self.folding.as_ref().and_then(|f| f.apply(&root_first));
+                let names: Vec<&str> = match &folded_frames {
+                    Some(frames) => frames.iter().map(String::as_str).collect(),
+                    None => root_first,
+                };
                 let mut line = String::new();
-                for (i, frame) in stack.frames.iter().rev().enumerate() {
+                for (i, name) in names.iter().enumerate() {
                     if i > 0 {
                         line.push(';');
                     }
-                    push_frame(&mut line, &frame.name);
+                    push_frame(&mut line, name);
                 }
                 *folded.entry(line).or_default() += stack.value;
                 samples += 1;

@@ -165,8 +165,8 @@ fn hottest_frame(stack: &Stack) -> Rc<str> {
 ///
 /// A sample's *hottest function* is its innermost frame that is not in the standard
 /// library, by this test on its name or by its source file (under `library/core`,
-/// `library/alloc` or `library/std`; release builds with `debug = "line-tables-only"`
-/// name inlined functions without their path, e.g. `rotate_left<u64>`). The real leaf
+/// `library/alloc` or `library/std`, for profiles whose inlined functions carry no path,
+/// e.g. `rotate_left<u64>`). The real leaf
 /// is often `core::num::<impl u64>::wrapping_mul` or `core::hint::black_box`, which says
 /// nothing about where the application spends its time. Other libraries' frames (tokio,
 /// libc) count as functions.

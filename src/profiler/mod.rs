@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub use error::StopError;
-pub use stats::{Dropped, Stats, StopReport};
+pub use stats::{Dropped, Stats, StopReport, SymbolizerStats};
 
 use crate::error::StartError;
 use crate::sync::lock_std as lock;

@@ -64,6 +64,8 @@ pub struct Stats {
     /// Upload counters (requests sent, retried, failed, dropped by reason), when a
     /// server address is set.
     pub upload: Option<crate::sink::upload::UploadCounts>,
+    /// The symbolizer's memory and what its budget made it drop.
+    pub symbolizer: SymbolizerStats,
 }
 
 impl Stats {
@@ -74,6 +76,55 @@ impl Stats {
             return None;
         }
         Some(self.sampled_cpu.as_secs_f64() / self.process_cpu.as_secs_f64())
+    }
+}
+
+/// The symbolizer's memory and what its budget made it drop (see
+/// [`Symbolization`](crate::Symbolization)); updated after each window.
+///
+/// ```no_run
+/// let profiler = span_profiler::Profiler::builder().application_name("app").start()?;
+/// // ... after a window or two ...
+/// let s = profiler.stats().symbolizer;
+/// println!("{} bytes, {} cached addresses", s.bytes, s.cache_entries);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SymbolizerStats {
+    /// Heap bytes held: symbol and unit indexes, parsed debug-info units, the address
+    /// cache and its names. Mapped object files are not heap (they show as file pages).
+    pub bytes: u64,
+    /// Addresses in the cache.
+    pub cache_entries: u64,
+    /// Debug-info units parsed and kept.
+    pub units_kept: u64,
+    /// Debug-info units parsed since start (a unit dropped and parsed again counts twice).
+    pub units_parsed: u64,
+    /// Parsed units dropped to stay within the budget.
+    pub units_evicted: u64,
+    /// Times the address cache was emptied to stay within the budget.
+    pub cache_flushes: u64,
+    /// Addresses named from the symbol table only (no file, line or inlined frames)
+    /// because the indexes alone filled the budget.
+    pub symbol_only: u64,
+    /// Debug-info units that could not be parsed (their addresses keep their
+    /// symbol-table names).
+    pub dwarf_errors: u64,
+}
+
+impl From<crate::symbolize::symbolizer::Footprint> for SymbolizerStats {
+    fn from(f: crate::symbolize::symbolizer::Footprint) -> Self {
+        Self {
+            bytes: f.bytes,
+            cache_entries: f.cache_entries,
+            units_kept: f.units_kept,
+            units_parsed: f.units_parsed,
+            units_evicted: f.units_evicted,
+            cache_flushes: f.cache_flushes,
+            symbol_only: f.symbol_only,
+            dwarf_errors: f.dwarf_errors,
+        }
     }
 }
 

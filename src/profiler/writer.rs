@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 
-use super::stats::Stats;
+use super::stats::{Stats, SymbolizerStats};
 use crate::counters::LogOnce;
 use crate::error::StartError;
 use crate::pprof::encode::{encode, EncodeOptions, EncodedPiece};
@@ -151,7 +151,7 @@ pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterH
         uploader,
         #[cfg(feature = "upload")]
         otlp,
-        symbolizer: Symbolizer::new(),
+        symbolizer: Symbolizer::with_options(config.symbolize),
         options,
         stop_timeout: config.stop_timeout,
         stats: stats.clone(),
@@ -244,6 +244,7 @@ impl Writer {
             self.files.as_ref()?;
         }
         let pieces = encode(window, &mut self.symbolizer, &self.options);
+        self.symbolizer.end_window();
         let mut error = None;
         if let Some(files) = self.files.as_mut() {
             for (i, piece) in pieces.iter().enumerate() {
@@ -272,7 +273,9 @@ impl Writer {
     fn upload(&mut self, _pieces: Vec<EncodedPiece>, _start: SystemTime, _end: SystemTime) {}
 
     fn publish(&self) {
+        let footprint = self.symbolizer.footprint();
         let mut stats = lock(&self.stats);
+        stats.symbolizer = SymbolizerStats::from(footprint);
         if let Some(files) = &self.files {
             let c = files.counts;
             stats.files_written = c.written;

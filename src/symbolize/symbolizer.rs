@@ -1,31 +1,34 @@
-//! Addresses to functions, files and lines, off the signal path and cached per address.
+//! Addresses to functions, files and lines, off the signal path and cached per address,
+//! within a memory budget.
 //!
 //! Callers pass the address to look up: the interrupted PC for a leaf frame, and
 //! `return_address - 1` for every caller frame (a return address points *after* the call,
 //! which may already be the next line or even the next function). The encoder does that
 //! adjustment.
 //!
-//! Each module's ELF file is read from disk the first time one of its addresses is looked
-//! up: DWARF line tables and inlined-function records through `addr2line`, the symbol
-//! table (or the dynamic symbol table) as a fallback, the build id from its note. When the
-//! file itself has no DWARF, `/usr/lib/debug/.build-id/xx/yyyy.debug` is tried. An address
-//! nothing knows still gets a frame, named `<module>+0x<offset>` or `0x<address>`.
+//! Each module's file is mapped the first time one of its addresses is looked up
+//! ([`ObjectFile`]): its function symbols are indexed, its DWARF units only located.
+//! A lookup then takes the function's name from the symbol table (demangled, full path)
+//! and, with [`SymbolDetail::Full`], parses the one DWARF unit holding the address for
+//! its file, line and inlined frames ([`DwarfUnits`]). When the file has no DWARF,
+//! `/usr/lib/debug/.build-id/xx/yyyy.debug` is tried. An address nothing knows still gets
+//! a frame, named `<module>+0x<offset>` or `0x<address>`. Names follow the rules of
+//! [`names`](crate::symbolize::names): no generic arguments in `name`, the full symbol in
+//! `system_name`.
 //!
-//! File and line numbers need debug info in the application's build: at least
-//! `debug = "line-tables-only"` in its release profile.
+//! Memory: see [`Symbolization`]. File and line numbers need debug info in the
+//! application's build: at least `debug = "line-tables-only"` in its release profile.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
-
 use crate::modules::{loaded_modules, Module};
+use crate::symbolize::dwarf::{DwarfUnits, ParseCount};
+use crate::symbolize::names;
+use crate::symbolize::objfile::ObjectFile;
+use crate::symbolize::symbolization::{SymbolDetail, Symbolization};
 use crate::symbolize::SYMBOLIZE;
-
-/// The DWARF reader: owned, reference-counted section data, so contexts are `Send`.
-type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
 /// How often an address outside every known module may trigger a new module scan (a
 /// library loaded with `dlopen` after the last scan).
@@ -34,9 +37,12 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// One function frame of a symbolized address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FrameSymbol {
-    /// Demangled name without the hash suffix (`crate::module::function`), or a hex name.
+    /// Readable name: demangled, without hash and generic arguments
+    /// (`<axum::handler::future::IntoServiceFuture as core::future::future::Future>::poll`),
+    /// or a hex name.
     pub(crate) name: Arc<str>,
-    /// The name as the symbol table has it (mangled for Rust).
+    /// The full name: the symbol as the symbol table has it (mangled for Rust), or for an
+    /// inlined frame its DWARF linkage name, else its DWARF name.
     pub(crate) system_name: Arc<str>,
     /// Source file, empty when unknown.
     pub(crate) file: Arc<str>,
@@ -73,23 +79,44 @@ pub(crate) struct MappingInfo {
     pub(crate) has_inline_frames: bool,
 }
 
-/// A function from the symbol table.
-struct Symbol {
-    /// Address in the file's address space.
-    addr: u64,
-    /// Size in bytes; 0 when the table does not say.
-    size: u64,
-    name: Arc<str>,
+/// The symbolizer's own tallies and sizes, for `stats()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Footprint {
+    /// Heap bytes held now (indexes, parsed units, address cache, names).
+    pub(crate) bytes: u64,
+    /// Addresses in the cache now.
+    pub(crate) cache_entries: u64,
+    /// Debug-info units parsed and kept now.
+    pub(crate) units_kept: u64,
+    /// Debug-info units parsed so far (a unit dropped and parsed again counts twice).
+    pub(crate) units_parsed: u64,
+    /// Parsed units dropped to stay within the budget.
+    pub(crate) units_evicted: u64,
+    /// Times the address cache was emptied to stay within the budget.
+    pub(crate) cache_flushes: u64,
+    /// Addresses named from the symbol table only (no file, line or inlined frames)
+    /// because the indexes alone filled the budget.
+    pub(crate) symbol_only: u64,
+    /// Debug-info units that could not be parsed (their addresses keep symbol names).
+    pub(crate) dwarf_errors: u64,
 }
 
 /// What was read from one module's file.
 struct ModuleDebug {
-    dwarf: Option<addr2line::Context<Reader>>,
-    /// Sorted by `addr`.
-    symbols: Vec<Symbol>,
-    build_id: Option<Vec<u8>>,
+    file: ObjectFile,
+    /// The file's DWARF units; `None` without DWARF or with [`SymbolDetail::FunctionsOnly`].
+    dwarf: Option<DwarfUnits>,
     /// Start line per function entry address (a cache of DWARF lookups).
     start_lines: HashMap<u64, u32>,
+}
+
+impl ModuleDebug {
+    /// Heap bytes of what stays however the budget is pressed (the indexes).
+    fn index_bytes(&self) -> usize {
+        self.file.heap_bytes()
+            + self.dwarf.as_ref().map_or(0, DwarfUnits::index_bytes)
+            + self.start_lines.capacity() * 24
+    }
 }
 
 enum DebugState {
@@ -99,19 +126,38 @@ enum DebugState {
     Loaded(Box<ModuleDebug>),
 }
 
-/// Symbolizes addresses of this process; one per collector, reused across windows.
+/// Heap bytes of one cache entry holding `frames` frames (map slot, `Arc` allocation and
+/// frame vector; the strings are counted where they are interned).
+fn entry_bytes(frames: usize) -> usize {
+    3 * std::mem::size_of::<usize>()
+        + 2 * std::mem::size_of::<usize>()
+        + std::mem::size_of::<Symbolized>()
+        + frames * std::mem::size_of::<FrameSymbol>()
+}
+
+/// Heap bytes of one interned string (its allocation with `Arc` counts, and its set slot).
+fn string_bytes(s: &str) -> usize {
+    s.len() + 3 * std::mem::size_of::<usize>()
+}
+
+/// Symbolizes addresses of this process; one per writer, reused across windows.
 pub(crate) struct Symbolizer {
+    options: Symbolization,
     /// Modules in discovery order; indices are stable (rescans only append).
     modules: Vec<Module>,
     debug: Vec<DebugState>,
     cache: HashMap<usize, Arc<Symbolized>>,
+    cache_bytes: usize,
     strings: HashSet<Arc<str>>,
+    string_bytes: usize,
     last_scan: Instant,
+    counts: Footprint,
 }
 
 impl std::fmt::Debug for Symbolizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Symbolizer")
+            .field("options", &self.options)
             .field("modules", &self.modules.len())
             .field("cached_addresses", &self.cache.len())
             .finish()
@@ -119,16 +165,25 @@ impl std::fmt::Debug for Symbolizer {
 }
 
 impl Symbolizer {
-    /// Enumerates the loaded modules; their files are read lazily, on first use.
+    /// A symbolizer with the default options.
     pub(crate) fn new() -> Self {
+        Self::with_options(Symbolization::default())
+    }
+
+    /// Enumerates the loaded modules; their files are mapped lazily, on first use.
+    pub(crate) fn with_options(options: Symbolization) -> Self {
         let modules = loaded_modules();
         let debug = modules.iter().map(|_| DebugState::NotLoaded).collect();
         Self {
+            options,
             modules,
             debug,
             cache: HashMap::new(),
+            cache_bytes: 0,
             strings: HashSet::new(),
+            string_bytes: 0,
             last_scan: Instant::now(),
+            counts: Footprint::default(),
         }
     }
 
@@ -142,6 +197,67 @@ impl Symbolizer {
     #[cfg(test)]
     pub(crate) fn cached_addresses(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Sizes and tallies now.
+    pub(crate) fn footprint(&self) -> Footprint {
+        let mut f = self.counts;
+        f.bytes = (self.index_bytes() + self.parsed_bytes() + self.cache_bytes + self.string_bytes)
+            as u64;
+        f.cache_entries = self.cache.len() as u64;
+        f.units_kept = self
+            .loaded()
+            .filter_map(|d| d.dwarf.as_ref())
+            .map(|d| d.parsed_units() as u64)
+            .sum();
+        f
+    }
+
+    /// Called after each window is encoded: gives the mapped files' pages back to the
+    /// page cache (parsed state stays, within the budget).
+    pub(crate) fn end_window(&mut self) {
+        for d in self.loaded() {
+            d.file.release_pages();
+        }
+    }
+
+    /// Up to `n` distinct run-time addresses inside functions of the main program, spread
+    /// evenly over its symbol table (for benchmarks and tests).
+    pub(crate) fn main_program_addresses(&mut self, n: usize) -> Vec<usize> {
+        if self.modules.is_empty() {
+            return Vec::new();
+        }
+        self.ensure_loaded(0);
+        let bias = self.modules[0].bias;
+        let DebugState::Loaded(d) = &self.debug[0] else {
+            return Vec::new();
+        };
+        let all: Vec<u64> = d.file.function_addresses().collect();
+        let step = (all.len() / n.max(1)).max(1);
+        all.iter()
+            .step_by(step)
+            .take(n)
+            .map(|&a| (a as usize).wrapping_add(bias) + 1)
+            .filter(|&a| self.modules[0].segment_of(a).is_some())
+            .collect()
+    }
+
+    fn loaded(&self) -> impl Iterator<Item = &ModuleDebug> {
+        self.debug.iter().filter_map(|d| match d {
+            DebugState::Loaded(d) => Some(&**d),
+            _ => None,
+        })
+    }
+
+    fn index_bytes(&self) -> usize {
+        self.loaded().map(ModuleDebug::index_bytes).sum()
+    }
+
+    fn parsed_bytes(&self) -> usize {
+        self.loaded()
+            .filter_map(|d| d.dwarf.as_ref())
+            .map(|d| d.heap_bytes() - d.index_bytes())
+            .sum()
     }
 
     /// The frames at `addr` (a leaf PC, or a return address minus one), cached.
@@ -182,11 +298,44 @@ impl Symbolizer {
             frames
         };
         let result = Arc::new(Symbolized { module, frames });
+        self.cache_bytes += entry_bytes(result.frames.len());
         self.cache.insert(addr, result.clone());
+        self.enforce_budget();
         result
     }
 
-    /// The `Mapping` facts of module `index` (reads its file if not done yet).
+    /// Brings the heap back within the budget: drops parsed units (least recently used
+    /// first), then empties the address cache and the names.
+    fn enforce_budget(&mut self) {
+        let budget = self.options.budget();
+        let fixed = self.index_bytes();
+        let room = budget.saturating_sub(fixed + self.cache_bytes + self.string_bytes);
+        if self.parsed_bytes() > room {
+            let mut left = room;
+            // Modules in order; each keeps what fits after the ones before it.
+            for d in self.debug.iter_mut() {
+                if let DebugState::Loaded(d) = d {
+                    if let Some(dwarf) = d.dwarf.as_mut() {
+                        let parsed = dwarf.heap_bytes() - dwarf.index_bytes();
+                        let keep = parsed.min(left);
+                        self.counts.units_evicted += dwarf.evict_to(keep);
+                        left -= dwarf.heap_bytes() - dwarf.index_bytes();
+                    }
+                }
+            }
+        }
+        if fixed + self.parsed_bytes() + self.cache_bytes + self.string_bytes > budget {
+            self.cache.clear();
+            self.cache.shrink_to_fit();
+            self.strings.clear();
+            self.strings.shrink_to_fit();
+            self.cache_bytes = 0;
+            self.string_bytes = 0;
+            self.counts.cache_flushes += 1;
+        }
+    }
+
+    /// The `Mapping` facts of module `index` (maps its file if not done yet).
     pub(crate) fn mapping_info(&mut self, index: usize) -> MappingInfo {
         self.ensure_loaded(index);
         let m = &self.modules[index];
@@ -199,8 +348,8 @@ impl Symbolizer {
             .map_or(0, |s| s.file_offset);
         let (build_id, has_functions, has_filenames) = match &self.debug[index] {
             DebugState::Loaded(d) => (
-                d.build_id.as_deref().map(hex).unwrap_or_default(),
-                d.dwarf.is_some() || !d.symbols.is_empty(),
+                d.file.build_id.as_deref().map(hex).unwrap_or_default(),
+                d.dwarf.is_some() || d.file.has_symbols(),
                 d.dwarf.is_some(),
             ),
             _ => (String::new(), false, false),
@@ -244,80 +393,113 @@ impl Symbolizer {
 
     fn ensure_loaded(&mut self, index: usize) {
         if matches!(self.debug[index], DebugState::NotLoaded) {
-            let state = match self.modules[index].path.as_deref().and_then(load_debug) {
-                Some(debug) => DebugState::Loaded(Box::new(debug)),
+            let full = self.options.detail() == SymbolDetail::Full;
+            let state = match self.modules[index]
+                .path
+                .as_deref()
+                .and_then(ObjectFile::open)
+            {
+                Some(file) => {
+                    let dwarf = (full && file.has_dwarf).then(|| DwarfUnits::index(&file));
+                    // Indexing read every symbol and unit header once; none is needed now.
+                    file.release_pages();
+                    DebugState::Loaded(Box::new(ModuleDebug {
+                        file,
+                        dwarf,
+                        start_lines: HashMap::new(),
+                    }))
+                }
                 None => DebugState::Unavailable,
             };
             self.debug[index] = state;
         }
     }
 
-    /// DWARF frames (inlined callee first), names filled from the symbol table where
-    /// DWARF has none. Empty when nothing names the address.
+    /// The frames at `addr` in module `index`, inlined callees first, the function itself
+    /// last. Empty when nothing names the address.
     fn lookup(&mut self, index: usize, addr: usize) -> Vec<FrameSymbol> {
         self.ensure_loaded(index);
         let svma = addr.wrapping_sub(self.modules[index].bias) as u64;
+        // With the indexes alone over the budget, no DWARF is parsed at all.
+        let dwarf_allowed = self.index_bytes() < self.options.budget();
         let DebugState::Loaded(debug) = &mut self.debug[index] else {
             return Vec::new();
         };
-        // (raw name, file, line) per frame, innermost first.
-        let mut raw: Vec<(Option<String>, Option<String>, u32)> = Vec::new();
-        if let Some(ctx) = &debug.dwarf {
-            if let Ok(mut iter) = ctx.find_frames(svma).skip_all_loads() {
-                while let Ok(Some(frame)) = iter.next() {
-                    let name = frame
-                        .function
-                        .as_ref()
-                        .and_then(|f| f.raw_name().ok())
-                        .map(|n| n.into_owned());
-                    let (file, line) = match &frame.location {
-                        Some(loc) => (loc.file.map(str::to_owned), loc.line.unwrap_or(0)),
-                        None => (None, 0),
-                    };
-                    raw.push((name, file, line));
+        let debug = &mut **debug;
+        let mut count = ParseCount::default();
+        let dwarf_frames = match debug.dwarf.as_mut() {
+            Some(dwarf) if dwarf_allowed => dwarf.frames(&debug.file, svma, true, &mut count),
+            Some(_) => {
+                self.counts.symbol_only += 1;
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let symbol = debug.file.symbol(svma);
+        let start_line = match (symbol, debug.dwarf.as_mut()) {
+            (Some(symbol), Some(dwarf)) if dwarf_allowed => {
+                match debug.start_lines.get(&symbol.addr) {
+                    Some(&line) => line,
+                    None => {
+                        let line = dwarf
+                            .line_at(&debug.file, symbol.addr, &mut count)
+                            .unwrap_or(0);
+                        debug.start_lines.insert(symbol.addr, line);
+                        line
+                    }
                 }
-            }
-        }
-        let symbol = find_symbol(&debug.symbols, svma).map(|s| (s.addr, s.name.clone()));
-        if raw.is_empty() {
-            match &symbol {
-                Some((_, name)) => raw.push((Some(name.to_string()), None, 0)),
-                None => return Vec::new(),
-            }
-        }
-        // The outermost frame is the real (not inlined) function.
-        if let Some(last) = raw.last_mut() {
-            if last.0.is_none() {
-                last.0 = symbol.as_ref().map(|(_, n)| n.to_string());
-            }
-        }
-        let start_line = match (&symbol, &debug.dwarf) {
-            (Some((entry, _)), Some(ctx)) => {
-                *debug.start_lines.entry(*entry).or_insert_with(|| {
-                    ctx.find_location(*entry)
-                        .ok()
-                        .flatten()
-                        .and_then(|l| l.line)
-                        .unwrap_or(0)
-                })
             }
             _ => 0,
         };
+        if count.units_parsed > 0 {
+            // A unit's pages are read once per parse: do not let them pile up in the
+            // resident set until the end of the window.
+            debug.file.release_pages();
+        }
+        self.counts.units_parsed += count.units_parsed;
+        self.counts.dwarf_errors += count.errors;
+        // (name, system name, file, line) per frame, innermost first.
+        let mut raw: Vec<(String, String, String, u32)> = Vec::with_capacity(dwarf_frames.len());
+        let (outer_file, outer_line) = match dwarf_frames.last() {
+            Some(f) => (f.file.as_deref().unwrap_or("").to_owned(), f.line),
+            None => (String::new(), 0),
+        };
+        for frame in &dwarf_frames {
+            if let Some(inlined) = &frame.inlined {
+                let file = frame.file.as_deref().unwrap_or("");
+                let name = names::inlined_name(inlined.linkage.as_deref(), &inlined.name, file);
+                let system_name = match (&inlined.linkage, inlined.name.is_empty()) {
+                    (Some(linkage), _) => linkage.to_string(),
+                    (None, false) => inlined.name.to_string(),
+                    (None, true) => name.clone(),
+                };
+                raw.push((name, system_name, file.to_owned(), frame.line));
+            }
+        }
+        let outer = match symbol {
+            Some(symbol) => Some((
+                names::without_generics(&names::demangle(symbol.name)),
+                symbol.name.to_owned(),
+            )),
+            // DWARF knows the address but the symbol table does not (stripped symbols).
+            None if !dwarf_frames.is_empty() => {
+                let base = self.modules[index].name.rsplit('/').next().unwrap_or("");
+                let hex_name = format!("{base}+0x{svma:x}");
+                Some((hex_name.clone(), hex_name))
+            }
+            None => None,
+        };
+        let Some((outer_name, outer_system)) = outer else {
+            return Vec::new();
+        };
+        raw.push((outer_name, outer_system, outer_file, outer_line));
         let outermost = raw.len() - 1;
         let mut frames = Vec::with_capacity(raw.len());
-        for (i, (name, file, line)) in raw.into_iter().enumerate() {
-            let system_name = match name {
-                Some(n) => n,
-                None => format!(
-                    "{}+0x{svma:x}",
-                    self.modules[index].name.rsplit('/').next().unwrap_or("")
-                ),
-            };
-            let name = demangle(&system_name);
+        for (i, (name, system_name, file, line)) in raw.into_iter().enumerate() {
             frames.push(FrameSymbol {
                 name: self.intern(&name),
                 system_name: self.intern(&system_name),
-                file: self.intern(file.as_deref().unwrap_or("")),
+                file: self.intern(&file),
                 line,
                 start_line: if i == outermost { start_line } else { 0 },
             });
@@ -330,28 +512,14 @@ impl Symbolizer {
             return hit.clone();
         }
         let arc: Arc<str> = Arc::from(s);
+        self.string_bytes += string_bytes(s);
         self.strings.insert(arc.clone());
         arc
     }
 }
 
-/// Rust names demangled without their hash (`{:#}`); other names unchanged.
-fn demangle(raw: &str) -> String {
-    match rustc_demangle::try_demangle(raw) {
-        Ok(d) => format!("{d:#}"),
-        Err(_) => raw.to_owned(),
-    }
-}
-
-/// The symbol containing `addr`: the last one starting at or before it, if its size (when
-/// known) covers it.
-fn find_symbol(symbols: &[Symbol], addr: u64) -> Option<&Symbol> {
-    let i = symbols.partition_point(|s| s.addr <= addr).checked_sub(1)?;
-    let s = &symbols[i];
-    (s.size == 0 || addr < s.addr + s.size).then_some(s)
-}
-
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -360,94 +528,11 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Reads one module's file: build id, symbols and DWARF (from a separate debug file when
-/// the module has none of its own). `None` when the file cannot be read or parsed.
-fn load_debug(path: &Path) -> Option<ModuleDebug> {
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let build_id = file.build_id().ok().flatten().map(<[u8]>::to_vec);
-    let mut symbols = read_symbols(&file);
-    let mut dwarf = load_dwarf(&file);
-    if dwarf.is_none() {
-        if let Some(debug_path) = build_id.as_deref().and_then(separate_debug_file) {
-            if let Ok(debug_data) = std::fs::read(&debug_path) {
-                if let Ok(debug_file) = object::File::parse(&*debug_data) {
-                    dwarf = load_dwarf(&debug_file);
-                    let more = read_symbols(&debug_file);
-                    if more.len() > symbols.len() {
-                        symbols = more;
-                    }
-                }
-            }
-        }
-    }
-    Some(ModuleDebug {
-        dwarf,
-        symbols,
-        build_id,
-        start_lines: HashMap::new(),
-    })
-}
-
-/// `/usr/lib/debug/.build-id/<first byte>/<rest>.debug`, if it exists.
-fn separate_debug_file(build_id: &[u8]) -> Option<PathBuf> {
-    let (first, rest) = build_id.split_first()?;
-    let path = PathBuf::from(format!(
-        "/usr/lib/debug/.build-id/{first:02x}/{}.debug",
-        hex(rest)
-    ));
-    path.exists().then_some(path)
-}
-
-/// Defined function symbols, sorted by address (the full table, else the dynamic one).
-fn read_symbols(file: &object::File<'_>) -> Vec<Symbol> {
-    let collect = |iter: &mut dyn Iterator<Item = object::Symbol<'_, '_>>| -> Vec<Symbol> {
-        iter.filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0)
-            .filter_map(|s| {
-                let name = s.name().ok()?;
-                Some(Symbol {
-                    addr: s.address(),
-                    size: s.size(),
-                    name: Arc::from(name),
-                })
-            })
-            .collect()
-    };
-    let mut symbols = collect(&mut file.symbols());
-    if symbols.is_empty() {
-        symbols = collect(&mut file.dynamic_symbols());
-    }
-    symbols.sort_by_key(|s| (s.addr, std::cmp::Reverse(s.size)));
-    symbols.dedup_by_key(|s| s.addr);
-    symbols
-}
-
-/// An `addr2line` context over the file's DWARF, `None` when it has no line tables.
-fn load_dwarf(file: &object::File<'_>) -> Option<addr2line::Context<Reader>> {
-    file.section_by_name(".debug_line")?;
-    let endian = if file.is_little_endian() {
-        gimli::RunTimeEndian::Little
-    } else {
-        gimli::RunTimeEndian::Big
-    };
-    let dwarf = gimli::Dwarf::load(|id| -> Result<Reader, gimli::Error> {
-        let data: Arc<[u8]> = match file
-            .section_by_name(id.name())
-            .map(|s| s.uncompressed_data())
-        {
-            Some(Ok(bytes)) => Arc::from(bytes.as_ref()),
-            _ => Arc::from(&[][..]),
-        };
-        Ok(Reader::new(data, endian))
-    })
-    .ok()?;
-    addr2line::Context::from_dwarf(dwarf).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::modules::frame_pointer_backtrace;
+    use crate::symbolize::symbolization::DEFAULT_SYMBOLIZER_BUDGET;
 
     #[inline(never)]
     fn leaf_function_for_symbolizer_test() -> u64 {
@@ -601,11 +686,98 @@ mod tests {
         assert!(info.memory_limit > leaf_function_for_symbolizer_test as *const () as usize as u64);
         let expected = std::fs::read(&exe).ok().and_then(|d| {
             let f = object::File::parse(&*d).ok()?;
-            f.build_id().ok().flatten().map(hex)
+            object::Object::build_id(&f).ok().flatten().map(hex)
         });
         assert_eq!(
             Some(info.build_id.to_string()).filter(|b| !b.is_empty()),
             expected
         );
+    }
+
+    /// Addresses of distinct functions of this test binary (real code, many units).
+    fn some_code_addresses() -> Vec<usize> {
+        let mut s = Symbolizer::new();
+        let main = s.modules()[0].clone();
+        s.ensure_loaded(0);
+        let DebugState::Loaded(d) = &s.debug[0] else {
+            panic!("the test binary loads")
+        };
+        let seg = main.segments[0];
+        // Every 4 KiB of the first executable segment, up to 400 addresses.
+        (seg.start..seg.end)
+            .step_by(4096)
+            .filter(|&a| d.file.symbol((a - main.bias) as u64).is_some())
+            .take(400)
+            .collect()
+    }
+
+    #[test]
+    fn the_footprint_counts_the_cache_and_the_parsed_units() {
+        let mut s = Symbolizer::new();
+        let addrs = some_code_addresses();
+        for &a in &addrs {
+            s.symbolize(a);
+        }
+        let f = s.footprint();
+        assert_eq!(f.cache_entries, addrs.len() as u64);
+        assert!(f.units_parsed >= 1 && f.units_kept >= 1, "{f:?}");
+        assert!(
+            f.bytes > 0 && f.bytes <= DEFAULT_SYMBOLIZER_BUDGET as u64,
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn a_tight_budget_drops_parsed_units_and_never_keeps_more_than_it_allows() {
+        let addrs = some_code_addresses();
+        let mut probe = Symbolizer::new();
+        probe.symbolize(addrs[0]);
+        // Room for the indexes and a little more: units must be dropped as lookups go on.
+        let budget = probe.index_bytes() + 256 * 1024;
+        let mut s = Symbolizer::with_options(Symbolization::full().memory_budget(budget));
+        for &a in addrs.iter().take(120) {
+            let sym = s.symbolize(a);
+            assert!(!sym.frames.is_empty());
+            let f = s.footprint();
+            assert!(f.bytes <= budget as u64, "{f:?} over {budget}");
+        }
+        let f = s.footprint();
+        assert!(f.units_evicted > 0 || f.cache_flushes > 0, "{f:?}");
+        // Names stay right after evictions (parsed again on demand).
+        let again = s.symbolize(leaf_function_for_symbolizer_test as *const () as usize);
+        assert!(again
+            .frames
+            .last()
+            .unwrap()
+            .name
+            .ends_with("leaf_function_for_symbolizer_test"));
+        assert!(again.frames.last().unwrap().line > 0);
+    }
+
+    #[test]
+    fn a_budget_below_the_indexes_gives_symbol_table_names_only_and_counts_them() {
+        let mut s = Symbolizer::with_options(Symbolization::full().memory_budget(1));
+        let sym = s.symbolize(leaf_function_for_symbolizer_test as *const () as usize);
+        let f = sym.frames.last().unwrap();
+        assert!(
+            f.name.ends_with("leaf_function_for_symbolizer_test"),
+            "{f:?}"
+        );
+        assert_eq!((f.line, &*f.file), (0, ""));
+        assert!(s.footprint().symbol_only >= 1);
+    }
+
+    #[test]
+    fn functions_only_names_from_the_symbol_table_and_reads_no_debug_info() {
+        let mut s = Symbolizer::with_options(Symbolization::functions_only());
+        let (frames, _, _) = caller_of_inlined_helper();
+        let sym = s.symbolize(frames[0] - 1);
+        assert_eq!(sym.frames.len(), 1, "no inlined frames: {:?}", sym.frames);
+        let f = &sym.frames[0];
+        assert!(f.name.ends_with("tests::caller_of_inlined_helper"), "{f:?}");
+        assert_eq!((f.line, &*f.file, f.start_line), (0, "", 0));
+        assert_eq!(s.footprint().units_parsed, 0);
+        let info = s.mapping_info(0);
+        assert!(info.has_functions && !info.has_filenames && !info.has_inline_frames);
     }
 }

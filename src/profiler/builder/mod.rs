@@ -110,6 +110,7 @@ pub struct ProfilerBuilder {
     pub(crate) max_bytes: u64,
     pub(crate) max_label_sets: usize,
     pub(crate) max_span_names: usize,
+    pub(crate) symbolize: crate::Symbolization,
     pub(crate) server_address: Option<String>,
     pub(crate) protocol: Protocol,
     /// Series labels, keys unique (a repeated key replaces the value).
@@ -144,6 +145,7 @@ impl Default for ProfilerBuilder {
             max_bytes: DEFAULT_MAX_BYTES,
             max_label_sets: crate::window::DEFAULT_MAX_LABEL_SETS,
             max_span_names: crate::window::DEFAULT_MAX_SPAN_NAMES,
+            symbolize: crate::Symbolization::full(),
             server_address: None,
             protocol: Protocol::Push,
             tags: Vec::new(),
@@ -230,6 +232,27 @@ impl ProfilerBuilder {
     /// `other` (the `span_id` stays), counted.
     pub fn max_span_names(mut self, names: usize) -> Self {
         self.max_span_names = names;
+        self
+    }
+
+    /// How addresses are named and how much memory that may take (default
+    /// [`Symbolization::full`](crate::Symbolization::full): names, inlined frames, files
+    /// and lines within [`DEFAULT_SYMBOLIZER_BUDGET`](crate::DEFAULT_SYMBOLIZER_BUDGET)).
+    /// A budget below [`MIN_SYMBOLIZER_BUDGET`](crate::MIN_SYMBOLIZER_BUDGET) is refused
+    /// by [`start`](Self::start).
+    ///
+    /// ```no_run
+    /// use span_profiler::{Profiler, Symbolization};
+    ///
+    /// // A small container: function names only, no debug info read.
+    /// let profiler = Profiler::builder()
+    ///     .application_name("checkout")
+    ///     .symbolize(Symbolization::functions_only())
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn symbolize(mut self, symbolization: crate::Symbolization) -> Self {
+        self.symbolize = symbolization;
         self
     }
 

@@ -56,6 +56,16 @@ impl ProfilerBuilder {
                 "0 would drop every label; allow at least 1".into(),
             ));
         }
+        if self.symbolize.budget() < crate::MIN_SYMBOLIZER_BUDGET {
+            return Err(BuildError::invalid(
+                "symbolize",
+                format!(
+                    "a memory budget of {} bytes is too small; allow at least {} bytes (1 MiB)",
+                    self.symbolize.budget(),
+                    crate::MIN_SYMBOLIZER_BUDGET
+                ),
+            ));
+        }
         let upload = match &self.server_address {
             Some(address) => Some(upload_config(&self, address, &name)?),
             None => None,
@@ -85,6 +95,7 @@ impl ProfilerBuilder {
             max_bytes: self.max_bytes,
             max_label_sets: self.max_label_sets,
             max_span_names: self.max_span_names,
+            symbolize: self.symbolize,
         })
     }
 }
@@ -115,6 +126,7 @@ pub(crate) struct Config {
     pub(crate) max_bytes: u64,
     pub(crate) max_label_sets: usize,
     pub(crate) max_span_names: usize,
+    pub(crate) symbolize: crate::Symbolization,
 }
 
 impl Config {
@@ -135,6 +147,7 @@ impl Config {
             max_bytes: DEFAULT_MAX_BYTES,
             max_label_sets: crate::window::DEFAULT_MAX_LABEL_SETS,
             max_span_names: crate::window::DEFAULT_MAX_SPAN_NAMES,
+            symbolize: crate::Symbolization::full(),
         }
     }
 }

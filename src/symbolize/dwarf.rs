@@ -1,0 +1,728 @@
+//! DWARF read per compilation unit, only for the units holding addresses that were looked
+//! up, and forgotten again when the symbolizer's budget needs the room.
+//!
+//! Opening a module builds a small index, address range to unit (24 bytes per range of
+//! adjacent code). The first lookup in a unit parses that unit alone: its line table
+//! (16 bytes per row) and, for inlined frames, the ranges of its inlined calls with their
+//! names and call sites. A parsed unit can be dropped at any time
+//! ([`DwarfUnits::evict_to`]) and is parsed again on its next lookup.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
+
+use crate::symbolize::objfile::ObjectFile;
+
+type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
+type Dwarf<'a> = gimli::Dwarf<Reader<'a>>;
+type Unit<'a> = gimli::Unit<Reader<'a>>;
+
+/// Code addresses `[begin, end)` belonging to unit `unit`.
+#[derive(Debug, Clone, Copy)]
+struct UnitRange {
+    begin: u64,
+    end: u64,
+    unit: u32,
+}
+
+/// One unit: where it is, and its parsed form while it is kept.
+#[derive(Debug)]
+struct UnitSlot {
+    /// Offset of its header in `.debug_info`.
+    offset: usize,
+    parsed: Option<Box<ParsedUnit>>,
+    /// Value of [`DwarfUnits::clock`] at the last lookup (for least-recently-used eviction).
+    last_used: u64,
+}
+
+/// One line-table row: from `addr` on, the code is `file:line` (`file == END`: no code).
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    addr: u64,
+    file: u32,
+    line: u32,
+}
+
+/// Units indexed between two releases of the file's pages: each unit header read maps a
+/// few pages (and the kernel maps neighbours with them), so they are given back often.
+const RELEASE_EVERY_UNITS: usize = 64;
+
+/// Entries read between two releases of the file's pages while parsing one (large) unit.
+const RELEASE_EVERY_ENTRIES: usize = 4096;
+
+/// `Row::file` of a sequence end.
+const END: u32 = u32::MAX;
+
+/// A function's code range, with the slice of `inlines` inside it.
+#[derive(Debug, Clone, Copy)]
+struct Function {
+    begin: u64,
+    end: u64,
+    inlines: (u32, u32),
+}
+
+/// One range of one inlined call.
+#[derive(Debug, Clone, Copy)]
+struct Inline {
+    begin: u64,
+    end: u64,
+    /// 1 for a call inlined directly into the function, 2 for one inlined into that, ...
+    depth: u32,
+    /// Index into `ParsedUnit::names`.
+    name: u32,
+    /// Where the inlined function was called from (index into `ParsedUnit::files`).
+    call_file: u32,
+    call_line: u32,
+}
+
+/// The DWARF name of an inlined function.
+#[derive(Debug, Clone)]
+pub(crate) struct DwarfName {
+    /// `DW_AT_name`: the short name (`poll`, `{closure#0}`), empty when absent.
+    pub(crate) name: Arc<str>,
+    /// `DW_AT_linkage_name`: the mangled full name (full debug info only).
+    pub(crate) linkage: Option<Arc<str>>,
+}
+
+/// What parsing one unit gave.
+#[derive(Debug, Default)]
+struct ParsedUnit {
+    /// Source paths, absolute where the debug info allows.
+    files: Vec<Arc<str>>,
+    /// Sorted by address.
+    rows: Vec<Row>,
+    /// Sorted by `begin`.
+    functions: Vec<Function>,
+    inlines: Vec<Inline>,
+    names: Vec<DwarfName>,
+    /// Heap bytes of all of the above (estimated for the strings' allocations).
+    bytes: usize,
+}
+
+/// One frame found in DWARF, innermost first.
+#[derive(Debug, Clone)]
+pub(crate) struct DwarfFrame {
+    /// `None` for the outermost frame (the function itself: its name comes from the
+    /// symbol table).
+    pub(crate) inlined: Option<DwarfName>,
+    pub(crate) file: Option<Arc<str>>,
+    pub(crate) line: u32,
+}
+
+/// The per-unit DWARF of one module.
+#[derive(Debug)]
+pub(crate) struct DwarfUnits {
+    /// Sorted by `begin`, adjacent ranges of one unit merged.
+    ranges: Vec<UnitRange>,
+    units: Vec<UnitSlot>,
+    /// `.debug_info` offsets of every unit header, ascending (to find the unit of a
+    /// cross-unit reference).
+    headers: Vec<usize>,
+    clock: u64,
+    /// Bytes of the parsed units kept now.
+    parsed_bytes: usize,
+}
+
+/// Tallies of one lookup, for the symbolizer's counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ParseCount {
+    /// Units parsed by this lookup (0 or 1).
+    pub(crate) units_parsed: u64,
+    /// Units whose DWARF could not be parsed (the address keeps its symbol-table name).
+    pub(crate) errors: u64,
+}
+
+impl DwarfUnits {
+    /// Indexes the units of `file`'s DWARF (their address ranges only).
+    pub(crate) fn index(file: &ObjectFile) -> Self {
+        let dwarf = load(file);
+        let mut ranges = Vec::new();
+        let mut units = Vec::new();
+        let mut offsets = Vec::new();
+        let mut headers = dwarf.units();
+        while let Ok(Some(header)) = headers.next() {
+            // `units()` walks `.debug_info`: its offsets are section offsets there.
+            let offset = header.offset().0;
+            offsets.push(offset);
+            if offsets.len() % RELEASE_EVERY_UNITS == 0 {
+                file.release_pages();
+            }
+            let Ok(unit) = dwarf.unit(header) else {
+                continue;
+            };
+            let index = units.len() as u32;
+            let mut found = false;
+            if let Ok(mut iter) = dwarf.unit_ranges(&unit) {
+                while let Ok(Some(r)) = iter.next() {
+                    if r.begin < r.end {
+                        ranges.push(UnitRange {
+                            begin: r.begin,
+                            end: r.end,
+                            unit: index,
+                        });
+                        found = true;
+                    }
+                }
+            }
+            if found {
+                units.push(UnitSlot {
+                    offset,
+                    parsed: None,
+                    last_used: 0,
+                });
+            }
+        }
+        ranges.sort_by_key(|r| r.begin);
+        // Merge neighbours of the same unit (a unit's functions usually lie together).
+        let mut merged: Vec<UnitRange> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if last.unit == r.unit && r.begin <= last.end.saturating_add(64) => {
+                    last.end = last.end.max(r.end);
+                }
+                _ => merged.push(r),
+            }
+        }
+        merged.shrink_to_fit();
+        units.shrink_to_fit();
+        offsets.shrink_to_fit();
+        Self {
+            ranges: merged,
+            units,
+            headers: offsets,
+            clock: 0,
+            parsed_bytes: 0,
+        }
+    }
+
+    /// Heap bytes: the index plus the units parsed and kept.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.ranges.capacity() * std::mem::size_of::<UnitRange>()
+            + self.units.capacity() * std::mem::size_of::<UnitSlot>()
+            + self.headers.capacity() * std::mem::size_of::<usize>()
+            + self.parsed_bytes
+    }
+
+    /// Bytes of the index alone (what stays after every unit is evicted).
+    pub(crate) fn index_bytes(&self) -> usize {
+        self.heap_bytes() - self.parsed_bytes
+    }
+
+    /// Units parsed and kept now.
+    pub(crate) fn parsed_units(&self) -> usize {
+        self.units.iter().filter(|u| u.parsed.is_some()).count()
+    }
+
+    /// Drops parsed units, least recently used first, until at most `limit` bytes of
+    /// parsed state are kept. Returns how many were dropped.
+    pub(crate) fn evict_to(&mut self, limit: usize) -> u64 {
+        let mut dropped = 0;
+        while self.parsed_bytes > limit {
+            let oldest = self
+                .units
+                .iter_mut()
+                .filter(|u| u.parsed.is_some())
+                .min_by_key(|u| u.last_used);
+            let Some(slot) = oldest else { break };
+            if let Some(parsed) = slot.parsed.take() {
+                self.parsed_bytes -= parsed.bytes;
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// The frames at file address `addr`, innermost first, ending with the function's
+    /// own frame (its file and line; its name is the caller's to find). Empty when no
+    /// unit covers `addr`. With `inlined == false`, only the function's frame.
+    pub(crate) fn frames(
+        &mut self,
+        file: &ObjectFile,
+        addr: u64,
+        inlined: bool,
+        count: &mut ParseCount,
+    ) -> Vec<DwarfFrame> {
+        let Some(unit) = self.unit_of(addr) else {
+            return Vec::new();
+        };
+        let Some(parsed) = self.parsed(file, unit, count) else {
+            return Vec::new();
+        };
+        parsed.frames(addr, inlined)
+    }
+
+    /// The line of the row at `addr` in the unit covering it (a function's start line).
+    pub(crate) fn line_at(
+        &mut self,
+        file: &ObjectFile,
+        addr: u64,
+        count: &mut ParseCount,
+    ) -> Option<u32> {
+        let unit = self.unit_of(addr)?;
+        let parsed = self.parsed(file, unit, count)?;
+        parsed.location(addr).map(|(_, line)| line)
+    }
+
+    fn unit_of(&self, addr: u64) -> Option<usize> {
+        let i = self
+            .ranges
+            .partition_point(|r| r.begin <= addr)
+            .checked_sub(1)?;
+        let r = &self.ranges[i];
+        (addr < r.end).then_some(r.unit as usize)
+    }
+
+    /// Unit `index` parsed (now, if it was not kept).
+    fn parsed(
+        &mut self,
+        file: &ObjectFile,
+        index: usize,
+        count: &mut ParseCount,
+    ) -> Option<&ParsedUnit> {
+        self.clock += 1;
+        let clock = self.clock;
+        let slot = self.units.get_mut(index)?;
+        slot.last_used = clock;
+        if slot.parsed.is_none() {
+            let dwarf = load(file);
+            let release = || file.release_pages();
+            match parse_unit(&dwarf, slot.offset, &self.headers, &release) {
+                Ok(parsed) => {
+                    count.units_parsed += 1;
+                    self.parsed_bytes += parsed.bytes;
+                    slot.parsed = Some(Box::new(parsed));
+                }
+                Err(_) => {
+                    count.errors += 1;
+                    return None;
+                }
+            }
+        }
+        slot.parsed.as_deref()
+    }
+}
+
+impl ParsedUnit {
+    /// `(file, line)` of the row covering `addr`.
+    fn location(&self, addr: u64) -> Option<(u32, u32)> {
+        let i = self
+            .rows
+            .partition_point(|r| r.addr <= addr)
+            .checked_sub(1)?;
+        let row = self.rows[i];
+        (row.file != END).then_some((row.file, row.line))
+    }
+
+    fn file(&self, index: u32) -> Option<Arc<str>> {
+        self.files.get(index as usize).cloned()
+    }
+
+    fn frames(&self, addr: u64, inlined: bool) -> Vec<DwarfFrame> {
+        let (mut file, mut line) = match self.location(addr) {
+            Some((f, l)) => (Some(f), l),
+            None => (None, 0),
+        };
+        let mut out = Vec::new();
+        if inlined {
+            let function = self
+                .functions
+                .partition_point(|f| f.begin <= addr)
+                .checked_sub(1)
+                .map(|i| self.functions[i])
+                .filter(|f| addr < f.end);
+            if let Some(function) = function {
+                let (from, to) = function.inlines;
+                let mut chain: Vec<&Inline> = self
+                    .inlines
+                    .get(from as usize..to as usize)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter(|i| i.begin <= addr && addr < i.end)
+                    .collect();
+                chain.sort_by_key(|i| std::cmp::Reverse(i.depth));
+                chain.dedup_by_key(|i| i.depth);
+                for inline in chain {
+                    out.push(DwarfFrame {
+                        inlined: self.names.get(inline.name as usize).cloned(),
+                        file: file.and_then(|f| self.file(f)),
+                        line,
+                    });
+                    file = Some(inline.call_file);
+                    line = inline.call_line;
+                }
+            }
+        }
+        out.push(DwarfFrame {
+            inlined: None,
+            file: file.and_then(|f| self.file(f)),
+            line,
+        });
+        out
+    }
+}
+
+/// A `gimli::Dwarf` over the file's sections, in place (nothing is parsed yet).
+fn load(file: &ObjectFile) -> Dwarf<'_> {
+    let endian = file.endian();
+    let loaded: Result<Dwarf<'_>, std::convert::Infallible> =
+        gimli::Dwarf::load(|id| Ok(EndianSlice::new(file.section(id), endian)));
+    match loaded {
+        Ok(dwarf) => dwarf,
+        Err(never) => match never {},
+    }
+}
+
+/// Heap bytes of a string kept in a unit (its allocation and the `Arc` counts).
+fn string_bytes(s: &str) -> usize {
+    s.len() + 2 * std::mem::size_of::<usize>()
+}
+
+/// Parses the unit at `offset`: line rows, file names, inlined calls.
+fn parse_unit(
+    dwarf: &Dwarf<'_>,
+    offset: usize,
+    headers: &[usize],
+    release: &dyn Fn(),
+) -> gimli::Result<ParsedUnit> {
+    let header = dwarf
+        .debug_info
+        .header_from_offset(gimli::DebugInfoOffset(offset))?;
+    let unit = dwarf.unit(header)?;
+    let mut out = ParsedUnit::default();
+    // Line-table file index -> index into `out.files`.
+    let mut file_ids: HashMap<u64, u32> = HashMap::new();
+    let comp_dir = unit
+        .comp_dir
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(program) = unit.line_program.clone() {
+        let call_header = program.header().clone();
+        let mut rows = program.rows();
+        while let Some((header, row)) = rows.next_row()? {
+            if row.end_sequence() {
+                out.rows.push(Row {
+                    addr: row.address(),
+                    file: END,
+                    line: 0,
+                });
+                continue;
+            }
+            let file = match file_ids.get(&row.file_index()) {
+                Some(&id) => id,
+                None => {
+                    let path = file_path(dwarf, &unit, header, row.file_index(), &comp_dir);
+                    let id = out.files.len() as u32;
+                    out.files.push(Arc::from(path));
+                    file_ids.insert(row.file_index(), id);
+                    id
+                }
+            };
+            out.rows.push(Row {
+                addr: row.address(),
+                file,
+                line: row
+                    .line()
+                    .map_or(0, |l| u32::try_from(l.get()).unwrap_or(u32::MAX)),
+            });
+        }
+        // Sequence ends first where a sequence starts at the address another one ends.
+        out.rows.sort_by_key(|r| (r.addr, r.file != END));
+        let context = Context {
+            dwarf,
+            unit: &unit,
+            header: call_header,
+            comp_dir: &comp_dir,
+            headers,
+            release,
+        };
+        read_inlines(&context, &mut file_ids, &mut out)?;
+    }
+    out.rows.shrink_to_fit();
+    out.functions.shrink_to_fit();
+    out.inlines.shrink_to_fit();
+    out.names.shrink_to_fit();
+    out.files.shrink_to_fit();
+    out.bytes = std::mem::size_of::<ParsedUnit>()
+        + out.rows.capacity() * std::mem::size_of::<Row>()
+        + out.functions.capacity() * std::mem::size_of::<Function>()
+        + out.inlines.capacity() * std::mem::size_of::<Inline>()
+        + out.names.capacity() * std::mem::size_of::<DwarfName>()
+        + out.files.capacity() * std::mem::size_of::<Arc<str>>()
+        + out.files.iter().map(|f| string_bytes(f)).sum::<usize>()
+        + out
+            .names
+            .iter()
+            .map(|n| string_bytes(&n.name) + n.linkage.as_deref().map_or(0, string_bytes))
+            .sum::<usize>();
+    Ok(out)
+}
+
+/// The path of line-table file `index`: absolute when the file name or its directory is,
+/// else below the unit's compilation directory.
+fn file_path(
+    dwarf: &Dwarf<'_>,
+    unit: &Unit<'_>,
+    header: &gimli::LineProgramHeader<Reader<'_>>,
+    index: u64,
+    comp_dir: &str,
+) -> String {
+    let Some(entry) = header.file(index) else {
+        return String::new();
+    };
+    let attr = |v: AttributeValue<Reader<'_>>| -> String {
+        dwarf
+            .attr_string(unit, v)
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let name = attr(entry.path_name());
+    if name.starts_with('/') {
+        return name;
+    }
+    let dir = entry.directory(header).map(attr).unwrap_or_default();
+    let mut path = if dir.starts_with('/') || comp_dir.is_empty() {
+        dir
+    } else if dir.is_empty() {
+        comp_dir.to_owned()
+    } else {
+        format!("{comp_dir}/{dir}")
+    };
+    if !path.is_empty() && !path.ends_with('/') {
+        path.push('/');
+    }
+    path.push_str(&name);
+    path
+}
+
+/// What reading one unit's functions needs.
+struct Context<'c, 'a> {
+    dwarf: &'c Dwarf<'a>,
+    unit: &'c Unit<'a>,
+    /// The unit's line program header (for `DW_AT_call_file`).
+    header: gimli::LineProgramHeader<Reader<'a>>,
+    comp_dir: &'c str,
+    /// Offsets of all unit headers, ascending.
+    headers: &'c [usize],
+    /// Gives the file's pages back (called every few thousand entries).
+    release: &'c dyn Fn(),
+}
+
+/// Reads the unit's functions and inlined calls into `out`.
+fn read_inlines(
+    cx: &Context<'_, '_>,
+    file_ids: &mut HashMap<u64, u32>,
+    out: &mut ParsedUnit,
+) -> gimli::Result<()> {
+    let (dwarf, unit, header, comp_dir) = (cx.dwarf, cx.unit, &cx.header, cx.comp_dir);
+    let mut seen = 0usize;
+    // Names already resolved, by the offset of the DIE that was referenced.
+    let mut names: HashMap<(usize, usize), u32> = HashMap::new();
+    // DIE depths of the inlined calls enclosing the current entry.
+    let mut open: Vec<isize> = Vec::new();
+    // Depth of the function being read, and where its inlined calls start.
+    let mut function: Option<(isize, usize, usize)> = None;
+    let mut entries = unit.entries();
+    while let Some(entry) = entries.next_dfs()? {
+        seen += 1;
+        if seen % RELEASE_EVERY_ENTRIES == 0 {
+            (cx.release)();
+        }
+        let depth = entry.depth();
+        while open.last().is_some_and(|&d| d >= depth) {
+            open.pop();
+        }
+        if function.is_some_and(|(d, _, _)| d >= depth) {
+            close_function(out, function.take());
+        }
+        match entry.tag() {
+            gimli::DW_TAG_subprogram => {
+                let mut ranges = dwarf.die_ranges(unit, entry)?;
+                let first = out.functions.len();
+                while let Some(r) = ranges.next()? {
+                    if r.begin < r.end {
+                        out.functions.push(Function {
+                            begin: r.begin,
+                            end: r.end,
+                            inlines: (0, 0),
+                        });
+                    }
+                }
+                if out.functions.len() > first {
+                    close_function(out, function.take());
+                    function = Some((depth, first, out.inlines.len()));
+                    open.clear();
+                }
+            }
+            gimli::DW_TAG_inlined_subroutine if function.is_some() => {
+                let name = match entry.attr_value(gimli::DW_AT_abstract_origin) {
+                    Some(origin) => resolve_name(cx, origin, &mut names, out),
+                    None => None,
+                };
+                let name = match name {
+                    Some(n) => n,
+                    None => intern_name(out, &mut names, (usize::MAX, 0), empty_name()),
+                };
+                let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
+                    Some(AttributeValue::Udata(index)) => match file_ids.get(&index) {
+                        Some(&id) => id,
+                        None => {
+                            let path = file_path(dwarf, unit, header, index, comp_dir);
+                            let id = out.files.len() as u32;
+                            out.files.push(Arc::from(path));
+                            file_ids.insert(index, id);
+                            id
+                        }
+                    },
+                    _ => END,
+                };
+                let call_line = match entry.attr_value(gimli::DW_AT_call_line) {
+                    Some(AttributeValue::Udata(line)) => u32::try_from(line).unwrap_or(u32::MAX),
+                    _ => 0,
+                };
+                let mut ranges = dwarf.die_ranges(unit, entry)?;
+                while let Some(r) = ranges.next()? {
+                    if r.begin < r.end {
+                        out.inlines.push(Inline {
+                            begin: r.begin,
+                            end: r.end,
+                            depth: open.len() as u32 + 1,
+                            name,
+                            call_file,
+                            call_line,
+                        });
+                    }
+                }
+                open.push(depth);
+            }
+            _ => {}
+        }
+    }
+    close_function(out, function.take());
+    out.functions.sort_by_key(|f| f.begin);
+    Ok(())
+}
+
+/// Gives the function's ranges `[first..]` their slice of inlined calls `[from..]`.
+fn close_function(out: &mut ParsedUnit, function: Option<(isize, usize, usize)>) {
+    if let Some((_, first, from)) = function {
+        let to = out.inlines.len() as u32;
+        for f in out.functions.iter_mut().skip(first) {
+            if f.inlines == (0, 0) {
+                f.inlines = (from as u32, to);
+            }
+        }
+    }
+}
+
+fn empty_name() -> DwarfName {
+    DwarfName {
+        name: Arc::from(""),
+        linkage: None,
+    }
+}
+
+fn intern_name(
+    out: &mut ParsedUnit,
+    names: &mut HashMap<(usize, usize), u32>,
+    key: (usize, usize),
+    name: DwarfName,
+) -> u32 {
+    *names.entry(key).or_insert_with(|| {
+        out.names.push(name);
+        (out.names.len() - 1) as u32
+    })
+}
+
+/// The name of the function an `abstract_origin` refers to, following further
+/// `abstract_origin` / `specification` links (at most a few), in this unit or another.
+fn resolve_name(
+    cx: &Context<'_, '_>,
+    origin: AttributeValue<Reader<'_>>,
+    names: &mut HashMap<(usize, usize), u32>,
+    out: &mut ParsedUnit,
+) -> Option<u32> {
+    let (dwarf, unit) = (cx.dwarf, cx.unit);
+    let key = die_key(unit, &origin)?;
+    if let Some(&id) = names.get(&key) {
+        return Some(id);
+    }
+    let mut name: Option<String> = None;
+    let mut linkage: Option<String> = None;
+    let mut target = origin;
+    // The unit holding `target` when it is not `unit`.
+    let mut other: Option<Unit<'_>> = None;
+    for _ in 0..4 {
+        let current = other.as_ref().unwrap_or(unit);
+        let entry = match target {
+            AttributeValue::UnitRef(offset) => current.entry(offset).ok()?,
+            AttributeValue::DebugInfoRef(offset) => {
+                let header = unit_header_containing(dwarf, cx.headers, offset)?;
+                let unit_offset = offset.to_unit_offset(&header)?;
+                let found = dwarf.unit(header).ok()?;
+                let entry = found.entry(unit_offset).ok()?;
+                other = Some(found);
+                entry
+            }
+            _ => return None,
+        };
+        let current = other.as_ref().unwrap_or(unit);
+        let string = |v: AttributeValue<Reader<'_>>| {
+            dwarf
+                .attr_string(current, v)
+                .ok()
+                .map(|s| s.to_string_lossy().into_owned())
+        };
+        if linkage.is_none() {
+            linkage = entry
+                .attr_value(gimli::DW_AT_linkage_name)
+                .or_else(|| entry.attr_value(gimli::DW_AT_MIPS_linkage_name))
+                .and_then(string);
+        }
+        if name.is_none() {
+            name = entry.attr_value(gimli::DW_AT_name).and_then(string);
+        }
+        if name.is_some() && linkage.is_some() {
+            break;
+        }
+        match entry
+            .attr_value(gimli::DW_AT_abstract_origin)
+            .or_else(|| entry.attr_value(gimli::DW_AT_specification))
+        {
+            Some(next) => target = next,
+            None => break,
+        }
+    }
+    let found = DwarfName {
+        name: Arc::from(name.unwrap_or_default()),
+        linkage: linkage.map(Arc::from),
+    };
+    Some(intern_name(out, names, key, found))
+}
+
+/// A key naming the DIE a reference points at: (unit offset or `usize::MAX - 1` for
+/// section offsets, offset).
+fn die_key(unit: &Unit<'_>, value: &AttributeValue<Reader<'_>>) -> Option<(usize, usize)> {
+    match value {
+        AttributeValue::UnitRef(offset) => {
+            let base = unit.header.offset().0;
+            Some((0, base + offset.0))
+        }
+        AttributeValue::DebugInfoRef(offset) => Some((0, offset.0)),
+        _ => None,
+    }
+}
+
+/// The header of the unit whose bytes contain `offset` (`headers`: all unit offsets,
+/// ascending).
+fn unit_header_containing<'a>(
+    dwarf: &Dwarf<'a>,
+    headers: &[usize],
+    offset: gimli::DebugInfoOffset,
+) -> Option<gimli::UnitHeader<Reader<'a>>> {
+    let i = headers.partition_point(|&h| h <= offset.0).checked_sub(1)?;
+    dwarf
+        .debug_info
+        .header_from_offset(gimli::DebugInfoOffset(headers[i]))
+        .ok()
+}
