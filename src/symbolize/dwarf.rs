@@ -18,12 +18,18 @@ type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
 type Dwarf<'a> = gimli::Dwarf<Reader<'a>>;
 type Unit<'a> = gimli::Unit<Reader<'a>>;
 
-/// Code addresses `[begin, end)` belonging to unit `unit`.
+/// Code addresses `[begin, begin + len)` belonging to unit `unit` (16 bytes).
 #[derive(Debug, Clone, Copy)]
 struct UnitRange {
     begin: u64,
-    end: u64,
+    len: u32,
     unit: u32,
+}
+
+impl UnitRange {
+    fn end(&self) -> u64 {
+        self.begin + u64::from(self.len)
+    }
 }
 
 /// One unit: where it is, and its parsed form while it is kept.
@@ -46,10 +52,10 @@ struct Row {
 
 /// Units indexed between two releases of the file's pages: each unit header read maps a
 /// few pages (and the kernel maps neighbours with them), so they are given back often.
-const RELEASE_EVERY_UNITS: usize = 64;
+const RELEASE_EVERY_UNITS: usize = 16;
 
 /// Entries read between two releases of the file's pages while parsing one (large) unit.
-const RELEASE_EVERY_ENTRIES: usize = 4096;
+const RELEASE_EVERY_ENTRIES: usize = 1024;
 
 /// `Row::file` of a sequence end.
 const END: u32 = u32::MAX;
@@ -156,11 +162,17 @@ impl DwarfUnits {
             if let Ok(mut iter) = dwarf.unit_ranges(&unit) {
                 while let Ok(Some(r)) = iter.next() {
                     if r.begin < r.end {
-                        ranges.push(UnitRange {
-                            begin: r.begin,
-                            end: r.end,
-                            unit: index,
-                        });
+                        // A range longer than 4 GiB is split (never seen in practice).
+                        let mut begin = r.begin;
+                        while begin < r.end {
+                            let len = (r.end - begin).min(u64::from(u32::MAX));
+                            ranges.push(UnitRange {
+                                begin,
+                                len: len as u32,
+                                unit: index,
+                            });
+                            begin += len;
+                        }
                         found = true;
                     }
                 }
@@ -178,8 +190,12 @@ impl DwarfUnits {
         let mut merged: Vec<UnitRange> = Vec::with_capacity(ranges.len());
         for r in ranges {
             match merged.last_mut() {
-                Some(last) if last.unit == r.unit && r.begin <= last.end.saturating_add(64) => {
-                    last.end = last.end.max(r.end);
+                Some(last)
+                    if last.unit == r.unit
+                        && r.begin <= last.end().saturating_add(64)
+                        && r.end().max(last.end()) - last.begin <= u64::from(u32::MAX) =>
+                {
+                    last.len = (r.end().max(last.end()) - last.begin) as u32;
                 }
                 _ => merged.push(r),
             }
@@ -270,7 +286,7 @@ impl DwarfUnits {
             .partition_point(|r| r.begin <= addr)
             .checked_sub(1)?;
         let r = &self.ranges[i];
-        (addr < r.end).then_some(r.unit as usize)
+        (addr < r.end()).then_some(r.unit as usize)
     }
 
     /// Unit `index` parsed (now, if it was not kept).

@@ -29,7 +29,8 @@ pub enum SymbolDetail {
 /// (parsed on first use, one compilation unit at a time), and a cache of resolved
 /// addresses. Over the budget, parsed units are dropped (least recently used first) and
 /// parsed again when needed, then the address cache is emptied; if the indexes alone
-/// exceed it, new addresses are named from the symbol table only. Each of these steps is
+/// exceed it, the debug-info index is dropped and new addresses are named from the symbol
+/// table only. Each of these steps is
 /// counted in [`Stats::symbolizer`](crate::Stats::symbolizer). A single unit being parsed
 /// may pass the budget for the duration of that lookup.
 ///

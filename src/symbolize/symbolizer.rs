@@ -108,6 +108,8 @@ struct ModuleDebug {
     dwarf: Option<DwarfUnits>,
     /// Start line per function entry address (a cache of DWARF lookups).
     start_lines: HashMap<u64, u32>,
+    /// The DWARF index was dropped because the indexes alone exceeded the budget.
+    dwarf_dropped: bool,
 }
 
 impl ModuleDebug {
@@ -308,6 +310,17 @@ impl Symbolizer {
     /// first), then empties the address cache and the names.
     fn enforce_budget(&mut self) {
         let budget = self.options.budget();
+        if self.index_bytes() > budget {
+            // The DWARF indexes alone do not fit: symbol-table names only from now on.
+            for d in self.debug.iter_mut() {
+                if let DebugState::Loaded(d) = d {
+                    if d.dwarf.take().is_some() {
+                        d.dwarf_dropped = true;
+                        d.start_lines = HashMap::new();
+                    }
+                }
+            }
+        }
         let fixed = self.index_bytes();
         let room = budget.saturating_sub(fixed + self.cache_bytes + self.string_bytes);
         if self.parsed_bytes() > room {
@@ -407,6 +420,7 @@ impl Symbolizer {
                         file,
                         dwarf,
                         start_lines: HashMap::new(),
+                        dwarf_dropped: false,
                     }))
                 }
                 None => DebugState::Unavailable,
@@ -430,6 +444,10 @@ impl Symbolizer {
         let dwarf_frames = match debug.dwarf.as_mut() {
             Some(dwarf) if dwarf_allowed => dwarf.frames(&debug.file, svma, true, &mut count),
             Some(_) => {
+                self.counts.symbol_only += 1;
+                Vec::new()
+            }
+            None if debug.dwarf_dropped => {
                 self.counts.symbol_only += 1;
                 Vec::new()
             }
