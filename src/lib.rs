@@ -156,7 +156,7 @@
 //! records by their short name only, get a module path derived from their source file.
 //! Names carry no generic arguments (the profile's `system_name` has the full symbol).
 //! The symbolizer maps object files, parses debug info one compilation unit at a time for
-//! the addresses seen, and keeps its heap within a budget ([`Symbolization`], 16 MiB by
+//! the addresses seen, and keeps its heap within a budget ([`Symbolization`], 8 MiB by
 //! default).
 //!
 //! ## Compared with thread-tag profilers

@@ -95,6 +95,9 @@ pub struct SymbolizerStats {
     /// Heap bytes held: symbol and unit indexes, parsed debug-info units, the address
     /// cache and its names. Mapped object files are not heap (they show as file pages).
     pub bytes: u64,
+    /// Of `bytes`, the symbol and unit indexes of the mapped modules (what no eviction
+    /// frees).
+    pub index_bytes: u64,
     /// Addresses in the cache.
     pub cache_entries: u64,
     /// Debug-info units parsed and kept.
@@ -117,6 +120,7 @@ impl From<crate::symbolize::symbolizer::Footprint> for SymbolizerStats {
     fn from(f: crate::symbolize::symbolizer::Footprint) -> Self {
         Self {
             bytes: f.bytes,
+            index_bytes: f.index_bytes,
             cache_entries: f.cache_entries,
             units_kept: f.units_kept,
             units_parsed: f.units_parsed,

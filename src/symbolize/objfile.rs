@@ -197,6 +197,26 @@ impl ObjectFile {
             + std::mem::size_of::<Self>()
     }
 
+    /// Heap bytes of the decompressed DWARF sections (0 when they are used in place).
+    pub(crate) fn owned_dwarf_bytes(&self) -> usize {
+        self.sections
+            .iter()
+            .map(|s| match s {
+                SectionData::Owned(b) => b.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Forgets the DWARF sections (frees decompressed ones); symbols stay.
+    pub(crate) fn drop_dwarf(&mut self) {
+        for s in &mut self.sections {
+            *s = SectionData::Absent;
+        }
+        self.sections.shrink_to_fit();
+        self.has_dwarf = false;
+    }
+
     /// Gives the mapped pages back to the page cache (see [`Mapped::release_pages`]).
     pub(crate) fn release_pages(&self) {
         self.map.release_pages();

@@ -1,9 +1,9 @@
 //! [`Symbolization`]: how much the profiler finds out about each address, and how much
 //! memory it may keep for that.
 
-/// Default memory budget of the symbolizer, in bytes (16 MiB): its symbol index, the
+/// Default memory budget of the symbolizer, in bytes (8 MiB): its symbol index, the
 /// debug-info units it keeps parsed and its cache of resolved addresses together.
-pub const DEFAULT_SYMBOLIZER_BUDGET: usize = 16 * 1024 * 1024;
+pub const DEFAULT_SYMBOLIZER_BUDGET: usize = 8 * 1024 * 1024;
 
 /// Smallest memory budget accepted, in bytes (1 MiB).
 pub const MIN_SYMBOLIZER_BUDGET: usize = 1024 * 1024;
@@ -28,16 +28,17 @@ pub enum SymbolDetail {
 /// module's function symbols and debug-info units, the units parsed for addresses seen
 /// (parsed on first use, one compilation unit at a time), and a cache of resolved
 /// addresses. Over the budget, parsed units are dropped (least recently used first) and
-/// parsed again when needed, then the address cache is emptied; if the indexes alone
-/// exceed it, the debug-info index is dropped and new addresses are named from the symbol
-/// table only. Each of these steps is
+/// parsed again when needed, then the address cache is emptied; the indexes may take at
+/// most half of it: beyond that, the module with the largest debug-info index (often a
+/// system library's compressed debug file, decompressed) loses its debug info and its
+/// addresses are named from the symbol table only. Each of these steps is
 /// counted in [`Stats::symbolizer`](crate::Stats::symbolizer). A single unit being parsed
 /// may pass the budget for the duration of that lookup.
 ///
 /// ```
 /// use span_profiler::{Profiler, Symbolization};
 ///
-/// // The default: everything, within 16 MiB.
+/// // The default: everything, within 8 MiB.
 /// let builder = Profiler::builder().symbolize(Symbolization::full());
 /// // Function names only, no debug info read: the smallest footprint.
 /// let builder = Profiler::builder().symbolize(Symbolization::functions_only());

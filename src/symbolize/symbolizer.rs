@@ -84,6 +84,8 @@ pub(crate) struct MappingInfo {
 pub(crate) struct Footprint {
     /// Heap bytes held now (indexes, parsed units, address cache, names).
     pub(crate) bytes: u64,
+    /// Of `bytes`, the symbol and unit indexes (what no eviction frees).
+    pub(crate) index_bytes: u64,
     /// Addresses in the cache now.
     pub(crate) cache_entries: u64,
     /// Debug-info units parsed and kept now.
@@ -206,6 +208,7 @@ impl Symbolizer {
         let mut f = self.counts;
         f.bytes = (self.index_bytes() + self.parsed_bytes() + self.cache_bytes + self.string_bytes)
             as u64;
+        f.index_bytes = self.index_bytes() as u64;
         f.cache_entries = self.cache.len() as u64;
         f.units_kept = self
             .loaded()
@@ -310,16 +313,26 @@ impl Symbolizer {
     /// first), then empties the address cache and the names.
     fn enforce_budget(&mut self) {
         let budget = self.options.budget();
-        if self.index_bytes() > budget {
-            // The DWARF indexes alone do not fit: symbol-table names only from now on.
-            for d in self.debug.iter_mut() {
-                if let DebugState::Loaded(d) = d {
-                    if d.dwarf.take().is_some() {
-                        d.dwarf_dropped = true;
-                        d.start_lines = HashMap::new();
-                    }
-                }
-            }
+        // The indexes may take at most half the budget, so that units can be parsed:
+        // beyond that, the module with the largest debug-info index (typically a system
+        // library's decompressed separate debug file) loses its DWARF, and its addresses
+        // get symbol-table names only from now on.
+        while self.index_bytes() > budget / 2 {
+            let largest = self
+                .debug
+                .iter_mut()
+                .filter_map(|d| match d {
+                    DebugState::Loaded(d) if d.dwarf.is_some() => Some(d),
+                    _ => None,
+                })
+                .max_by_key(|d| {
+                    d.file.owned_dwarf_bytes() + d.dwarf.as_ref().map_or(0, DwarfUnits::index_bytes)
+                });
+            let Some(d) = largest else { break };
+            d.dwarf = None;
+            d.file.drop_dwarf();
+            d.dwarf_dropped = true;
+            d.start_lines = HashMap::new();
         }
         let fixed = self.index_bytes();
         let room = budget.saturating_sub(fixed + self.cache_bytes + self.string_bytes);
@@ -750,8 +763,9 @@ mod tests {
         let addrs = some_code_addresses();
         let mut probe = Symbolizer::new();
         probe.symbolize(addrs[0]);
-        // Room for the indexes and a little more: units must be dropped as lookups go on.
-        let budget = probe.index_bytes() + 256 * 1024;
+        // Room for the indexes (at most half the budget) and a little more: units must be
+        // dropped as lookups go on.
+        let budget = 2 * probe.index_bytes() + 256 * 1024;
         let mut s = Symbolizer::with_options(Symbolization::full().memory_budget(budget));
         for &a in addrs.iter().take(120) {
             let sym = s.symbolize(a);
