@@ -580,16 +580,18 @@ fn read_inlines(
                     None => intern_name(out, &mut names, (usize::MAX, 0), empty_name()),
                 };
                 let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
-                    Some(AttributeValue::Udata(index)) => match file_ids.get(&index) {
-                        Some(&id) => id,
-                        None => {
-                            let path = file_path(dwarf, unit, header, index, comp_dir);
-                            let id = out.files.len() as u32;
-                            out.files.push(Arc::from(path));
-                            file_ids.insert(index, id);
-                            id
+                    Some(AttributeValue::FileIndex(index) | AttributeValue::Udata(index)) => {
+                        match file_ids.get(&index) {
+                            Some(&id) => id,
+                            None => {
+                                let path = file_path(dwarf, unit, header, index, comp_dir);
+                                let id = out.files.len() as u32;
+                                out.files.push(Arc::from(path));
+                                file_ids.insert(index, id);
+                                id
+                            }
                         }
-                    },
+                    }
                     _ => END,
                 };
                 let call_line = match entry.attr_value(gimli::DW_AT_call_line) {

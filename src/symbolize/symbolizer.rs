@@ -673,6 +673,11 @@ mod tests {
             "{names:?}"
         );
         assert_eq!(sym.frames[1].line, caller_line);
+        assert!(
+            sym.frames[1].file.ends_with("symbolizer.rs"),
+            "the caller's file is the inlined call's file: {:?}",
+            sym.frames[1]
+        );
     }
 
     #[test]
