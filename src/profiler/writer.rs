@@ -241,7 +241,10 @@ impl Writer {
             );
             uploader.enqueue(UploadWindow::from_bodies(bodies, window.start, window.end));
             // No files: the pprof encoding is not needed.
-            self.files.as_ref()?;
+            if self.files.is_none() {
+                self.symbolizer.end_window();
+                return None;
+            }
         }
         let pieces = encode(window, &mut self.symbolizer, &self.options);
         self.symbolizer.end_window();
