@@ -174,6 +174,8 @@ mod macros;
 
 /// Carrying labels into blocking closures (`spawn_blocking`).
 mod blocking;
+/// Allocation profiles per span: the profiled global allocator.
+pub mod alloc;
 /// Event counters behind `stats()` and the log-once helper.
 mod counters;
 /// Errors of the fallible areas.

@@ -64,6 +64,8 @@ pub struct Stats {
     /// Upload counters (requests sent, retried, failed, dropped by reason), when a
     /// server address is set.
     pub upload: Option<crate::sink::upload::UploadCounts>,
+    /// Allocation profiles: sampled allocations, dropped records, tracked live pointers.
+    pub alloc: crate::alloc::AllocStats,
 }
 
 impl Stats {

@@ -21,6 +21,7 @@ cfg_sampler! {
     use linux::{handler, session};
     pub use session::Sampler;
     pub(crate) use linux::armed::arm_current_thread;
+    pub(crate) use linux::here::stack_here;
     /// Test hooks for the allocation-proof test (see `handler`).
     pub use handler::{in_handler, set_in_handler};
 }
@@ -28,7 +29,7 @@ cfg_sampler! {
 cfg_no_sampler! {
     mod unsupported;
     pub use unsupported::{in_handler, set_in_handler, Sampler};
-    pub(crate) use unsupported::arm_current_thread;
+    pub(crate) use unsupported::{arm_current_thread, stack_here};
 }
 
 use std::sync::atomic::AtomicU64;

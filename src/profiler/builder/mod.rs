@@ -108,6 +108,7 @@ pub struct ProfilerBuilder {
     pub(crate) max_bytes: u64,
     pub(crate) max_label_sets: usize,
     pub(crate) max_span_names: usize,
+    pub(crate) alloc_sample_bytes: u64,
     pub(crate) server_address: Option<String>,
     pub(crate) protocol: Protocol,
     /// Series labels, keys unique (a repeated key replaces the value).
@@ -140,6 +141,7 @@ impl Default for ProfilerBuilder {
             max_bytes: DEFAULT_MAX_BYTES,
             max_label_sets: crate::window::DEFAULT_MAX_LABEL_SETS,
             max_span_names: crate::window::DEFAULT_MAX_SPAN_NAMES,
+            alloc_sample_bytes: crate::alloc::DEFAULT_ALLOC_SAMPLE_BYTES,
             server_address: None,
             protocol: Protocol::Push,
             tags: Vec::new(),
@@ -189,6 +191,16 @@ impl ProfilerBuilder {
     /// Files are named `<application_name with '/' as '_'>-<pid>-<window start unix ms>.pb.gz`.
     pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.output_dir = Some(dir.into());
+        self
+    }
+
+    /// Allocation profiles: one sampled allocation per this many bytes allocated on
+    /// average (default [`DEFAULT_ALLOC_SAMPLE_BYTES`](crate::alloc::DEFAULT_ALLOC_SAMPLE_BYTES),
+    /// 512 KiB; 0 turns them off). Takes effect only with
+    /// [`ProfiledAllocator`](crate::alloc::ProfiledAllocator) as the global allocator;
+    /// each window then also yields `<app>-<pid>-<ms>.alloc.pb.gz`.
+    pub fn alloc_sample_bytes(mut self, bytes: u64) -> Self {
+        self.alloc_sample_bytes = bytes;
         self
     }
 

@@ -77,6 +77,7 @@ impl ProfilerBuilder {
             max_bytes: self.max_bytes,
             max_label_sets: self.max_label_sets,
             max_span_names: self.max_span_names,
+            alloc_sample_bytes: self.alloc_sample_bytes,
         })
     }
 }
@@ -107,6 +108,8 @@ pub(crate) struct Config {
     pub(crate) max_bytes: u64,
     pub(crate) max_label_sets: usize,
     pub(crate) max_span_names: usize,
+    /// Bytes per allocation sample; 0: no allocation profiles.
+    pub(crate) alloc_sample_bytes: u64,
 }
 
 impl Config {
@@ -127,6 +130,7 @@ impl Config {
             max_bytes: DEFAULT_MAX_BYTES,
             max_label_sets: crate::window::DEFAULT_MAX_LABEL_SETS,
             max_span_names: crate::window::DEFAULT_MAX_SPAN_NAMES,
+            alloc_sample_bytes: 0,
         }
     }
 }

@@ -11,12 +11,14 @@
 //! - `scan`: the collector's periodic work (disposition, thread scan, bounds).
 //! - `armed`: the armed-timer registry; threads that arm themselves.
 //! - `fork`: the forked child's inert sampler.
+//! - `here`: stacks walked from the current frame (allocation samples).
 
 pub(crate) mod armed;
 pub(super) mod bounds;
 pub(super) mod cfi;
 pub(super) mod fork;
 pub(super) mod handler;
+pub(crate) mod here;
 pub(super) mod procfs;
 pub(super) mod scan;
 pub(super) mod session;
