@@ -117,7 +117,7 @@ pub(super) fn drain(mut f: impl FnMut(&Record)) {
 }
 
 /// Slots of the dropped-weight table (label ids with records dropped since the last drain).
-const DROP_SLOTS: usize = 64;
+const DROP_SLOTS: usize = 256;
 
 struct DropSlot {
     /// Label id + 1 (0: free slot).
@@ -152,7 +152,7 @@ pub(super) fn add_dropped(label_id: u64, objects: f64, bytes: f64) {
     let milli = (objects * 1000.0) as u64;
     let bytes = bytes as u64;
     let key = label_id.wrapping_add(1);
-    let home = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize;
+    let home = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize;
     for i in 0..DROP_SLOTS {
         let slot = &DROPS.slots[(home + i) % DROP_SLOTS];
         // Relaxed (all accesses here): the tallies are plain sums read by the drainer
