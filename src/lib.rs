@@ -172,10 +172,10 @@
 #[macro_use]
 mod macros;
 
-/// Carrying labels into blocking closures (`spawn_blocking`).
-mod blocking;
 /// Allocation profiles per span: the profiled global allocator.
 pub mod alloc;
+/// Carrying labels into blocking closures (`spawn_blocking`).
+mod blocking;
 /// Event counters behind `stats()` and the log-once helper.
 mod counters;
 /// Errors of the fallible areas.

@@ -108,7 +108,10 @@ fn sum(samples: &[SampleView], index: usize, pred: impl Fn(&SampleView) -> bool)
 
 fn within(estimate: f64, truth: f64, tolerance: f64, what: &str) {
     let err = (estimate - truth).abs() / truth;
-    eprintln!("{what}: estimate {estimate:.0}, truth {truth:.0}, error {:.1}%", err * 100.0);
+    eprintln!(
+        "{what}: estimate {estimate:.0}, truth {truth:.0}, error {:.1}%",
+        err * 100.0
+    );
     assert!(
         err <= tolerance,
         "{what}: estimate {estimate:.0} vs truth {truth:.0} ({:.1}% > {:.0}%)",
@@ -141,7 +144,9 @@ fn allocation_profiles_estimate_each_span_within_tolerance_and_go_reads_them() {
             let big_truth = &big_truth;
             let next_span = &next_span;
             s.spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
                 let mut i = worker;
                 while Instant::now() < deadline {
                     let (name, f): (&str, fn() -> u64) = match i % 16 {
@@ -184,7 +189,10 @@ fn allocation_profiles_estimate_each_span_within_tolerance_and_go_reads_them() {
     let mut last = Vec::new();
     for path in &files {
         let name = path.file_name().unwrap().to_str().unwrap();
-        assert!(name.starts_with(&format!("alloc_accuracy-{pid}-")), "{name}");
+        assert!(
+            name.starts_with(&format!("alloc_accuracy-{pid}-")),
+            "{name}"
+        );
         let profile = decode(&std::fs::read(path).unwrap()).unwrap();
         validate(&profile).unwrap_or_else(|e| panic!("{name}: {e}"));
         let types: Vec<(&str, &str)> = profile
@@ -215,7 +223,12 @@ fn allocation_profiles_estimate_each_span_within_tolerance_and_go_reads_them() {
     };
     for class in ["small", "medium", "big", "cache"] {
         let truth = truth[class].load(Relaxed) as f64;
-        within(sum(&all, 1, named(class)), truth, 0.10, &format!("alloc_space {class}"));
+        within(
+            sum(&all, 1, named(class)),
+            truth,
+            0.10,
+            &format!("alloc_space {class}"),
+        );
     }
     let big = big_truth.lock().unwrap().clone();
     assert!(big.len() >= 10, "{} big requests", big.len());
@@ -225,7 +238,12 @@ fn allocation_profiles_estimate_each_span_within_tolerance_and_go_reads_them() {
         within(est, truth as f64, 0.30, &format!("alloc_space span {hex}"));
     }
     // The last window's snapshot: what the cache holds at the end.
-    within(sum(&last, 3, named("cache")), held, 0.10, "inuse_space cache");
+    within(
+        sum(&last, 3, named("cache")),
+        held,
+        0.10,
+        "inuse_space cache",
+    );
     // Unlabelled work (and the profiler's own threads) carry no span labels.
     // (Their stacks can be one frame deep until the sampler has published the thread's
     // stack bounds, so they are found by their missing labels.)
@@ -250,8 +268,15 @@ fn allocation_profiles_estimate_each_span_within_tolerance_and_go_reads_them() {
     // go tool pprof reads the files and filters by span name.
     if let Some(go) = common::tool("go") {
         let file = files.last().unwrap().to_str().unwrap().to_owned();
-        let all_files: Vec<String> = files.iter().map(|p| p.to_str().unwrap().to_owned()).collect();
-        let mut args = vec!["-sample_index=alloc_space", "-tagfocus=span_name=big", "-top"];
+        let all_files: Vec<String> = files
+            .iter()
+            .map(|p| p.to_str().unwrap().to_owned())
+            .collect();
+        let mut args = vec![
+            "-sample_index=alloc_space",
+            "-tagfocus=span_name=big",
+            "-top",
+        ];
         args.extend(all_files.iter().map(String::as_str));
         let out = common::go_pprof(&go, &args);
         assert!(out.contains("big_request"), "{out}");

@@ -136,7 +136,11 @@ fn sampled_allocations(rounds: usize) -> usize {
         );
         assert!(!p.is_null());
         assert_eq!(c_calls(|| unsafe { ALLOC.dealloc(p, grown) }), 1, "dealloc");
-        assert_eq!(c_calls(|| p = unsafe { ALLOC.alloc_zeroed(big) }), 1, "alloc_zeroed");
+        assert_eq!(
+            c_calls(|| p = unsafe { ALLOC.alloc_zeroed(big) }),
+            1,
+            "alloc_zeroed"
+        );
         assert!(!p.is_null());
         assert_eq!(c_calls(|| unsafe { ALLOC.dealloc(p, big) }), 1, "dealloc");
         checked += 1;
@@ -155,12 +159,13 @@ fn recording_a_sampled_allocation_never_calls_the_inner_allocator() {
         .start()
         .expect("start");
     let before = profiler.stats().alloc.sampled;
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     // Labelled (so the thread publishes its stack bounds and the full walk runs), and
     // unlabelled on a fresh thread (a one-frame record).
-    let checked = rt.block_on(
-        async { sampled_allocations(20_000) }.with_labels(Labels::span(7, "reentrancy")),
-    );
+    let checked = rt
+        .block_on(async { sampled_allocations(20_000) }.with_labels(Labels::span(7, "reentrancy")));
     assert_eq!(checked, 20_000);
     std::thread::spawn(|| sampled_allocations(5_000))
         .join()

@@ -117,7 +117,9 @@ fn eight_threads_churning_at_4_kib_sampling_never_deadlock_or_corrupt_and_fork_w
         let workers: Vec<_> = (0..THREADS)
             .map(|t| {
                 s.spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
                     let labels = Labels::span(0x100 + t, format!("churn-{}", t % 3));
                     if t % 2 == 0 {
                         rt.block_on(async move { churn(t, deadline) }.with_labels(labels))
@@ -133,7 +135,10 @@ fn eight_threads_churning_at_4_kib_sampling_never_deadlock_or_corrupt_and_fork_w
     });
     let stats = profiler.stats().alloc;
     let report = profiler.stop().expect("stop");
-    eprintln!("{ops} operations; {stats:?}; final {:?}", report.stats.alloc);
+    eprintln!(
+        "{ops} operations; {stats:?}; final {:?}",
+        report.stats.alloc
+    );
     assert!(stats.sampled > 10_000, "{stats:?}");
     assert!(stats.live_pointers <= stats.table_size);
     // Everything the workers allocated is freed: few tracked pointers remain (the

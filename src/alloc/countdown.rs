@@ -128,7 +128,10 @@ mod tests {
     #[test]
     fn small_allocations_weigh_about_the_interval_and_large_ones_themselves() {
         let (objects, bytes) = scale(16, 512 * 1024);
-        assert!((bytes - 512.0 * 1024.0).abs() / (512.0 * 1024.0) < 0.001, "{bytes}");
+        assert!(
+            (bytes - 512.0 * 1024.0).abs() / (512.0 * 1024.0) < 0.001,
+            "{bytes}"
+        );
         assert!(objects > 30_000.0);
         let (objects, bytes) = scale(64 << 20, 512 * 1024);
         assert!((objects - 1.0).abs() < 1e-9);

@@ -61,10 +61,7 @@ fn fixed_strings(kind: ProfileKind) -> &'static [&'static str] {
 /// Go's heap profile: sample types, period type and period.
 fn alloc_types() -> (Vec<ValueType>, ValueType) {
     let vt = |r#type, unit| ValueType { r#type, unit };
-    (
-        vec![vt(1, 2), vt(3, 4), vt(5, 2), vt(6, 4)],
-        vt(7, 4),
-    )
+    (vec![vt(1, 2), vt(3, 4), vt(5, 2), vt(6, 4)], vt(7, 4))
 }
 
 /// How to encode a window.
