@@ -136,3 +136,31 @@ pub(crate) fn live() -> u64 {
     // Relaxed: a gauge.
     LIVE.load(Relaxed) as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracked_pointers_are_found_forgotten_and_counted() {
+        // Addresses no allocator hands out in this test process's heap.
+        let base = 0x7000_dead_0000usize;
+        let ptrs: Vec<usize> = (0..1000).map(|i| base + i * 64).collect();
+        let before = live();
+        for (i, &p) in ptrs.iter().enumerate() {
+            assert!(insert(p, 1 + i as u64));
+            assert!(maybe_tracked(p));
+        }
+        assert_eq!(live() - before, 1000);
+        let mut serials = Vec::new();
+        scan(|s| serials.push(s));
+        assert!((1..=1000).all(|s| serials.contains(&s)));
+        for &p in &ptrs {
+            assert!(forget(p));
+            assert!(!forget(p), "forgotten twice");
+        }
+        assert_eq!(live(), before);
+        // Never inserted: not found (the filter or the probe says so).
+        assert!(!forget(base + 1_000_000 * 64));
+    }
+}

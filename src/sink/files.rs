@@ -231,6 +231,33 @@ mod tests {
     }
 
     #[test]
+    fn allocation_files_sit_beside_cpu_files_under_the_same_retention() {
+        let dir = temp_dir("alloc-names");
+        let mut sink = FileSink::new(dir.clone(), "shop/checkout", 3, u64::MAX).unwrap();
+        let start = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let name = sink.alloc_file_name(start);
+        assert_eq!(
+            name,
+            format!(
+                "shop_checkout-{}-1700000000123.alloc.pb.gz",
+                std::process::id()
+            )
+        );
+        assert_eq!(
+            parse_start_ms(&name, "shop_checkout-"),
+            Some(1_700_000_000_123)
+        );
+        for i in 0..3 {
+            let t = start + Duration::from_secs(i);
+            sink.write(t, b"cpu").unwrap();
+            sink.write_alloc(t, b"alloc").unwrap();
+        }
+        assert_eq!(count_pb_gz(&dir), 3, "both kinds count toward max_files");
+        assert_eq!(sink.counts.deleted, 3);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn retention_keeps_the_newest_files_and_counts_deletions() {
         let dir = temp_dir("retention");
         let mut sink = FileSink::new(dir.clone(), "app", 3, u64::MAX).unwrap();
