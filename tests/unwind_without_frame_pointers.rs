@@ -75,17 +75,23 @@ fn build_app(flavour: &str, rustflags: &str) -> PathBuf {
     target.join("release/unwind-app")
 }
 
-/// Runs the application for `seconds`; returns its pprof files and its `key=value`
+/// Runs the application for `requests` with `unwinder`; returns its pprof files and its `key=value`
 /// lines.
-fn run_app(app: &Path, flavour: &str, seconds: u32) -> (Vec<PathBuf>, HashMap<String, String>) {
+fn run_app(
+    app: &Path,
+    flavour: &str,
+    unwinder: &str,
+    requests: u32,
+) -> (Vec<PathBuf>, HashMap<String, String>) {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "unwind-app-profiles-{flavour}-{}",
+        "unwind-app-profiles-{flavour}-{unwinder}-{}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&out);
     let run = Command::new(app)
         .arg(&out)
-        .arg(seconds.to_string())
+        .arg(requests.to_string())
+        .arg(unwinder)
         .output()
         .expect("run the application");
     assert!(
@@ -110,8 +116,11 @@ fn run_app(app: &Path, flavour: &str, seconds: u32) -> (Vec<PathBuf>, HashMap<St
 /// (function, file).
 type Location = Vec<(String, String)>;
 
-/// Samples (count, location ids leaf first) and locations of `go tool pprof -raw`.
-fn raw(go: &Path, files: &[PathBuf]) -> (Vec<(u64, Vec<u64>)>, HashMap<u64, Location>) {
+/// One sample of `go tool pprof -raw`: its count and location ids, leaf first.
+type RawSample = (u64, Vec<u64>);
+
+/// Samples and locations of `go tool pprof -raw`.
+fn raw(go: &Path, files: &[PathBuf]) -> (Vec<RawSample>, HashMap<u64, Location>) {
     let home = std::env::temp_dir().join("span-profiler-go-home");
     std::fs::create_dir_all(&home).unwrap();
     let out = Command::new(go)
@@ -194,7 +203,7 @@ struct Summary {
     depths: Vec<usize>,
 }
 
-fn summarise(samples: &[(u64, Vec<u64>)], locations: &HashMap<u64, Location>) -> Summary {
+fn summarise(samples: &[RawSample], locations: &HashMap<u64, Location>) -> Summary {
     let lines = |id: &u64| locations.get(id).map(Vec::as_slice).unwrap_or(&[]);
     let is = |id: &u64, func: &str, file_suffix: &str| {
         lines(id)
@@ -239,13 +248,19 @@ fn median(values: &mut [usize]) -> usize {
 fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_and_the_tokio_worker(
 ) {
     let Some(go) = go() else { return };
-    let mut results = Vec::new();
+    let mut depths = Vec::new();
     for (flavour, rustflags) in [
         ("no-frame-pointers", "-C force-frame-pointers=no"),
         ("frame-pointers", "-C force-frame-pointers=yes"),
     ] {
         let app = build_app(flavour, rustflags);
-        let (files, values) = run_app(&app, flavour, 3);
+        let (files, values) = run_app(&app, flavour, "auto", 800);
+        let value = |key: &str| -> u64 {
+            values
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{flavour}: no `{key}` in {values:?}"))
+        };
         assert!(
             !files.is_empty(),
             "{flavour}: no profile written: {values:?}"
@@ -254,6 +269,13 @@ fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_a
             values.get("frame_pointers_missing").map(String::as_str),
             Some("false"),
             "{flavour}: {values:?}"
+        );
+        assert!(value("unwind_objects") >= 3, "{flavour}: {values:?}");
+        assert_eq!(value("unwind_objects_failed"), 0, "{flavour}: {values:?}");
+        assert!(value("unwind_table_bytes") > 0, "{flavour}: {values:?}");
+        assert!(
+            value("unwound_dwarf") * 10 >= value("samples") * 9,
+            "{flavour}: most samples are unwound by CFI: {values:?}"
         );
         let (samples, locations) = raw(&go, &files);
         let mut summary = summarise(&samples, &locations);
@@ -274,9 +296,27 @@ fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_a
             summary.complete,
             summary.leaf
         );
-        results.push(depth);
+        depths.push(depth);
+
+        if flavour == "no-frame-pointers" {
+            // The control: frame pointers alone cannot walk this build.
+            let (files, values) = run_app(&app, flavour, "frame-pointers", 300);
+            let (samples, locations) = raw(&go, &files);
+            let summary = summarise(&samples, &locations);
+            eprintln!(
+                "{flavour} walked by frame pointers: {} of {} leaf_burner samples complete; \
+                 app: {values:?}",
+                summary.complete, summary.leaf
+            );
+            assert!(
+                summary.complete * 2 < summary.leaf,
+                "frame pointers should not walk a build without them: {} of {}",
+                summary.complete,
+                summary.leaf
+            );
+        }
     }
-    let (without, with) = (results[0], results[1]);
+    let (without, with) = (depths[0], depths[1]);
     assert!(
         without * 10 >= with * 9 && without * 10 <= with * 11,
         "median depth without frame pointers {without}, with {with}: not within 10%"
