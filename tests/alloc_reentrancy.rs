@@ -118,31 +118,68 @@ fn c_calls(f: impl FnOnce()) -> u64 {
     calls() - before
 }
 
+/// `ALLOC.alloc`.
+fn profiled_alloc(layout: Layout) -> *mut u8 {
+    // SAFETY: every layout used here has a non-zero size.
+    unsafe { ALLOC.alloc(layout) }
+}
+
+/// `ALLOC.alloc_zeroed`.
+fn profiled_alloc_zeroed(layout: Layout) -> *mut u8 {
+    // SAFETY: as in `profiled_alloc`.
+    unsafe { ALLOC.alloc_zeroed(layout) }
+}
+
+/// `ALLOC.realloc`.
+///
+/// # Safety
+/// `p` was allocated by `ALLOC` with `layout` and is not used afterwards.
+unsafe fn profiled_realloc(p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    // SAFETY: the caller's duties.
+    unsafe { ALLOC.realloc(p, layout, new_size) }
+}
+
+/// `ALLOC.dealloc`.
+///
+/// # Safety
+/// `p` was allocated by `ALLOC` with `layout` and is not used afterwards.
+unsafe fn profiled_dealloc(p: *mut u8, layout: Layout) {
+    // SAFETY: the caller's duties.
+    unsafe { ALLOC.dealloc(p, layout) }
+}
+
 #[inline(never)]
 fn sampled_allocations(rounds: usize) -> usize {
     let big = Layout::from_size_align(64 * 1024, 16).unwrap();
+    let grown = Layout::from_size_align(128 * 1024, 16).unwrap();
     let mut checked = 0;
     for _ in 0..rounds {
         let mut p = std::ptr::null_mut();
-        // SAFETY (all four): `big` has a non-zero size; each pointer is freed once with
-        // the layout it was allocated (or reallocated) with.
-        assert_eq!(c_calls(|| p = unsafe { ALLOC.alloc(big) }), 1, "alloc");
+        assert_eq!(c_calls(|| p = profiled_alloc(big)), 1, "alloc");
         assert!(!p.is_null());
-        let grown = Layout::from_size_align(128 * 1024, 16).unwrap();
-        assert_eq!(
-            c_calls(|| p = unsafe { ALLOC.realloc(p, big, grown.size()) }),
-            1,
-            "realloc"
-        );
+        let old = p;
+        let grow = || {
+            // SAFETY: `old` came from `profiled_alloc(big)` and is replaced by the result.
+            p = unsafe { profiled_realloc(old, big, grown.size()) };
+        };
+        assert_eq!(c_calls(grow), 1, "realloc");
         assert!(!p.is_null());
-        assert_eq!(c_calls(|| unsafe { ALLOC.dealloc(p, grown) }), 1, "dealloc");
+        let free_grown = || {
+            // SAFETY: `p` came from the realloc to `grown` and is not used again.
+            unsafe { profiled_dealloc(p, grown) }
+        };
+        assert_eq!(c_calls(free_grown), 1, "dealloc");
         assert_eq!(
-            c_calls(|| p = unsafe { ALLOC.alloc_zeroed(big) }),
+            c_calls(|| p = profiled_alloc_zeroed(big)),
             1,
             "alloc_zeroed"
         );
         assert!(!p.is_null());
-        assert_eq!(c_calls(|| unsafe { ALLOC.dealloc(p, big) }), 1, "dealloc");
+        let free_big = || {
+            // SAFETY: `p` came from `profiled_alloc_zeroed(big)` and is not used again.
+            unsafe { profiled_dealloc(p, big) }
+        };
+        assert_eq!(c_calls(free_big), 1, "dealloc");
         checked += 1;
     }
     checked
