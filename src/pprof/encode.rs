@@ -26,7 +26,7 @@ use crate::labels::set::{span_id_hex, trace_id_hex};
 use crate::pprof::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use crate::pprof::ENCODE;
 use crate::symbolize::Symbolizer;
-use crate::window::ClosedWindow;
+use crate::window::{ClosedWindow, ProfileKind, WindowSample};
 
 /// gzip level: Go's `runtime/pprof` writes with `gzip.BestSpeed` too.
 const GZIP_LEVEL: u32 = 1;
@@ -37,6 +37,32 @@ const S_SAMPLES: i64 = 1;
 const S_COUNT: i64 = 2;
 const S_CPU: i64 = 3;
 const S_NANOSECONDS: i64 = 4;
+
+/// Strings every allocation piece starts with (Go's heap profile types), at these indices.
+const ALLOC_FIXED_STRINGS: [&str; 8] = [
+    "",
+    "alloc_objects",
+    "count",
+    "alloc_space",
+    "bytes",
+    "inuse_objects",
+    "inuse_space",
+    "space",
+];
+
+/// The fixed strings of a window's kind.
+fn fixed_strings(kind: ProfileKind) -> &'static [&'static str] {
+    match kind {
+        ProfileKind::Cpu => &FIXED_STRINGS,
+        ProfileKind::Alloc { .. } => &ALLOC_FIXED_STRINGS,
+    }
+}
+
+/// Go's heap profile: sample types, period type and period.
+fn alloc_types() -> (Vec<ValueType>, ValueType) {
+    let vt = |r#type, unit| ValueType { r#type, unit };
+    (vec![vt(1, 2), vt(3, 4), vt(5, 2), vt(6, 4)], vt(7, 4))
+}
 
 /// How to encode a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,14 +117,14 @@ pub(crate) fn encode(
     for sample in &window.samples {
         let stack = &tables.stacks[sample.stack as usize];
         let labels = &tables.label_sets[sample.labels as usize];
-        if piece.try_add(&tables, stack, labels, sample.weight) {
+        if piece.try_add(&tables, stack, labels, sample) {
             continue;
         }
         // Over a limit with at least one sample in the piece: finish it, start the next.
         let next = PieceBuilder::new(&tables, window, opts, piece.generation + 1);
         let full = std::mem::replace(&mut piece, next);
         pieces.extend(full.finish());
-        let added = piece.try_add(&tables, stack, labels, sample.weight);
+        let added = piece.try_add(&tables, stack, labels, sample);
         debug_assert!(added, "an empty piece accepts any sample");
     }
     pieces.extend(piece.finish());
@@ -174,7 +200,7 @@ impl Interner {
 impl Tables {
     fn build(window: &ClosedWindow, symbolizer: &mut Symbolizer, opts: &EncodeOptions) -> Self {
         let mut strings = Interner::default();
-        for s in FIXED_STRINGS {
+        for s in fixed_strings(window.kind) {
             strings.get(s);
         }
         let mut functions = Vec::new();
@@ -327,6 +353,8 @@ struct PieceBuilder {
     bytes: usize,
     max_bytes: usize,
     max_samples: usize,
+    /// Allocation values instead of CPU weights.
+    alloc: bool,
     strings: LocalIds,
     functions: LocalIds,
     mappings: LocalIds,
@@ -343,7 +371,7 @@ impl PieceBuilder {
             .end
             .duration_since(window.start)
             .map_or(0, |d| d.as_nanos() as i64);
-        let profile = Profile {
+        let mut profile = Profile {
             sample_type: vec![
                 ValueType {
                     r#type: S_SAMPLES,
@@ -364,8 +392,16 @@ impl PieceBuilder {
             period: opts.period_ns as i64,
             ..Profile::default()
         };
+        let fixed = fixed_strings(window.kind);
+        if let ProfileKind::Alloc { sample_bytes } = window.kind {
+            let (types, period_type) = alloc_types();
+            profile.sample_type = types;
+            profile.period_type = Some(period_type);
+            profile.period = sample_bytes as i64;
+            profile.string_table = fixed.iter().map(|s| (*s).to_owned()).collect();
+        }
         let mut strings = LocalIds::new(tables.strings.len());
-        for i in 0..FIXED_STRINGS.len() as u32 {
+        for i in 0..fixed.len() as u32 {
             strings.set(i, generation, i);
         }
         Self {
@@ -375,6 +411,7 @@ impl PieceBuilder {
             max_bytes: opts.max_piece_bytes.unwrap_or(usize::MAX),
             max_samples: opts.max_piece_samples.unwrap_or(usize::MAX).max(1),
             strings,
+            alloc: matches!(window.kind, ProfileKind::Alloc { .. }),
             functions: LocalIds::new(tables.functions.len()),
             mappings: LocalIds::new(tables.mappings.len()),
             locations: LocalIds::new(tables.locations.len()),
@@ -383,7 +420,13 @@ impl PieceBuilder {
 
     /// Adds one sample with everything it references. Returns false (and changes
     /// nothing) when that would break a limit and the piece already has samples.
-    fn try_add(&mut self, t: &Tables, stack: &[u32], labels: &[(u32, u32)], weight: u64) -> bool {
+    fn try_add(
+        &mut self,
+        t: &Tables,
+        stack: &[u32],
+        labels: &[(u32, u32)],
+        sample: &WindowSample,
+    ) -> bool {
         let had_samples = !self.profile.sample.is_empty();
         if had_samples && self.profile.sample.len() >= self.max_samples {
             return false;
@@ -409,8 +452,13 @@ impl PieceBuilder {
                 num_unit: 0,
             })
             .collect();
-        let weight = i64::try_from(weight).unwrap_or(i64::MAX);
-        let value = vec![weight, weight.saturating_mul(self.profile.period)];
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let value = if self.alloc {
+            sample.values.iter().map(|&v| int(v)).collect()
+        } else {
+            let weight = int(sample.weight);
+            vec![weight, weight.saturating_mul(self.profile.period)]
+        };
         let sample = Sample {
             location_id,
             value,

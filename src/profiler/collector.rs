@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::stats::{Dropped, Stats, StopReport};
 use super::writer::{self, WriterHandle};
 use super::StopError;
+use crate::alloc::window::AllocCollector;
 use crate::counters::{LogOnce, LABELS};
 use crate::error::StartError;
 use crate::labels::registry::Registry;
@@ -73,6 +74,7 @@ pub(super) fn spawn(config: Config) -> Result<Spawned, StartError> {
     registry.set_profiling(true);
     let sampler_config = SamplerConfig {
         sample_rate_hz: config.sample_rate,
+        unwinder: config.unwinder,
         buffer_entries: buffer_entries(config.sample_rate),
         ..SamplerConfig::default()
     };
@@ -117,6 +119,8 @@ struct Collector {
     windows: u64,
     empty_windows: u64,
     last_sampler_stats: SamplerStats,
+    /// Allocation windows (`None`: `alloc_sample_bytes(0)`).
+    alloc: Option<AllocCollector>,
 }
 
 impl Collector {
@@ -140,10 +144,13 @@ impl Collector {
             windows: 0,
             empty_windows: 0,
             last_sampler_stats: SamplerStats::default(),
+            alloc: None,
         }
     }
 
     fn run(mut self, stop_rx: mpsc::Receiver<()>) -> Outcome {
+        // Started on this thread, once the session runs: its drain is ours.
+        self.alloc = AllocCollector::start(self.config.alloc_sample_bytes);
         loop {
             let stop = match stop_rx.recv_timeout(TICK) {
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
@@ -167,6 +174,9 @@ impl Collector {
     /// Stops the sampler, drains what it recorded, writes the last window.
     fn shut_down(mut self) -> Outcome {
         if let Some(mut sampler) = self.sampler.take() {
+            if let Some(alloc) = &self.alloc {
+                alloc.stop();
+            }
             self.drain_from(&mut sampler);
             self.last_sampler_stats = sampler.stop();
         }
@@ -204,6 +214,9 @@ impl Collector {
         sampler.drain(&mut |sample: &DrainedSample<'_>| {
             window.add(sample.frames, sample.label_id, sample.weight);
         });
+        if let Some(alloc) = self.alloc.as_mut() {
+            alloc.drain();
+        }
         // Every label id drained above is resolved (the aggregator resolves on add).
         self.registry.on_drain();
     }
@@ -213,6 +226,14 @@ impl Collector {
         let now = SystemTime::now();
         let next = WindowAggregator::new(limits(&self.config), now);
         let open = std::mem::replace(&mut self.window, next);
+        // The allocation window shares the CPU window's bounds (and file timestamp).
+        let alloc_window = self
+            .alloc
+            .as_mut()
+            .and_then(|a| a.close(limits(&self.config), open.start(), now));
+        if let (Some(window), Some(writer)) = (alloc_window, &self.writer) {
+            writer.send(window);
+        }
         let interval = self.config.upload_interval;
         self.next_close += interval;
         if self.next_close <= Instant::now() {
@@ -241,8 +262,9 @@ impl Collector {
         if frame_pointers_missing && SHALLOW_LOGGED.first() {
             log::warn!(
                 target: "span_profiler",
-                "most samples are one or two frames deep: the code lacks frame pointers; \
-                 build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (see the README)"
+                "most samples are one or two frames deep: the code has neither usable unwind \
+                 tables (.eh_frame) nor frame pointers; do not strip .eh_frame, or build \
+                 with RUSTFLAGS=\"-C force-frame-pointers=yes\" (see the README)"
             );
         }
         let mut stats = lock(&self.stats);
@@ -269,6 +291,15 @@ impl Collector {
             handler_replaced: s.handler_replaced,
             shallow_samples: s.shallow_stacks,
             frame_pointers_missing,
+            alloc: crate::alloc::AllocStats::now(),
+            unwound_dwarf: s.unwound_cfi,
+            unwound_frame_pointers: s.unwound_fp,
+            unwind_fallbacks: s.unwind_fallbacks,
+            truncated_stacks: s.truncated_stacks,
+            unwind_incomplete: s.unwind_incomplete,
+            unwind_objects: s.unwind_objects,
+            unwind_objects_failed: s.unwind_objects_failed,
+            unwind_table_bytes: s.unwind_table_bytes,
             // The writer's fields.
             ..std::mem::take(&mut *stats)
         };

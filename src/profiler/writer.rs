@@ -22,7 +22,7 @@ use crate::sink::upload::UploadReport;
 use crate::sink::upload::{UploadWindow, Uploader};
 use crate::symbolize::Symbolizer;
 use crate::sync::lock_std as lock;
-use crate::window::ClosedWindow;
+use crate::window::{ClosedWindow, ProfileKind};
 
 /// How far the writer may fall behind, in time: a first window can wait several seconds
 /// for the symbolizer's DWARF index on a busy machine. Beyond it the collector discards
@@ -250,13 +250,28 @@ impl Writer {
         self.symbolizer.end_window();
         let mut error = None;
         if let Some(files) = self.files.as_mut() {
+            let alloc = matches!(window.kind, ProfileKind::Alloc { .. });
             for (i, piece) in pieces.iter().enumerate() {
                 // Pieces of one window get distinct names 1 ms apart.
                 let start = window.start + Duration::from_millis(i as u64);
-                if let Err(err) = files.write(start, &piece.gzipped) {
-                    error = Some((files.dir().join(files.file_name(start)), err));
+                let written = if alloc {
+                    files.write_alloc(start, &piece.gzipped)
+                } else {
+                    files.write(start, &piece.gzipped)
+                };
+                if let Err(err) = written {
+                    let name = if alloc {
+                        files.alloc_file_name(start)
+                    } else {
+                        files.file_name(start)
+                    };
+                    error = Some((files.dir().join(name), err));
                 }
             }
+        }
+        if matches!(window.kind, ProfileKind::Alloc { .. }) {
+            // Uploads carry CPU profiles only (allocation uploads: not yet).
+            return error;
         }
         self.upload(pieces, window.start, window.end);
         error

@@ -63,10 +63,28 @@ impl FileSink {
         format!("{}{}-{ms}.pb.gz", self.prefix, self.pid)
     }
 
+    /// The allocation profile's file name of the window that started at `start`:
+    /// `<app>-<pid>-<ms>.alloc.pb.gz` (same retention as the CPU files).
+    pub(crate) fn alloc_file_name(&self, start: SystemTime) -> String {
+        let name = self.file_name(start);
+        format!("{}.alloc.pb.gz", name.trim_end_matches(".pb.gz"))
+    }
+
+    /// Writes one window's allocation profile, then applies retention (as `write`).
+    pub(crate) fn write_alloc(&mut self, start: SystemTime, gzipped: &[u8]) -> io::Result<PathBuf> {
+        let name = self.alloc_file_name(start);
+        self.write_as(name, gzipped)
+    }
+
     /// Writes one window's gzipped pprof, then applies retention. Errors are counted and
     /// returned for the caller to log.
     pub(crate) fn write(&mut self, start: SystemTime, gzipped: &[u8]) -> io::Result<PathBuf> {
-        let result = self.write_atomically(start, gzipped);
+        let name = self.file_name(start);
+        self.write_as(name, gzipped)
+    }
+
+    fn write_as(&mut self, name: String, gzipped: &[u8]) -> io::Result<PathBuf> {
+        let result = self.write_atomically(name, gzipped);
         match &result {
             Ok(_) => {
                 self.counts.written += 1;
@@ -78,8 +96,7 @@ impl FileSink {
         result
     }
 
-    fn write_atomically(&self, start: SystemTime, gzipped: &[u8]) -> io::Result<PathBuf> {
-        let name = self.file_name(start);
+    fn write_atomically(&self, name: String, gzipped: &[u8]) -> io::Result<PathBuf> {
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let written = (|| {
@@ -152,9 +169,12 @@ struct OwnFile {
     len: u64,
 }
 
-/// `<prefix><pid>-<ms>.pb.gz` -> `ms`, or `None` for any other name.
+/// `<prefix><pid>-<ms>.pb.gz` (or `.alloc.pb.gz`) -> `ms`, or `None` for any other name.
 fn parse_start_ms(name: &str, prefix: &str) -> Option<u128> {
-    let rest = name.strip_prefix(prefix)?.strip_suffix(".pb.gz")?;
+    let rest = name.strip_prefix(prefix)?;
+    let rest = rest
+        .strip_suffix(".alloc.pb.gz")
+        .or_else(|| rest.strip_suffix(".pb.gz"))?;
     let (pid, ms) = rest.split_once('-')?;
     if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -208,6 +228,33 @@ mod tests {
             parse_start_ms("shop_checkout-x-1.pb.gz", "shop_checkout-"),
             None
         );
+    }
+
+    #[test]
+    fn allocation_files_sit_beside_cpu_files_under_the_same_retention() {
+        let dir = temp_dir("alloc-names");
+        let mut sink = FileSink::new(dir.clone(), "shop/checkout", 3, u64::MAX).unwrap();
+        let start = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let name = sink.alloc_file_name(start);
+        assert_eq!(
+            name,
+            format!(
+                "shop_checkout-{}-1700000000123.alloc.pb.gz",
+                std::process::id()
+            )
+        );
+        assert_eq!(
+            parse_start_ms(&name, "shop_checkout-"),
+            Some(1_700_000_000_123)
+        );
+        for i in 0..3 {
+            let t = start + Duration::from_secs(i);
+            sink.write(t, b"cpu").unwrap();
+            sink.write_alloc(t, b"alloc").unwrap();
+        }
+        assert_eq!(count_pb_gz(&dir), 3, "both kinds count toward max_files");
+        assert_eq!(sink.counts.deleted, 3);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

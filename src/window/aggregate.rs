@@ -42,6 +42,17 @@ pub(crate) const OVERFLOW_LABELS: u32 = 1;
 /// lock once per sample).
 const MAX_CACHED_IDS_PER_SET: usize = 4;
 
+/// What a window measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ProfileKind {
+    /// CPU samples: a weight (timer expiries) per sample.
+    #[default]
+    Cpu,
+    /// Sampled allocations: `[alloc_objects, alloc_space, inuse_objects, inuse_space]`
+    /// per sample, sampled every `sample_bytes` on average.
+    Alloc { sample_bytes: u64 },
+}
+
 /// Per-window caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WindowLimits {
@@ -121,6 +132,9 @@ pub(crate) struct WindowAggregator {
     span_names: HashSet<String>,
     keys: HashSet<String>,
     weights: HashMap<(u32, u32), u64>,
+    kind: ProfileKind,
+    /// Allocation windows: values per (stack, label set).
+    values: HashMap<(u32, u32), [u64; 4]>,
     stats: WindowStats,
 }
 
@@ -149,7 +163,43 @@ impl WindowAggregator {
             span_names: HashSet::new(),
             keys: HashSet::new(),
             weights: HashMap::new(),
+            kind: ProfileKind::Cpu,
+            values: HashMap::new(),
             stats: WindowStats::default(),
+        }
+    }
+
+    /// An empty allocation window that opened at `start`.
+    pub(crate) fn new_alloc(limits: WindowLimits, start: SystemTime, sample_bytes: u64) -> Self {
+        Self {
+            kind: ProfileKind::Alloc { sample_bytes },
+            ..Self::new(limits, start)
+        }
+    }
+
+    /// When the window opened.
+    pub(crate) fn start(&self) -> SystemTime {
+        self.start
+    }
+
+    /// Adds allocation values `[alloc_objects, alloc_space, inuse_objects, inuse_space]`
+    /// for a stack and an already resolved label set (`None`: no labels). The caps apply
+    /// as in [`add`](Self::add).
+    pub(crate) fn add_alloc(
+        &mut self,
+        frames: &[usize],
+        set: Option<Arc<LabelSet>>,
+        values: [u64; 4],
+    ) {
+        if frames.is_empty() || values == [0; 4] {
+            return;
+        }
+        let frames = &frames[..frames.len().min(MAX_STACK_DEPTH)];
+        let stack = self.intern_stack(frames);
+        let labels = set.map_or(NO_LABELS, |set| self.intern_set(set).index);
+        let v = self.values.entry((stack, labels)).or_insert([0; 4]);
+        for (sum, add) in v.iter_mut().zip(values) {
+            *sum += add;
         }
     }
 
@@ -196,7 +246,7 @@ impl WindowAggregator {
 
     /// No sample was added since the window opened.
     pub(crate) fn is_empty(&self) -> bool {
-        self.weights.is_empty()
+        self.weights.is_empty() && self.values.is_empty()
     }
 
     /// Closes the window at `end`: samples sorted by (stack, label set).
@@ -209,10 +259,22 @@ impl WindowAggregator {
                 stack,
                 labels,
                 weight,
+                values: [0; 4],
             })
+            .chain(
+                self.values
+                    .into_iter()
+                    .map(|((stack, labels), values)| WindowSample {
+                        stack,
+                        labels,
+                        weight: 0,
+                        values,
+                    }),
+            )
             .collect();
         samples.sort_unstable_by_key(|s| (s.stack, s.labels));
         ClosedWindow {
+            kind: self.kind,
             start: self.start,
             end,
             stacks: self.stacks,
@@ -336,13 +398,17 @@ pub(crate) struct WindowSample {
     pub(crate) stack: u32,
     /// Index into [`ClosedWindow::label_sets`] ([`NO_LABELS`], [`OVERFLOW_LABELS`], or a set).
     pub(crate) labels: u32,
-    /// Summed weight (timer expiries), never 0.
+    /// Summed weight (timer expiries), never 0 in CPU windows (0 in allocation windows).
     pub(crate) weight: u64,
+    /// Allocation windows: `[alloc_objects, alloc_space, inuse_objects, inuse_space]`.
+    pub(crate) values: [u64; 4],
 }
 
 /// A closed window, ready for encoding.
 #[derive(Debug, Clone)]
 pub(crate) struct ClosedWindow {
+    /// CPU or allocation samples.
+    pub(crate) kind: ProfileKind,
     pub(crate) start: SystemTime,
     pub(crate) end: SystemTime,
     /// Distinct stacks, leaf first, as return addresses except the leaf PC.

@@ -7,7 +7,8 @@
 pub(crate) mod aggregate;
 
 pub(crate) use aggregate::{
-    ClosedWindow, WindowAggregator, WindowLimits, DEFAULT_MAX_LABEL_SETS, DEFAULT_MAX_SPAN_NAMES,
+    ClosedWindow, ProfileKind, WindowAggregator, WindowLimits, WindowSample,
+    DEFAULT_MAX_LABEL_SETS, DEFAULT_MAX_SPAN_NAMES,
 };
 
 use crate::counters::Counter;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::{BuildError, StartError};
 use crate::limits;
 use crate::profiler::Profiler;
-use crate::sampler::{DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ};
+use crate::sampler::{Unwinder, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ};
 use crate::sink::upload::{Auth, Protocol};
 
 /// `from_env()`: the environment variables and their parsing.
@@ -104,6 +104,7 @@ pub const MAX_REQUEST_SAMPLES: usize = limits::MAX_SAMPLES;
 pub struct ProfilerBuilder {
     pub(crate) application_name: Option<String>,
     pub(crate) sample_rate: u32,
+    pub(crate) unwinder: Unwinder,
     pub(crate) upload_interval: Duration,
     pub(crate) output_dir: Option<PathBuf>,
     pub(crate) max_files: usize,
@@ -111,6 +112,7 @@ pub struct ProfilerBuilder {
     pub(crate) max_label_sets: usize,
     pub(crate) max_span_names: usize,
     pub(crate) symbolize: crate::Symbolization,
+    pub(crate) alloc_sample_bytes: u64,
     pub(crate) server_address: Option<String>,
     pub(crate) protocol: Protocol,
     /// Series labels, keys unique (a repeated key replaces the value).
@@ -139,6 +141,7 @@ impl Default for ProfilerBuilder {
         Self {
             application_name: None,
             sample_rate: DEFAULT_SAMPLE_RATE,
+            unwinder: Unwinder::Auto,
             upload_interval: DEFAULT_UPLOAD_INTERVAL,
             output_dir: None,
             max_files: DEFAULT_MAX_FILES,
@@ -146,6 +149,7 @@ impl Default for ProfilerBuilder {
             max_label_sets: crate::window::DEFAULT_MAX_LABEL_SETS,
             max_span_names: crate::window::DEFAULT_MAX_SPAN_NAMES,
             symbolize: crate::Symbolization::full(),
+            alloc_sample_bytes: crate::alloc::DEFAULT_ALLOC_SAMPLE_BYTES,
             server_address: None,
             protocol: Protocol::Push,
             tags: Vec::new(),
@@ -186,6 +190,24 @@ impl ProfilerBuilder {
         self
     }
 
+    /// How the signal handler walks stacks (default [`Unwinder::Auto`]: DWARF
+    /// call-frame information wherever an object has it, frame pointers for frames
+    /// without). Frame pointers are an optional speed-up, not a requirement.
+    ///
+    /// ```no_run
+    /// use span_profiler::{Profiler, Unwinder};
+    /// let profiler = Profiler::builder()
+    ///     .application_name("checkout")
+    ///     // Code built with `-C force-frame-pointers=yes` throughout: skip the tables.
+    ///     .unwinder(Unwinder::FramePointers)
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unwinder(mut self, unwinder: Unwinder) -> Self {
+        self.unwinder = unwinder;
+        self
+    }
+
     /// Length of one profiling window (default [`DEFAULT_UPLOAD_INTERVAL`]): each window
     /// becomes one file or upload. Between [`MIN_UPLOAD_INTERVAL`] and
     /// [`MAX_UPLOAD_INTERVAL`]; Grafana finds a span's profile only if it arrives within
@@ -199,6 +221,16 @@ impl ProfilerBuilder {
     /// Files are named `<application_name with '/' as '_'>-<pid>-<window start unix ms>.pb.gz`.
     pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.output_dir = Some(dir.into());
+        self
+    }
+
+    /// Allocation profiles: one sampled allocation per this many bytes allocated on
+    /// average (default [`DEFAULT_ALLOC_SAMPLE_BYTES`](crate::alloc::DEFAULT_ALLOC_SAMPLE_BYTES),
+    /// 512 KiB; 0 turns them off). Takes effect only with
+    /// [`ProfiledAllocator`](crate::alloc::ProfiledAllocator) as the global allocator;
+    /// each window then also yields `<app>-<pid>-<ms>.alloc.pb.gz`.
+    pub fn alloc_sample_bytes(mut self, bytes: u64) -> Self {
+        self.alloc_sample_bytes = bytes;
         self
     }
 

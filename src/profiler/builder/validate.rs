@@ -87,6 +87,7 @@ impl ProfilerBuilder {
             max_request_bytes: self.max_request_bytes,
             application_name: name,
             sample_rate: self.sample_rate,
+            unwinder: self.unwinder,
             upload_interval: self.upload_interval,
             output_dir: self
                 .output_dir
@@ -96,6 +97,7 @@ impl ProfilerBuilder {
             max_label_sets: self.max_label_sets,
             max_span_names: self.max_span_names,
             symbolize: self.symbolize,
+            alloc_sample_bytes: self.alloc_sample_bytes,
         })
     }
 }
@@ -120,6 +122,7 @@ pub(crate) struct Config {
     pub(crate) max_request_bytes: usize,
     pub(crate) application_name: String,
     pub(crate) sample_rate: u32,
+    pub(crate) unwinder: Unwinder,
     pub(crate) upload_interval: Duration,
     pub(crate) output_dir: PathBuf,
     pub(crate) max_files: usize,
@@ -127,6 +130,8 @@ pub(crate) struct Config {
     pub(crate) max_label_sets: usize,
     pub(crate) max_span_names: usize,
     pub(crate) symbolize: crate::Symbolization,
+    /// Bytes per allocation sample; 0: no allocation profiles.
+    pub(crate) alloc_sample_bytes: u64,
 }
 
 impl Config {
@@ -141,6 +146,7 @@ impl Config {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             application_name: String::new(),
             sample_rate: DEFAULT_SAMPLE_RATE,
+            unwinder: Unwinder::Auto,
             upload_interval: DEFAULT_UPLOAD_INTERVAL,
             output_dir: PathBuf::from(DEFAULT_OUTPUT_DIR),
             max_files: DEFAULT_MAX_FILES,
@@ -148,6 +154,7 @@ impl Config {
             max_label_sets: crate::window::DEFAULT_MAX_LABEL_SETS,
             max_span_names: crate::window::DEFAULT_MAX_SPAN_NAMES,
             symbolize: crate::Symbolization::full(),
+            alloc_sample_bytes: 0,
         }
     }
 }

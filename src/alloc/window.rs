@@ -1,0 +1,177 @@
+//! The collector's side: drained records become one allocation window per CPU window.
+//!
+//! `alloc_*` values are the window's delta (records drained while it was open, plus the
+//! weight of dropped records per label set), `inuse_*` the snapshot at its end: the
+//! sampled allocations still in the live table. A live sample keeps its resolved label
+//! set (not its id), so an object cached long after its request ended still carries the
+//! request's labels.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::records::{self, DropDrainer, Record};
+use super::{live, OWN_FRAMES};
+use crate::labels::registry::Registry;
+use crate::labels::set::LabelSet;
+use crate::window::{ClosedWindow, WindowAggregator, WindowLimits};
+
+type Key = (Arc<[usize]>, Option<Arc<LabelSet>>);
+
+/// A sampled allocation still tracked.
+struct LiveSample {
+    key: Key,
+    objects: f64,
+    bytes: f64,
+}
+
+/// Stands for records that found the buffer full (their stacks are lost, their weight
+/// is kept under this frame, with their labels).
+#[inline(never)]
+fn dropped_allocation_records() {
+    std::hint::black_box(());
+}
+
+/// Allocation windows of one profiler session.
+pub(crate) struct AllocCollector {
+    sample_bytes: u64,
+    /// Serial -> the sample, for samples tracked in the live table.
+    live: HashMap<u64, LiveSample>,
+    /// (objects, bytes) allocated per (stack, labels) in the open window.
+    allocated: HashMap<Key, (f64, f64)>,
+    /// One copy per distinct stack.
+    stacks: HashSet<Arc<[usize]>>,
+    drops: DropDrainer,
+}
+
+impl AllocCollector {
+    /// Starts recording at `sample_bytes` (0: off, then `None`). Records left from an
+    /// earlier session are discarded.
+    pub(crate) fn start(sample_bytes: u64) -> Option<Self> {
+        if sample_bytes == 0 {
+            return None;
+        }
+        records::drain(|_| {});
+        let mut drops = DropDrainer::default();
+        drops.drain(|_, _, _| {});
+        super::start_recording(sample_bytes);
+        Some(Self {
+            sample_bytes,
+            live: HashMap::new(),
+            allocated: HashMap::new(),
+            stacks: HashSet::new(),
+            drops,
+        })
+    }
+
+    /// Stops recording (the last window is closed after this).
+    pub(crate) fn stop(&self) {
+        super::stop_recording();
+    }
+
+    /// Takes what the allocating threads recorded. Call before the registry's
+    /// `on_drain`: label ids are resolved here.
+    pub(crate) fn drain(&mut self) {
+        let registry = Registry::global();
+        let mut ids: HashMap<u64, Option<Arc<LabelSet>>> = HashMap::new();
+        let mut resolve = |id: u64| -> Option<Arc<LabelSet>> {
+            if id == 0 {
+                return None;
+            }
+            ids.entry(id)
+                .or_insert_with(|| registry.resolve(id))
+                .clone()
+        };
+        let mut drained = Vec::new();
+        records::drain(|r: &Record| drained.push(*r));
+        for r in &drained {
+            let frames = &r.frames[..r.len.min(r.frames.len())];
+            let mut own: Vec<usize>;
+            let frames: &[usize] = if frames.len() > OWN_FRAMES {
+                // The new leaf is a return address: point it into the call.
+                own = frames[OWN_FRAMES..].to_vec();
+                own[0] = own[0].saturating_sub(1);
+                &own
+            } else {
+                frames
+            };
+            let stack = self.intern(frames);
+            let key = (stack, resolve(r.label_id));
+            let sum = self.allocated.entry(key.clone()).or_insert((0.0, 0.0));
+            sum.0 += r.objects;
+            sum.1 += r.bytes;
+            if r.serial != 0 {
+                self.live.insert(
+                    r.serial,
+                    LiveSample {
+                        key,
+                        objects: r.objects,
+                        bytes: r.bytes,
+                    },
+                );
+            }
+        }
+        let marker: Arc<[usize]> = self.intern(&[dropped_allocation_records as *const () as usize]);
+        let allocated = &mut self.allocated;
+        self.drops.drain(|label_id, objects, bytes| {
+            let sum = allocated
+                .entry((marker.clone(), resolve(label_id)))
+                .or_insert((0.0, 0.0));
+            sum.0 += objects;
+            sum.1 += bytes;
+        });
+    }
+
+    fn intern(&mut self, frames: &[usize]) -> Arc<[usize]> {
+        if let Some(s) = self.stacks.get(frames) {
+            return s.clone();
+        }
+        let s: Arc<[usize]> = Arc::from(frames);
+        self.stacks.insert(s.clone());
+        s
+    }
+
+    /// Closes the allocation window `[start, end)`: `None` when it has no sample.
+    pub(crate) fn close(
+        &mut self,
+        limits: WindowLimits,
+        start: SystemTime,
+        end: SystemTime,
+    ) -> Option<ClosedWindow> {
+        self.drain();
+        let mut tracked = HashSet::new();
+        live::scan(|serial| {
+            tracked.insert(serial);
+        });
+        let mut values: HashMap<Key, [f64; 4]> = HashMap::new();
+        for (key, (objects, bytes)) in self.allocated.drain() {
+            let v = values.entry(key).or_insert([0.0; 4]);
+            v[0] += objects;
+            v[1] += bytes;
+        }
+        self.live.retain(|serial, sample| {
+            if !tracked.contains(serial) {
+                return false;
+            }
+            let v = values.entry(sample.key.clone()).or_insert([0.0; 4]);
+            v[2] += sample.objects;
+            v[3] += sample.bytes;
+            true
+        });
+        self.stacks.retain(|s| Arc::strong_count(s) > 1);
+        let mut window = WindowAggregator::new_alloc(limits, start, self.sample_bytes);
+        for ((stack, set), v) in values {
+            window.add_alloc(&stack, set, v.map(|x| x.round() as u64));
+        }
+        if window.is_empty() {
+            return None;
+        }
+        Some(window.close(end))
+    }
+}
+
+impl Drop for AllocCollector {
+    fn drop(&mut self) {
+        super::stop_recording();
+    }
+}
