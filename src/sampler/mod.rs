@@ -70,6 +70,38 @@ pub struct SamplerConfig {
     /// Measure the thread CPU time spent inside the handler (two `clock_gettime` calls
     /// per sample) into [`SamplerStats::handler_cpu_ns`].
     pub measure_handler_cpu: bool,
+    /// How the handler walks stacks.
+    pub unwinder: Unwinder,
+}
+
+/// How the signal handler walks a sampled thread's stack.
+///
+/// DWARF call-frame information (`.eh_frame`, present in every Rust and C/C++ build
+/// unless explicitly stripped with `-C force-unwind-tables=no` / `panic=abort` plus
+/// stripping) lets the profiler unwind code built *without* frame pointers. The tables
+/// are compiled once per loaded object outside the handler (and again only for objects
+/// loaded later); the handler only binary-searches them.
+///
+/// ```no_run
+/// let profiler = span_profiler::Profiler::builder()
+///     .application_name("checkout")
+///     .unwinder(span_profiler::Unwinder::Auto) // the default
+///     .start()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unwinder {
+    /// Call-frame information wherever an object has it, frame pointers for frames
+    /// without (JIT code, hand-written assembly, objects whose CFI cannot be read).
+    /// Complete stacks whether or not the code was built with frame pointers.
+    #[default]
+    Auto,
+    /// Call-frame information only: a frame without it ends the stack.
+    Dwarf,
+    /// Frame pointers only (the fastest walk; needs `-C force-frame-pointers=yes` for
+    /// complete stacks, and builds no tables).
+    FramePointers,
 }
 
 impl Default for SamplerConfig {
@@ -78,6 +110,7 @@ impl Default for SamplerConfig {
             sample_rate_hz: DEFAULT_SAMPLE_RATE_HZ,
             buffer_entries: DEFAULT_BUFFER_ENTRIES,
             measure_handler_cpu: false,
+            unwinder: Unwinder::Auto,
         }
     }
 }
@@ -115,8 +148,30 @@ pub struct SamplerStats {
     pub ignored_not_timer: u64,
     /// Timer signals with another session's cookie or after stop, ignored.
     pub ignored_other_session: u64,
-    /// Samples with at most two frames (shallow stacks: missing frame pointers?).
+    /// Samples with at most two frames whose walk did not reach the thread's start
+    /// (shallow stacks: no unwind tables and no frame pointers?).
     pub shallow_stacks: u64,
+    /// Samples whose walk used call-frame information for at least one frame.
+    pub unwound_cfi: u64,
+    /// Samples walked by frame pointers only.
+    pub unwound_fp: u64,
+    /// Samples where a frame without a usable CFI rule took a frame-pointer step
+    /// inside a CFI walk (mixed stacks).
+    pub unwind_fallbacks: u64,
+    /// Samples whose walk stopped before the outermost frame (not truncated): a
+    /// frame could not be unwound.
+    pub unwind_incomplete: u64,
+    /// Gauge: loaded objects with unwind tables.
+    pub unwind_objects: u64,
+    /// Gauge: loaded objects whose CFI could not be used (malformed, too large): their
+    /// frames are walked by frame pointer.
+    pub unwind_objects_failed: u64,
+    /// Gauge: bytes of published unwind tables (plus replaced ones awaiting their grace).
+    pub unwind_table_bytes: u64,
+    /// Unwind table rebuilds (the first one and one per change of the loaded objects).
+    pub unwind_table_rebuilds: u64,
+    /// Wall time spent compiling unwind tables, ns.
+    pub unwind_table_build_ns: u64,
     /// Samples recorded with only the leaf PC because the thread's stack bounds were not
     /// published yet (or its SP was outside them, e.g. on an alternate signal stack).
     pub leaf_only: u64,

@@ -8,7 +8,8 @@
 //! - It uses: atomics, `const`-initialised destructor-free thread-locals of the main
 //!   executable (the label slot, the cached tid, the own-stack range, the in-handler
 //!   flag), `syscall(SYS_gettid)` once per thread, `clock_gettime` when handler timing is
-//!   on, and reads of the interrupted stack inside published bounds.
+//!   on, reads of the interrupted stack inside published bounds, and binary searches of
+//!   the published unwind tables (`cfi`: a reader count, no lock).
 //! - `errno` is saved on entry and restored on exit.
 //! - Entry checks, in order, before reading anything else: `si_code == SI_TIMER`
 //!   (ignores `kill`, `raise`, `tgkill` and `setitimer`), `si_value` equals the current
@@ -23,10 +24,13 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
 
 use super::bounds::{self, StackBounds};
-use super::unwind::{registers, FramePointerUnwinder, Registers, Unwinder};
+use super::cfi;
+use super::unwind::{registers, Registers};
 use crate::counters::Counter;
+use crate::sampler::buffer::{
+    SampleBuffer, FLAG_CFI, FLAG_COMPLETE, FLAG_FP_FALLBACK, FLAG_NO_BOUNDS, FLAG_TRUNCATED,
+};
 use crate::sampler::SESSION_COOKIE;
-use crate::sampler::buffer::{SampleBuffer, FLAG_NO_BOUNDS, FLAG_TRUNCATED, MAX_FRAMES};
 
 /// Whether the running session records samples.
 pub static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -203,9 +207,22 @@ unsafe fn sample(info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
                 // live stack mapping (its own range, or the mapping the collector found
                 // for an SP of this very thread, removed before the tid could be reused);
                 // it stays mapped while this thread is stopped in its handler.
-                let len = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut record.frames) };
-                record.len = len;
-                record.flags = if len >= MAX_FRAMES { FLAG_TRUNCATED } else { 0 };
+                let walk = unsafe { cfi::unwind(&regs, bounds, &mut record.frames) };
+                record.len = walk.len;
+                let mut flags = 0;
+                if walk.truncated {
+                    flags |= FLAG_TRUNCATED;
+                }
+                if walk.complete {
+                    flags |= FLAG_COMPLETE;
+                }
+                if walk.cfi_frames > 0 {
+                    flags |= FLAG_CFI;
+                    if walk.fp_frames > 0 {
+                        flags |= FLAG_FP_FALLBACK;
+                    }
+                }
+                record.flags = flags;
             }
             None => {
                 record.frames[0] = regs.pc;

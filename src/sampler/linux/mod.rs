@@ -2,7 +2,8 @@
 //!
 //! - `slot` (in the parent): the label id the handler reads.
 //! - `handler`: the SIGPROF handler and its contract.
-//! - `unwind`: the unwinder trait and the frame-pointer unwinder.
+//! - `unwind`: the unwinder trait, the frame-pointer and the DWARF unwinders.
+//! - `cfi`: unwind tables compiled from `.eh_frame`, their publication and the walk.
 //! - `bounds`: stack bounds published for the handler.
 //! - `timers`: `timer_create` / `sigaction`.
 //! - `procfs`: thread discovery, `SigBlk`, `/proc/self/maps`.
@@ -13,6 +14,7 @@
 
 pub(crate) mod armed;
 pub(super) mod bounds;
+pub(super) mod cfi;
 pub(super) mod fork;
 pub(super) mod handler;
 pub(super) mod procfs;

@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 
 use super::armed::{armed, armed_or_init};
 use super::bounds::TABLE;
+use super::cfi;
 use super::handler::{self, thread_cpu_ns, BUFFER, COUNTERS, ENABLED, MEASURE_CPU};
 use super::timers::{self, Disposition};
 use super::{fork, pid, RUNNING};
 use crate::error::StartError;
-use crate::sampler::buffer::{SampleBuffer, FLAG_NO_BOUNDS, FLAG_TRUNCATED};
+use crate::sampler::buffer::{
+    SampleBuffer, FLAG_CFI, FLAG_COMPLETE, FLAG_FP_FALLBACK, FLAG_NO_BOUNDS, FLAG_TRUNCATED,
+};
 use crate::sampler::{
     check_sample_rate, DrainedSample, SamplerConfig, SamplerStats, SESSION_COOKIE,
 };
@@ -80,6 +83,8 @@ pub struct Sampler {
     pub(super) stats: SamplerStats,
     base: HandlerSnapshot,
     process_cpu_start: u64,
+    /// Unwind tables (`None` after stop: handed back for the next session).
+    cfi: Option<cfi::Maintainer>,
 }
 
 impl std::fmt::Debug for Sampler {
@@ -158,6 +163,7 @@ impl Sampler {
         // and reads nothing published through these flags; timers carrying `cookie`
         // are created only after these stores, by this thread or under `ARMED`'s lock.
         MEASURE_CPU.store(config.measure_handler_cpu, Relaxed);
+        cfi::set_mode(config.unwinder);
         SESSION_COOKIE.store(cookie, Relaxed);
         ENABLED.store(true, Relaxed);
 
@@ -176,6 +182,7 @@ impl Sampler {
             stats: SamplerStats::default(),
             base,
             process_cpu_start: process_cpu_ns(),
+            cfi: Some(cfi::Maintainer::take()),
         };
         sampler.maintain();
         Ok(sampler)
@@ -188,13 +195,17 @@ impl Sampler {
 
     /// The collector's periodic work (about every 100 ms): re-reads the SIGPROF
     /// disposition, rescans `/proc/self/task` (arms new threads, deletes the timers of
-    /// vanished ones) and publishes stack bounds for threads that reported an SP.
+    /// vanished ones), publishes stack bounds for threads that reported an SP, and
+    /// rebuilds the unwind tables when the set of loaded objects changed.
     pub fn maintain(&mut self) {
         if !self.live() {
             return;
         }
         let t0 = thread_cpu_ns();
         self.check_disposition();
+        if let Some(cfi) = self.cfi.as_mut() {
+            cfi.maintain();
+        }
         self.scan();
         self.publish_bounds();
         self.stats.maintain_cpu_ns += thread_cpu_ns().saturating_sub(t0);
@@ -218,11 +229,25 @@ impl Sampler {
             stats.samples += 1;
             stats.weight += record.weight;
             let frames = record.frames();
-            if frames.len() <= 2 {
+            let flags = record.flags;
+            if frames.len() <= 2 && flags & FLAG_COMPLETE == 0 {
                 stats.shallow_stacks += 1;
             }
-            if record.flags & FLAG_TRUNCATED != 0 {
+            if flags & FLAG_TRUNCATED != 0 {
                 stats.truncated_stacks += 1;
+            }
+            if flags & FLAG_NO_BOUNDS == 0 {
+                if flags & FLAG_CFI != 0 {
+                    stats.unwound_cfi += 1;
+                } else {
+                    stats.unwound_fp += 1;
+                }
+                if flags & FLAG_FP_FALLBACK != 0 {
+                    stats.unwind_fallbacks += 1;
+                }
+                if flags & (FLAG_COMPLETE | FLAG_TRUNCATED) == 0 {
+                    stats.unwind_incomplete += 1;
+                }
             }
             if record.flags & FLAG_NO_BOUNDS != 0 {
                 stats.leaf_only += 1;
@@ -251,6 +276,14 @@ impl Sampler {
         stats.handler_cpu_ns = now.cpu_ns - self.base.cpu_ns;
         stats.handler_replaced = self.replaced;
         stats.process_cpu_ns = process_cpu_ns().saturating_sub(self.process_cpu_start);
+        if let Some(cfi) = &self.cfi {
+            let c = cfi.counts();
+            stats.unwind_objects = c.objects;
+            stats.unwind_objects_failed = c.objects_failed;
+            stats.unwind_table_bytes = c.table_bytes + c.retired_bytes;
+            stats.unwind_table_rebuilds = c.rebuilds;
+            stats.unwind_table_build_ns = c.build_ns;
+        }
         stats
     }
 
@@ -282,6 +315,9 @@ impl Sampler {
         }
         self.stats.threads_armed = 0;
         let stats = self.stats();
+        if let Some(cfi) = self.cfi.take() {
+            cfi.put_back();
+        }
         self.stopped = true;
         // Release: the teardown above happens before the next start's Acquire CAS.
         RUNNING.store(false, Release);

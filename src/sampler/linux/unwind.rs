@@ -1,10 +1,11 @@
-//! Stack unwinding inside the signal handler, behind a small trait so that a DWARF
-//! unwinder (framehop can unwind without allocating) can replace frame pointers later.
+//! Stack unwinding inside the signal handler, behind a small trait: frame pointers, or
+//! DWARF call-frame information over tables compiled outside the handler (`cfi`).
 //!
 //! Everything here runs in the handler: no allocation, no locks, no panics (no indexing
 //! that can fail, no arithmetic that can overflow-check).
 
 use super::bounds::StackBounds;
+use super::cfi::{self, Walk, WalkMode};
 
 /// The interrupted thread's registers, taken from the handler's `ucontext`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -15,74 +16,62 @@ pub struct Registers {
     pub sp: usize,
     /// Frame pointer (`rbp` / `x29`).
     pub fp: usize,
-    /// Link register (aarch64 `x30`; 0 on x86_64). Unused by frame-pointer walks; kept
-    /// for unwinders that can tell whether a leaf saved it (DWARF).
-    #[allow(dead_code)]
+    /// Link register (aarch64 `x30`; 0 on x86_64): the return address of a leaf whose
+    /// CFI says it has not saved it yet.
     pub lr: usize,
 }
 
 /// Walks a stack from interrupted registers.
 pub trait Unwinder {
-    /// Writes the leaf PC and then return addresses (callers in order) into `out` and
-    /// returns how many it wrote. Reads memory only inside `bounds`.
+    /// Writes the leaf PC and then return addresses (callers in order) into `out`.
+    /// Reads memory only inside `bounds`. Signal-safe, reentrant.
     ///
     /// # Safety
     /// `bounds` must be a range of mapped, readable memory for the whole call (the
     /// interrupted thread's stack, which stays mapped while its own handler runs).
-    unsafe fn unwind(&self, regs: &Registers, bounds: StackBounds, out: &mut [usize]) -> usize;
+    unsafe fn unwind(&self, regs: &Registers, bounds: StackBounds, out: &mut [usize]) -> Walk;
 }
 
 /// Frame-pointer unwinding: `[fp]` is the caller's frame pointer, `[fp + 8]` the return
-/// address (x86_64 and aarch64 frame records alike).
+/// address (x86_64 and aarch64 frame records alike). Each record must be aligned,
+/// inside the bounds and above the previous one.
 pub struct FramePointerUnwinder;
+
+/// DWARF CFI unwinding over the published tables; frames without a usable rule take a
+/// frame-pointer step when `fallback` is set, and end the walk otherwise.
+pub struct DwarfUnwinder {
+    /// Frame-pointer steps for frames without CFI.
+    pub fallback: bool,
+}
 
 /// Alignment of a frame record.
 #[cfg(target_arch = "aarch64")]
-const FRAME_ALIGN: usize = 16;
+pub(crate) const FRAME_ALIGN: usize = 16;
 #[cfg(not(target_arch = "aarch64"))]
-const FRAME_ALIGN: usize = 8;
-
-const WORD: usize = std::mem::size_of::<usize>();
+pub(crate) const FRAME_ALIGN: usize = 8;
 
 impl Unwinder for FramePointerUnwinder {
     #[inline(always)]
-    unsafe fn unwind(&self, regs: &Registers, bounds: StackBounds, out: &mut [usize]) -> usize {
-        let mut n = 0;
-        let Some(first) = out.first_mut() else {
-            return 0;
+    unsafe fn unwind(&self, regs: &Registers, bounds: StackBounds, out: &mut [usize]) -> Walk {
+        // SAFETY: the caller's guarantee; without tables every frame is a
+        // frame-pointer step.
+        unsafe { cfi::walk(None, WalkMode::Auto, regs, bounds, out) }
+    }
+}
+
+impl Unwinder for DwarfUnwinder {
+    #[inline(always)]
+    unsafe fn unwind(&self, regs: &Registers, bounds: StackBounds, out: &mut [usize]) -> Walk {
+        let mode = if self.fallback {
+            WalkMode::Auto
+        } else {
+            WalkMode::Cfi
         };
-        *first = regs.pc;
-        n += 1;
-        // The first record may sit at SP itself (right after `push rbp; mov rbp, rsp`).
-        let mut lowest = regs.sp;
-        let mut fp = regs.fp;
-        while let Some(slot) = out.get_mut(n) {
-            // Each record: inside [max(sp, lo), hi - 2 words], aligned, above the last.
-            if fp < lowest
-                || fp < bounds.lo
-                || fp % FRAME_ALIGN != 0
-                || fp > bounds.hi.saturating_sub(2 * WORD)
-            {
-                break;
-            }
-            // SAFETY: `fp .. fp + 2 words` lies inside `bounds` (checked above), which the
-            // caller guarantees is mapped and readable; the address is word-aligned.
-            let (next, ret) = unsafe {
-                (
-                    std::ptr::read_volatile(fp as *const usize),
-                    std::ptr::read_volatile((fp + WORD) as *const usize),
-                )
-            };
-            if ret == 0 {
-                break;
-            }
-            *slot = ret;
-            n += 1;
-            // Strictly increasing: the next record must be above this one.
-            lowest = fp + 2 * WORD;
-            fp = next;
-        }
-        n
+        cfi::with_tables(|tables| {
+            // SAFETY: the caller's guarantee; `tables` stays valid inside
+            // `with_tables`.
+            unsafe { cfi::walk(tables, mode, regs, bounds, out) }
+        })
     }
 }
 
@@ -126,6 +115,8 @@ pub unsafe fn registers(ucontext: *const libc::ucontext_t) -> Registers {
 mod tests {
     use super::*;
 
+    const WORD: usize = std::mem::size_of::<usize>();
+
     /// Builds a fake stack of frame records in a vector and walks it.
     #[test]
     fn walks_records_until_a_zero_return_address() {
@@ -151,7 +142,7 @@ mod tests {
         };
         let mut out = [0usize; 16];
         // SAFETY: `bounds` is the vector's memory, alive for the call.
-        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
+        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) }.len;
         assert_eq!(&out[..n], &[0x9999, 0x1111, 0x2222]);
     }
 
@@ -174,12 +165,12 @@ mod tests {
             lr: 0,
         };
         // SAFETY: `bounds` is the vector's memory.
-        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
+        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) }.len;
         assert_eq!(&out[..n], &[1, 0xaaaa]);
 
         stack[10] = at(200); // beyond the bounds
                              // SAFETY: as above.
-        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
+        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) }.len;
         assert_eq!(&out[..n], &[1, 0xaaaa]);
 
         let regs = Registers {
@@ -189,7 +180,7 @@ mod tests {
             lr: 0,
         };
         // SAFETY: as above.
-        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
+        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) }.len;
         assert_eq!(&out[..n], &[1]);
 
         let regs = Registers {
@@ -199,7 +190,7 @@ mod tests {
             lr: 0,
         };
         // SAFETY: as above; fp below sp is refused before any read.
-        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
+        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) }.len;
         assert_eq!(&out[..n], &[1]);
     }
 
@@ -224,7 +215,7 @@ mod tests {
         };
         let mut out = [0usize; 4];
         // SAFETY: `bounds` is the vector's memory.
-        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) };
+        let n = unsafe { FramePointerUnwinder.unwind(&regs, bounds, &mut out) }.len;
         assert_eq!(&out[..n], &[7, 0x100, 0x102, 0x104]);
     }
 }
