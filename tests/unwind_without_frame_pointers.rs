@@ -1,0 +1,284 @@
+//! Complete stacks without frame pointers: the test application `tests/apps/unwind-app`
+//! (a Tokio service: `handle_request` -> `render` -> `leaf_burner`, release, line
+//! tables) is built twice in this run, once as users build it (no frame pointers) and
+//! once with `-C force-frame-pointers=yes`, each in its own target directory. Each
+//! build profiles itself into pprof files, which `go tool pprof -raw` (Debian
+//! `golang-go`) reads back. Of the samples in `leaf_burner`, at least 95% must reach the
+//! handler and the Tokio worker loop in both builds, and the median stack depth without
+//! frame pointers must be within 10% of the frame-pointer build's.
+//!
+//! Without `go` on the PATH the test prints a skip message, unless
+//! `SPAN_PROFILER_REQUIRE_TOOLS=1`, which makes it fail.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `go` when it is installed; `None` (after printing why) when it is not and tools are
+/// not required; a test failure when they are.
+fn go() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("go"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let required = std::env::var("SPAN_PROFILER_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "`go` is not on PATH and SPAN_PROFILER_REQUIRE_TOOLS=1: install golang-go"
+        );
+        eprintln!("skipped: `go` is not on PATH (install golang-go, or set SPAN_PROFILER_REQUIRE_TOOLS=1 to fail)");
+    }
+    found
+}
+
+/// Copies the application next to the test's temporary directory (so that this
+/// repository's `.cargo/config.toml` does not apply) and builds it with `rustflags`.
+fn build_app(flavour: &str, rustflags: &str) -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let app = manifest_dir.join("tests/apps/unwind-app");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unwind-app");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    let manifest = std::fs::read_to_string(app.join("Cargo.toml"))
+        .unwrap()
+        .replace(
+            r#"path = "../../..""#,
+            &format!("path = {:?}", manifest_dir.to_str().unwrap()),
+        );
+    std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+    let main = std::fs::read(app.join("src/main.rs")).unwrap();
+    if std::fs::read(dir.join("src/main.rs")).ok().as_ref() != Some(&main) {
+        std::fs::write(dir.join("src/main.rs"), main).unwrap();
+    }
+    if !dir.join("Cargo.lock").exists() {
+        std::fs::copy(manifest_dir.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    }
+    let target = dir.join(format!("target-{flavour}"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(&dir)
+        .env("RUSTFLAGS", rustflags)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "building the {flavour} application failed"
+    );
+    target.join("release/unwind-app")
+}
+
+/// Runs the application for `seconds`; returns its pprof files and its `key=value`
+/// lines.
+fn run_app(app: &Path, flavour: &str, seconds: u32) -> (Vec<PathBuf>, HashMap<String, String>) {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "unwind-app-profiles-{flavour}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = Command::new(app)
+        .arg(&out)
+        .arg(seconds.to_string())
+        .output()
+        .expect("run the application");
+    assert!(
+        run.status.success(),
+        "the {flavour} application failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let values = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let files = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gz"))
+        .collect();
+    (files, values)
+}
+
+/// One location of `go tool pprof -raw`: its lines, innermost (inlined) first, as
+/// (function, file).
+type Location = Vec<(String, String)>;
+
+/// Samples (count, location ids leaf first) and locations of `go tool pprof -raw`.
+fn raw(go: &Path, files: &[PathBuf]) -> (Vec<(u64, Vec<u64>)>, HashMap<u64, Location>) {
+    let home = std::env::temp_dir().join("span-profiler-go-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = Command::new(go)
+        .args(["tool", "pprof", "-raw"])
+        .args(files)
+        .env("HOME", &home)
+        .env("PPROF_TMPDIR", &home)
+        .output()
+        .expect("go tool pprof runs");
+    assert!(
+        out.status.success(),
+        "go tool pprof -raw failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut samples = Vec::new();
+    let mut locations: HashMap<u64, Location> = HashMap::new();
+    let mut section = "";
+    let mut current: Option<u64> = None;
+    for line in text.lines() {
+        match line {
+            "Samples:" | "Locations" | "Mappings" => {
+                section = line;
+                continue;
+            }
+            _ => {}
+        }
+        if section == "Samples:" {
+            // `     2    8000000: 1 2 3 ` (labels follow on their own lines).
+            let Some((values, ids)) = line.split_once(": ") else {
+                continue;
+            };
+            let Some(count) = values
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+            else {
+                continue;
+            };
+            let ids: Vec<u64> = ids
+                .split_whitespace()
+                .filter_map(|i| i.parse().ok())
+                .collect();
+            if !ids.is_empty() {
+                samples.push((count, ids));
+            }
+        } else if section == "Locations" {
+            // `     3: 0x55f9 M=1 func file:line s=..` then `             func file:line`.
+            let trimmed = line.trim_start();
+            let (id, rest) = match trimmed.split_once(": 0x") {
+                Some((id, rest)) if id.chars().all(|c| c.is_ascii_digit()) => {
+                    let id: u64 = id.parse().unwrap();
+                    current = Some(id);
+                    (id, rest.split_once(' ').map_or("", |r| r.1))
+                }
+                _ => match current {
+                    Some(id) => (id, trimmed),
+                    None => continue,
+                },
+            };
+            let mut words = rest.split_whitespace().filter(|w| !w.starts_with("M="));
+            let (Some(func), Some(file)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let file = file.rsplit_once(':').map_or(file, |f| f.0);
+            locations
+                .entry(id)
+                .or_default()
+                .push((func.to_string(), file.to_string()));
+        }
+    }
+    (samples, locations)
+}
+
+/// Of the samples whose leaf is `leaf_burner`: how many (weighted), how many reach both
+/// the handler and the Tokio worker loop, and each one's depth in frames.
+struct Summary {
+    leaf: u64,
+    complete: u64,
+    depths: Vec<usize>,
+}
+
+fn summarise(samples: &[(u64, Vec<u64>)], locations: &HashMap<u64, Location>) -> Summary {
+    let lines = |id: &u64| locations.get(id).map(Vec::as_slice).unwrap_or(&[]);
+    let is = |id: &u64, func: &str, file_suffix: &str| {
+        lines(id)
+            .iter()
+            .any(|(f, file)| f == func && file.ends_with(file_suffix))
+    };
+    let mut summary = Summary {
+        leaf: 0,
+        complete: 0,
+        depths: Vec::new(),
+    };
+    for (count, ids) in samples {
+        let Some(leaf) = ids.first() else { continue };
+        // The leaf location's innermost line is `leaf_burner` itself.
+        if lines(leaf)
+            .first()
+            .is_none_or(|(f, file)| f != "leaf_burner" || !file.ends_with("src/main.rs"))
+        {
+            continue;
+        }
+        summary.leaf += count;
+        let handler = ids.iter().any(|id| is(id, "{async_fn#0}", "src/main.rs"));
+        let worker = ids
+            .iter()
+            .any(|id| is(id, "run", "scheduler/multi_thread/worker.rs"));
+        if handler && worker {
+            summary.complete += count;
+        }
+        for _ in 0..*count {
+            summary.depths.push(ids.len());
+        }
+    }
+    summary
+}
+
+fn median(values: &mut [usize]) -> usize {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
+}
+
+#[test]
+fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_and_the_tokio_worker(
+) {
+    let Some(go) = go() else { return };
+    let mut results = Vec::new();
+    for (flavour, rustflags) in [
+        ("no-frame-pointers", "-C force-frame-pointers=no"),
+        ("frame-pointers", "-C force-frame-pointers=yes"),
+    ] {
+        let app = build_app(flavour, rustflags);
+        let (files, values) = run_app(&app, flavour, 3);
+        assert!(
+            !files.is_empty(),
+            "{flavour}: no profile written: {values:?}"
+        );
+        assert_eq!(
+            values.get("frame_pointers_missing").map(String::as_str),
+            Some("false"),
+            "{flavour}: {values:?}"
+        );
+        let (samples, locations) = raw(&go, &files);
+        let mut summary = summarise(&samples, &locations);
+        let depth = median(&mut summary.depths);
+        eprintln!(
+            "{flavour}: {} of {} leaf_burner samples reach the handler and the worker loop; \
+             median depth {depth} frames; app: {values:?}",
+            summary.complete, summary.leaf
+        );
+        assert!(
+            summary.leaf >= 50,
+            "{flavour}: only {} samples in leaf_burner",
+            summary.leaf
+        );
+        assert!(
+            summary.complete * 100 >= summary.leaf * 95,
+            "{flavour}: only {} of {} leaf_burner samples reach the handler and the worker loop",
+            summary.complete,
+            summary.leaf
+        );
+        results.push(depth);
+    }
+    let (without, with) = (results[0], results[1]);
+    assert!(
+        without * 10 >= with * 9 && without * 10 <= with * 11,
+        "median depth without frame pointers {without}, with {with}: not within 10%"
+    );
+}
