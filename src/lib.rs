@@ -258,6 +258,7 @@ pub use profiler::builder::{
     MAX_TAGS, MIN_REQUEST_BYTES,
 };
 pub use profiler::{Dropped, Profiler, Stats, StopError, StopReport};
+pub use sampler::Unwinder;
 pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport};
 #[cfg(feature = "tower")]
 pub use tower::{ProfileFuture, ProfileLayer, ProfileService};

@@ -1,7 +1,9 @@
 //! No allocation in the handler, proof 2 of 2: disassemble the SIGPROF handler as built
 //! for release (debug assertions and overflow checks off) and everything it calls, and
 //! fail on any call to an allocator, `pthread_*`, `__tls_get_addr` (a thread-local that
-//! is not in static TLS), panicking or formatting code, or any call through a register.
+//! is not in static TLS), `dl_iterate_phdr`, any `_Unwind_*` function, panicking or
+//! formatting code, or any call through a register. The handler's default unwinder is
+//! the DWARF one, so its walk over the published tables is part of what is checked.
 //!
 //! The test builds a tiny probe program that links the crate (without default features,
 //! so the build stays small) in its own target directory, runs it once, and reads
@@ -45,6 +47,9 @@ const FORBIDDEN_PARTS: &[&str] = &[
     "__rdl_alloc",
     "std::sync::",
     "std::io::",
+    // Every libgcc / libunwind entry point (`_Unwind_Backtrace`, `_Unwind_Find_FDE`,
+    // `_Unwind_FindEnclosingFunction`, ...): the DWARF walk reads only our own tables.
+    "_Unwind_",
 ];
 
 const PROBE_MAIN: &str = r#"
@@ -52,15 +57,21 @@ use span_profiler::__private::{Sampler, SamplerConfig};
 fn main() {
     let mut sampler = Sampler::start(SamplerConfig { sample_rate_hz: 1000, ..Default::default() })
         .expect("start");
-    let start = std::time::Instant::now();
     let mut x = 1u64;
-    while start.elapsed() < std::time::Duration::from_millis(300) {
-        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-    }
     let mut n = 0;
-    sampler.drain(&mut |_| n += 1);
-    sampler.stop();
-    println!("samples {n}");
+    // Maintained as the collector does, so this thread's stack bounds get published and
+    // later samples are walked (the first ones record only the leaf).
+    for _ in 0..12 {
+        let tick = std::time::Instant::now();
+        while tick.elapsed() < std::time::Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        sampler.maintain();
+        sampler.drain(&mut |_| n += 1);
+    }
+    std::hint::black_box(x);
+    let stats = sampler.stop();
+    println!("samples {n} dwarf {}", stats.unwound_cfi);
 }
 "#;
 
@@ -317,6 +328,16 @@ fn the_built_handler_and_its_callees_never_allocate_lock_panic_or_use_dynamic_tl
         "the probe failed: {}",
         String::from_utf8_lossy(&run.stderr)
     );
+    // The probe's samples went through the DWARF walk (the default unwinder), so the
+    // code checked below is the code that ran.
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let dwarf: u64 = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "dwarf")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dwarf > 0, "no sample was unwound by CFI: {stdout}");
 
     let out = Command::new("objdump")
         .args(["-d", "-C", "--no-show-raw-insn"])

@@ -239,13 +239,19 @@ fn median(values: &mut [usize]) -> usize {
 fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_and_the_tokio_worker(
 ) {
     let Some(go) = go() else { return };
-    let mut results = Vec::new();
+    let mut depths = Vec::new();
     for (flavour, rustflags) in [
         ("no-frame-pointers", "-C force-frame-pointers=no"),
         ("frame-pointers", "-C force-frame-pointers=yes"),
     ] {
         let app = build_app(flavour, rustflags);
-        let (files, values) = run_app(&app, flavour, 3);
+        let (files, values) = run_app(&app, flavour, "auto", 3);
+        let value = |key: &str| -> u64 {
+            values
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{flavour}: no `{key}` in {values:?}"))
+        };
         assert!(
             !files.is_empty(),
             "{flavour}: no profile written: {values:?}"
@@ -254,6 +260,13 @@ fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_a
             values.get("frame_pointers_missing").map(String::as_str),
             Some("false"),
             "{flavour}: {values:?}"
+        );
+        assert!(value("unwind_objects") >= 3, "{flavour}: {values:?}");
+        assert_eq!(value("unwind_objects_failed"), 0, "{flavour}: {values:?}");
+        assert!(value("unwind_table_bytes") > 0, "{flavour}: {values:?}");
+        assert!(
+            value("unwound_dwarf") * 10 >= value("samples") * 9,
+            "{flavour}: most samples are unwound by CFI: {values:?}"
         );
         let (samples, locations) = raw(&go, &files);
         let mut summary = summarise(&samples, &locations);
@@ -274,9 +287,27 @@ fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_a
             summary.complete,
             summary.leaf
         );
-        results.push(depth);
+        depths.push(depth);
+
+        if flavour == "no-frame-pointers" {
+            // The control: frame pointers alone cannot walk this build.
+            let (files, values) = run_app(&app, flavour, "frame-pointers", 2);
+            let (samples, locations) = raw(&go, &files);
+            let summary = summarise(&samples, &locations);
+            eprintln!(
+                "{flavour} walked by frame pointers: {} of {} leaf_burner samples complete; \
+                 app: {values:?}",
+                summary.complete, summary.leaf
+            );
+            assert!(
+                summary.complete * 2 < summary.leaf,
+                "frame pointers should not walk a build without them: {} of {}",
+                summary.complete,
+                summary.leaf
+            );
+        }
     }
-    let (without, with) = (results[0], results[1]);
+    let (without, with) = (depths[0], depths[1]);
     assert!(
         without * 10 >= with * 9 && without * 10 <= with * 11,
         "median depth without frame pointers {without}, with {with}: not within 10%"

@@ -73,6 +73,7 @@ pub(super) fn spawn(config: Config) -> Result<Spawned, StartError> {
     registry.set_profiling(true);
     let sampler_config = SamplerConfig {
         sample_rate_hz: config.sample_rate,
+        unwinder: config.unwinder,
         buffer_entries: buffer_entries(config.sample_rate),
         ..SamplerConfig::default()
     };
@@ -241,8 +242,9 @@ impl Collector {
         if frame_pointers_missing && SHALLOW_LOGGED.first() {
             log::warn!(
                 target: "span_profiler",
-                "most samples are one or two frames deep: the code lacks frame pointers; \
-                 build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (see the README)"
+                "most samples are one or two frames deep: the code has neither usable unwind \
+                 tables (.eh_frame) nor frame pointers; do not strip .eh_frame, or build \
+                 with RUSTFLAGS=\"-C force-frame-pointers=yes\" (see the README)"
             );
         }
         let mut stats = lock(&self.stats);
@@ -269,6 +271,14 @@ impl Collector {
             handler_replaced: s.handler_replaced,
             shallow_samples: s.shallow_stacks,
             frame_pointers_missing,
+            unwound_dwarf: s.unwound_cfi,
+            unwound_frame_pointers: s.unwound_fp,
+            unwind_fallbacks: s.unwind_fallbacks,
+            truncated_stacks: s.truncated_stacks,
+            unwind_incomplete: s.unwind_incomplete,
+            unwind_objects: s.unwind_objects,
+            unwind_objects_failed: s.unwind_objects_failed,
+            unwind_table_bytes: s.unwind_table_bytes,
             // The writer's fields.
             ..std::mem::take(&mut *stats)
         };

@@ -56,11 +56,33 @@ pub struct Stats {
     pub threads_sigprof_blocked: u64,
     /// Another library replaced our SIGPROF handler; sampling stopped.
     pub handler_replaced: bool,
-    /// Samples with at most two frames.
+    /// Samples with at most two frames whose walk did not reach the thread's start.
     pub shallow_samples: u64,
-    /// Most samples are one or two frames deep: the code lacks frame pointers (build
-    /// with `-C force-frame-pointers=yes`).
+    /// Most samples are shallow: the code has neither usable unwind tables nor frame
+    /// pointers (keep `.eh_frame`, or build with `-C force-frame-pointers=yes`).
     pub frame_pointers_missing: bool,
+    /// Samples whose stack was walked with DWARF call-frame information (at least one
+    /// frame; see [`Unwinder`](crate::Unwinder)).
+    pub unwound_dwarf: u64,
+    /// Samples walked by frame pointers only.
+    pub unwound_frame_pointers: u64,
+    /// Samples in which a frame without usable call-frame information (JIT code,
+    /// hand-written assembly, an object whose CFI could not be read) took a
+    /// frame-pointer step.
+    pub unwind_fallbacks: u64,
+    /// Samples whose stack was deeper than the frame cap: the leaf frames and the
+    /// outermost ones (worker loop, thread start) were kept, the middle dropped.
+    pub truncated_stacks: u64,
+    /// Samples whose walk stopped before the thread's first frame (and was not cut).
+    pub unwind_incomplete: u64,
+    /// Loaded objects with unwind tables.
+    pub unwind_objects: u64,
+    /// Loaded objects whose call-frame information could not be used (malformed,
+    /// too large): their frames are walked by frame pointer.
+    pub unwind_objects_failed: u64,
+    /// Memory of the unwind tables, bytes (including replaced tables awaiting their
+    /// grace period).
+    pub unwind_table_bytes: u64,
     /// Upload counters (requests sent, retried, failed, dropped by reason), when a
     /// server address is set.
     pub upload: Option<crate::sink::upload::UploadCounts>,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::{BuildError, StartError};
 use crate::limits;
 use crate::profiler::Profiler;
-use crate::sampler::{DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ};
+use crate::sampler::{Unwinder, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ};
 use crate::sink::upload::{Auth, Protocol};
 
 /// `from_env()`: the environment variables and their parsing.
@@ -104,6 +104,7 @@ pub const MAX_REQUEST_SAMPLES: usize = limits::MAX_SAMPLES;
 pub struct ProfilerBuilder {
     pub(crate) application_name: Option<String>,
     pub(crate) sample_rate: u32,
+    pub(crate) unwinder: Unwinder,
     pub(crate) upload_interval: Duration,
     pub(crate) output_dir: Option<PathBuf>,
     pub(crate) max_files: usize,
@@ -138,6 +139,7 @@ impl Default for ProfilerBuilder {
         Self {
             application_name: None,
             sample_rate: DEFAULT_SAMPLE_RATE,
+            unwinder: Unwinder::Auto,
             upload_interval: DEFAULT_UPLOAD_INTERVAL,
             output_dir: None,
             max_files: DEFAULT_MAX_FILES,
@@ -181,6 +183,24 @@ impl ProfilerBuilder {
     /// each sample is then weighted by the expiries it stands for.
     pub fn sample_rate(mut self, hz: u32) -> Self {
         self.sample_rate = hz;
+        self
+    }
+
+    /// How the signal handler walks stacks (default [`Unwinder::Auto`]: DWARF
+    /// call-frame information wherever an object has it, frame pointers for frames
+    /// without). Frame pointers are an optional speed-up, not a requirement.
+    ///
+    /// ```no_run
+    /// use span_profiler::{Profiler, Unwinder};
+    /// let profiler = Profiler::builder()
+    ///     .application_name("checkout")
+    ///     // Code built with `-C force-frame-pointers=yes` throughout: skip the tables.
+    ///     .unwinder(Unwinder::FramePointers)
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unwinder(mut self, unwinder: Unwinder) -> Self {
+        self.unwinder = unwinder;
         self
     }
 

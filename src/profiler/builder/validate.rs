@@ -77,6 +77,7 @@ impl ProfilerBuilder {
             max_request_bytes: self.max_request_bytes,
             application_name: name,
             sample_rate: self.sample_rate,
+            unwinder: self.unwinder,
             upload_interval: self.upload_interval,
             output_dir: self
                 .output_dir
@@ -109,6 +110,7 @@ pub(crate) struct Config {
     pub(crate) max_request_bytes: usize,
     pub(crate) application_name: String,
     pub(crate) sample_rate: u32,
+    pub(crate) unwinder: Unwinder,
     pub(crate) upload_interval: Duration,
     pub(crate) output_dir: PathBuf,
     pub(crate) max_files: usize,
@@ -129,6 +131,7 @@ impl Config {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             application_name: String::new(),
             sample_rate: DEFAULT_SAMPLE_RATE,
+            unwinder: Unwinder::Auto,
             upload_interval: DEFAULT_UPLOAD_INTERVAL,
             output_dir: PathBuf::from(DEFAULT_OUTPUT_DIR),
             max_files: DEFAULT_MAX_FILES,

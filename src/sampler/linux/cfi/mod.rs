@@ -29,7 +29,7 @@ pub(crate) use walk::{unwind as walk, Mode as WalkMode, Walk};
 
 use super::bounds::StackBounds;
 use super::unwind::{DwarfUnwinder, FramePointerUnwinder, Registers, Unwinder as _};
-use crate::counters::Once;
+use crate::counters::LogOnce;
 use crate::sampler::Unwinder;
 use crate::sync::lock_std as lock;
 
@@ -149,7 +149,7 @@ pub(crate) struct Maintainer {
 /// The maintainer between sessions (a session takes it out and puts it back).
 static IDLE: Mutex<Option<Maintainer>> = Mutex::new(None);
 
-static LOG_FAILED: Once = Once::new();
+static LOG_FAILED: LogOnce = LogOnce::new();
 
 impl Maintainer {
     /// Takes the process's maintainer (a fresh one the first time).

@@ -179,6 +179,9 @@ fn rotate_left(s: &mut [usize], mid: usize) {
 /// # Safety
 /// `bounds` must be mapped and readable for the whole call (the interrupted thread's
 /// stack, which stays mapped while its own handler runs; or the caller's own stack).
+// Inlined into the handler: a call into another codegen unit is one the compiler cannot
+// prove nounwind, and the `extern "C"` handler would then carry an abort-on-unwind path.
+#[inline(always)]
 pub(crate) unsafe fn unwind(
     tables: Option<&Tables>,
     mode: Mode,
@@ -215,24 +218,28 @@ pub(crate) unsafe fn unwind(
             Some(tables) => tables.lookup(lookup),
             None => Rule::UNCOVERED,
         };
-        let step = match rule.kind() {
-            Kind::Outermost => Err(Stop::End),
-            kind @ (Kind::Sp | Kind::Fp) => {
-                // SAFETY: the caller guarantees `bounds` is readable.
-                match unsafe { cfi_step(rule, kind, &regs, leaf, bounds) } {
-                    Some(step) => Ok(step),
-                    None if mode == Mode::Auto => {
-                        // SAFETY: as above.
-                        unsafe { fp_step(&regs, bounds) }
-                    }
-                    None => Err(Stop::Lost),
+        // An `if` chain, not a `match` over the kinds: few enough branches that the
+        // compiler emits compares rather than a jump table (the handler's disassembly
+        // check refuses every indirect jump).
+        let kind = rule.kind();
+        let step = if kind == Kind::Outermost {
+            Err(Stop::End)
+        } else if kind == Kind::Sp || kind == Kind::Fp {
+            // SAFETY: the caller guarantees `bounds` is readable.
+            match unsafe { cfi_step(rule, kind, &regs, leaf, bounds) } {
+                Some(step) => Ok(step),
+                None if mode == Mode::Auto => {
+                    // SAFETY: as above.
+                    unsafe { fp_step(&regs, bounds) }
                 }
+                None => Err(Stop::Lost),
             }
-            Kind::Inexpressible | Kind::Uncovered if mode == Mode::Auto => {
-                // SAFETY: as above.
-                unsafe { fp_step(&regs, bounds) }
-            }
-            Kind::Inexpressible | Kind::Uncovered => Err(Stop::Lost),
+        } else if mode == Mode::Auto {
+            // Inexpressible or uncovered: one frame-pointer step.
+            // SAFETY: as above.
+            unsafe { fp_step(&regs, bounds) }
+        } else {
+            Err(Stop::Lost)
         };
         let step = match step {
             Ok(step) if step.pc == 0 => {

@@ -1,12 +1,12 @@
 //! Serves "requests" on a 2-worker Tokio runtime: `handle_request` -> `render` ->
 //! `leaf_burner`, profiled by span-profiler into pprof files.
 //!
-//! Usage: `unwind-app <output dir> <seconds>`. Prints the profiler's unwinding counters
-//! as `key=value` lines on exit.
+//! Usage: `unwind-app <output dir> <seconds> [auto|dwarf|frame-pointers]`. Prints the
+//! profiler's unwinding counters as `key=value` lines on exit.
 
 use std::time::{Duration, Instant};
 
-use span_profiler::{Labels, ProfiledExt, Profiler};
+use span_profiler::{Labels, ProfiledExt, Profiler, Unwinder};
 
 /// The leaf: pure arithmetic, no calls.
 #[inline(never)]
@@ -40,8 +40,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let out = args.next().ok_or("usage: unwind-app <output dir> <seconds>")?;
     let seconds: u64 = args.next().unwrap_or_else(|| "3".into()).parse()?;
+    let unwinder = match args.next().as_deref() {
+        None | Some("auto") => Unwinder::Auto,
+        Some("dwarf") => Unwinder::Dwarf,
+        Some("frame-pointers") => Unwinder::FramePointers,
+        Some(other) => return Err(format!("unknown unwinder `{other}`").into()),
+    };
     let profiler = Profiler::builder()
         .application_name("unwind-app")
+        .unwinder(unwinder)
         .sample_rate(250)
         .upload_interval(Duration::from_secs(1))
         .output_dir(&out)
@@ -72,6 +79,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("samples={}", s.samples);
     println!("shallow_samples={}", s.shallow_samples);
     println!("frame_pointers_missing={}", s.frame_pointers_missing);
+    println!("unwound_dwarf={}", s.unwound_dwarf);
+    println!("unwound_frame_pointers={}", s.unwound_frame_pointers);
+    println!("unwind_fallbacks={}", s.unwind_fallbacks);
+    println!("unwind_incomplete={}", s.unwind_incomplete);
+    println!("truncated_stacks={}", s.truncated_stacks);
+    println!("unwind_objects={}", s.unwind_objects);
+    println!("unwind_objects_failed={}", s.unwind_objects_failed);
+    println!("unwind_table_bytes={}", s.unwind_table_bytes);
     println!("files_written={}", report.files_written);
     Ok(())
 }
