@@ -1,7 +1,8 @@
 //! The sampler's own cost, measured directly rather than inferred from throughput:
 //!
-//! - `handler/depth_30` (criterion, `iter_custom`): thread CPU time spent inside the signal
-//!   handler per sample while two threads burn CPU 30 frames deep. The handler reads its
+//! - `handler/{frame_pointers,dwarf}/{10,30,60}` (criterion, `iter_custom`): thread CPU
+//!   time spent inside the signal handler per sample while two threads burn CPU 10, 30 or
+//!   60 frames deep, walked by frame pointers or by DWARF CFI (`Unwinder::Auto`). The handler reads its
 //!   thread's CPU clock on entry and exit (`measure_handler_cpu`), so one "iteration" is
 //!   one sample and the time is that sample's handler time.
 //! - `sampler_cpu_fraction` (printed, 100 Hz and 1 kHz): handler time plus the drain thread's
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use span_profiler::__private::{Sampler, SamplerConfig};
+use span_profiler::Unwinder;
 
 /// Burns CPU `depth` frames below the caller until `stop`.
 #[inline(never)]
@@ -41,12 +43,12 @@ struct Burners {
 }
 
 impl Burners {
-    fn start() -> Self {
+    fn start(depth: u32) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..2)
             .map(|_| {
                 let stop = stop.clone();
-                std::thread::spawn(move || deep(30, &stop))
+                std::thread::spawn(move || deep(depth, &stop))
             })
             .collect();
         Self { stop, threads }
@@ -95,24 +97,31 @@ fn run_until(
 fn handler_cost(c: &mut Criterion) {
     let mut group = c.benchmark_group("handler");
     group.sample_size(10);
-    group.bench_function("depth_30", |b| {
-        b.iter_custom(|iters| {
-            let _burners = Burners::start();
-            let mut sampler = start_sampler(1000);
-            // At most one signal per 4 ms kernel tick per thread: ~500 samples/s here.
-            let stats = run_until(&mut sampler, iters, Duration::from_secs(60));
-            let stats_final = sampler.stop();
-            let samples = stats_final.samples.max(stats.samples).max(1);
-            let per_sample = stats_final.handler_cpu_ns / samples;
-            Duration::from_nanos(per_sample * iters)
-        })
-    });
+    for depth in [10u32, 30, 60] {
+        for (name, unwinder) in [
+            ("frame_pointers", Unwinder::FramePointers),
+            ("dwarf", Unwinder::Auto),
+        ] {
+            group.bench_function(format!("{name}/{depth}"), |b| {
+                b.iter_custom(|iters| {
+                    let _burners = Burners::start(depth);
+                    let mut sampler = start_sampler(1000, unwinder);
+                    // At most one signal per 4 ms kernel tick per thread: ~500 samples/s.
+                    let stats = run_until(&mut sampler, iters, Duration::from_secs(60));
+                    let stats_final = sampler.stop();
+                    let samples = stats_final.samples.max(stats.samples).max(1);
+                    let per_sample = stats_final.handler_cpu_ns / samples;
+                    Duration::from_nanos(per_sample * iters)
+                })
+            });
+        }
+    }
     group.finish();
 
     // The fraction of process CPU, printed beside criterion's numbers.
     for rate in [100, 1000] {
-        let burners = Burners::start();
-        let mut sampler = start_sampler(rate);
+        let burners = Burners::start(30);
+        let mut sampler = start_sampler(rate, Unwinder::Auto);
         run_until(&mut sampler, u64::MAX, Duration::from_secs(3));
         drop(burners);
         let stats = sampler.stop();
@@ -132,5 +141,24 @@ fn handler_cost(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, handler_cost);
+/// Unwind table build time and memory for this benchmark binary and its libraries
+/// (printed; the first start of a process builds, later starts reuse).
+fn table_build() {
+    let sampler = start_sampler(100, Unwinder::Auto);
+    let stats = sampler.stop();
+    println!(
+        "unwind_tables: {} objects ({} failed), {} KiB, built in {} ms",
+        stats.unwind_objects,
+        stats.unwind_objects_failed,
+        stats.unwind_table_bytes / 1024,
+        stats.unwind_table_build_ns / 1_000_000
+    );
+}
+
+fn all(c: &mut Criterion) {
+    table_build();
+    handler_cost(c);
+}
+
+criterion_group!(benches, all);
 criterion_main!(benches);

@@ -128,9 +128,11 @@
 //! 2. saves `errno`;
 //! 3. reads the thread's label slot: a `const`-initialised thread-local atomic without a
 //!    destructor (no lazy initialisation, no allocation);
-//! 4. walks the frame pointers of the interrupted context within stack bounds published in
-//!    advance, writing the frames into a slot of a preallocated, never-freed lock-free
-//!    buffer; a full buffer is a counted drop, never a wait;
+//! 4. unwinds the interrupted context within stack bounds published in advance, by
+//!    binary searches over immutable unwind tables compiled from `.eh_frame` outside the
+//!    handler (frame pointers for frames without them), writing the frames into a slot of
+//!    a preallocated, never-freed lock-free buffer; a full buffer is a counted drop, never
+//!    a wait;
 //! 5. restores `errno`.
 //!
 //! It never allocates, locks, formats or panics; a malloc-interposition test and a
@@ -138,10 +140,14 @@
 //! and uploads happen on the profiler's own threads. `stop()` leaves the handler installed
 //! and inert; after `fork()` the child's profiler is inert.
 //!
-//! ## Frame pointers and debug info
+//! ## Stack unwinding and debug info
 //!
-//! Stacks are walked by frame pointers. Build the application with them, or samples have
-//! one or two frames (logged once, and [`Stats::frame_pointers_missing`]):
+//! Stacks are unwound with the DWARF call-frame information (`.eh_frame`) of each loaded
+//! object, compiled into compact tables outside the handler; the handler only
+//! binary-searches them. An ordinary release build (no frame pointers) gives complete
+//! stacks. Frames without call-frame information are walked by frame pointer. Frame
+//! pointers are an optional speed-up ([`Unwinder::FramePointers`], with code built with
+//! them throughout):
 //!
 //! ```toml
 //! # .cargo/config.toml
