@@ -64,11 +64,12 @@ impl Drop for Burners {
     }
 }
 
-fn start_sampler(rate_hz: u32) -> Sampler {
+fn start_sampler(rate_hz: u32, unwinder: Unwinder) -> Sampler {
     Sampler::start(SamplerConfig {
         sample_rate_hz: rate_hz,
         buffer_entries: 8192,
         measure_handler_cpu: true,
+        unwinder,
     })
     .expect("the sampler starts (Linux, no other SIGPROF handler)")
 }

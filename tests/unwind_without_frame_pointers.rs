@@ -116,8 +116,11 @@ fn run_app(
 /// (function, file).
 type Location = Vec<(String, String)>;
 
-/// Samples (count, location ids leaf first) and locations of `go tool pprof -raw`.
-fn raw(go: &Path, files: &[PathBuf]) -> (Vec<(u64, Vec<u64>)>, HashMap<u64, Location>) {
+/// One sample of `go tool pprof -raw`: its count and location ids, leaf first.
+type RawSample = (u64, Vec<u64>);
+
+/// Samples and locations of `go tool pprof -raw`.
+fn raw(go: &Path, files: &[PathBuf]) -> (Vec<RawSample>, HashMap<u64, Location>) {
     let home = std::env::temp_dir().join("span-profiler-go-home");
     std::fs::create_dir_all(&home).unwrap();
     let out = Command::new(go)
@@ -200,7 +203,7 @@ struct Summary {
     depths: Vec<usize>,
 }
 
-fn summarise(samples: &[(u64, Vec<u64>)], locations: &HashMap<u64, Location>) -> Summary {
+fn summarise(samples: &[RawSample], locations: &HashMap<u64, Location>) -> Summary {
     let lines = |id: &u64| locations.get(id).map(Vec::as_slice).unwrap_or(&[]);
     let is = |id: &u64, func: &str, file_suffix: &str| {
         lines(id)

@@ -43,7 +43,9 @@ pub(crate) fn with_tables<R>(f: impl FnOnce(Option<&Tables>) -> R) -> R {
 /// One per process (tables outlive sessions so that the next start can reuse them).
 #[derive(Default)]
 pub(crate) struct Publisher {
-    /// Replaced tables some reader may still hold.
+    /// Replaced tables some reader may still hold. Boxes: each was published as a
+    /// `Box::into_raw` pointer and is freed as that same allocation.
+    #[allow(clippy::vec_box)]
     retired: Vec<Box<Tables>>,
 }
 

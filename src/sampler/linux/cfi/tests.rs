@@ -7,16 +7,12 @@ fn own_bounds() -> StackBounds {
     // SAFETY: zero is a valid placeholder; `pthread_getattr_np` initialises it.
     let mut attr: libc::pthread_attr_t = unsafe { std::mem::zeroed() };
     // SAFETY: this live thread; valid out-pointer.
-    assert_eq!(
-        unsafe { libc::pthread_getattr_np(libc::pthread_self(), &mut attr) },
-        0
-    );
+    let rc = unsafe { libc::pthread_getattr_np(libc::pthread_self(), &mut attr) };
+    assert_eq!(rc, 0);
     let (mut addr, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: `attr` initialised above; valid out-pointers.
-    assert_eq!(
-        unsafe { libc::pthread_attr_getstack(&attr, &mut addr, &mut size) },
-        0
-    );
+    let rc = unsafe { libc::pthread_attr_getstack(&attr, &mut addr, &mut size) };
+    assert_eq!(rc, 0);
     // SAFETY: initialised above, destroyed once.
     unsafe { libc::pthread_attr_destroy(&mut attr) };
     StackBounds {
@@ -115,6 +111,13 @@ fn an_unchanged_set_of_objects_is_not_rebuilt_and_a_new_publication_reuses_table
     set_mode(Unwinder::Auto);
     m.maintain();
     let first = m.counts();
+    eprintln!(
+        "tables of this test process: {} objects, {} KiB, {} inexpressible rows, built in {} ms",
+        first.objects,
+        first.table_bytes / 1024,
+        first.rows_inexpressible,
+        first.build_ns / 1_000_000
+    );
     m.maintain();
     assert_eq!(m.counts().rebuilds, first.rebuilds, "nothing changed");
     // Forcing a refresh reuses every object's table.

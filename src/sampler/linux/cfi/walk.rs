@@ -3,11 +3,11 @@
 //! only inside the given stack bounds, and keeps no state between calls (reentrant: a
 //! nested signal can run another walk on the same thread).
 //!
-//! Per frame: look the PC up (the leaf at its own address, callers at `return address
-//! - 1`, inside their call instruction); a compact rule gives the CFA and where the
-//! return address and the caller's frame pointer are saved. Frames without a usable
-//! rule take one frame-pointer step instead (mixed stacks: JIT code, hand-written
-//! assembly, objects with malformed CFI), unless the mode forbids it.
+//! Per frame: look the PC up (the leaf at its own address, callers one byte before
+//! their return address, inside their call instruction); a compact rule gives the CFA
+//! and where the return address and the caller's frame pointer are saved. Frames
+//! without a usable rule take one frame-pointer step instead (mixed stacks: JIT code,
+//! hand-written assembly, objects with malformed CFI), unless the mode forbids it.
 
 use super::super::bounds::StackBounds;
 use super::super::unwind::{Registers, FRAME_ALIGN};
