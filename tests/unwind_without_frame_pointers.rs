@@ -75,13 +75,13 @@ fn build_app(flavour: &str, rustflags: &str) -> PathBuf {
     target.join("release/unwind-app")
 }
 
-/// Runs the application for `seconds` with `unwinder`; returns its pprof files and its `key=value`
+/// Runs the application for `requests` with `unwinder`; returns its pprof files and its `key=value`
 /// lines.
 fn run_app(
     app: &Path,
     flavour: &str,
     unwinder: &str,
-    seconds: u32,
+    requests: u32,
 ) -> (Vec<PathBuf>, HashMap<String, String>) {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "unwind-app-profiles-{flavour}-{unwinder}-{}",
@@ -90,7 +90,7 @@ fn run_app(
     let _ = std::fs::remove_dir_all(&out);
     let run = Command::new(app)
         .arg(&out)
-        .arg(seconds.to_string())
+        .arg(requests.to_string())
         .arg(unwinder)
         .output()
         .expect("run the application");
@@ -254,7 +254,7 @@ fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_a
         ("frame-pointers", "-C force-frame-pointers=yes"),
     ] {
         let app = build_app(flavour, rustflags);
-        let (files, values) = run_app(&app, flavour, "auto", 6);
+        let (files, values) = run_app(&app, flavour, "auto", 800);
         let value = |key: &str| -> u64 {
             values
                 .get(key)
@@ -286,7 +286,7 @@ fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_a
             summary.complete, summary.leaf
         );
         assert!(
-            summary.leaf >= 40,
+            summary.leaf >= 50,
             "{flavour}: only {} samples in leaf_burner",
             summary.leaf
         );
@@ -300,7 +300,7 @@ fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_a
 
         if flavour == "no-frame-pointers" {
             // The control: frame pointers alone cannot walk this build.
-            let (files, values) = run_app(&app, flavour, "frame-pointers", 2);
+            let (files, values) = run_app(&app, flavour, "frame-pointers", 300);
             let (samples, locations) = raw(&go, &files);
             let summary = summarise(&samples, &locations);
             eprintln!(

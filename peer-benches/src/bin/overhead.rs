@@ -109,6 +109,7 @@ fn measure(config: Config, shape: Shape, secs: Duration) -> Outcome {
                 sample_rate_hz: hz,
                 buffer_entries: 4096,
                 measure_handler_cpu: true,
+                ..SamplerConfig::default()
             })
             .expect("sampler starts");
             // A drain thread, on the collector's tick (100 ms).

@@ -1,10 +1,11 @@
 //! Serves "requests" on a 2-worker Tokio runtime: `handle_request` -> `render` ->
 //! `leaf_burner`, profiled by span-profiler into pprof files.
 //!
-//! Usage: `unwind-app <output dir> <seconds> [auto|dwarf|frame-pointers]`. Prints the
-//! profiler's unwinding counters as `key=value` lines on exit.
+//! Usage: `unwind-app <output dir> <requests> [auto|dwarf|frame-pointers]`: serves that
+//! many requests (a fixed amount of CPU work, however busy the machine), then prints the
+//! profiler's unwinding counters as `key=value` lines.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use span_profiler::{Labels, ProfiledExt, Profiler, Unwinder};
 
@@ -38,8 +39,10 @@ async fn handle_request(id: u64) -> u64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let out = args.next().ok_or("usage: unwind-app <output dir> <seconds>")?;
-    let seconds: u64 = args.next().unwrap_or_else(|| "3".into()).parse()?;
+    let out = args
+        .next()
+        .ok_or("usage: unwind-app <output dir> <requests> [unwinder]")?;
+    let wanted: u64 = args.next().unwrap_or_else(|| "800".into()).parse()?;
     let unwinder = match args.next().as_deref() {
         None | Some("auto") => Unwinder::Auto,
         Some("dwarf") => Unwinder::Dwarf,
@@ -58,9 +61,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_time()
         .build()?;
     let requests = rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let mut id = 1u64;
-        while Instant::now() < deadline {
+        let mut id = 0u64;
+        while id < wanted {
             let batch: Vec<_> = (0..4)
                 .map(|_| {
                     id += 1;
