@@ -187,14 +187,14 @@ fn finish(
         rules.push(rule);
     }
     let inexpressible = rules.iter().filter(|r| **r == Rule::INEXPRESSIBLE).count();
-    let table = ModuleTable {
-        start: start as usize,
-        end: end as usize,
-        addrs: addrs.into_boxed_slice(),
-        rules: rules.into_boxed_slice(),
+    let table = ModuleTable::new(
+        start as usize,
+        end as usize,
+        addrs,
+        rules,
         inexpressible,
-        name: name.to_string(),
-    };
+        name.to_string(),
+    );
     Ok((table, counts))
 }
 

@@ -37,6 +37,9 @@ pub(crate) struct Rule(u32);
 
 const SLOT_MAX: u32 = 63;
 
+/// Bytes per page of the lookup index: `1 << PAGE_SHIFT`.
+const PAGE_SHIFT: u32 = 12;
+
 impl Rule {
     pub(crate) const INEXPRESSIBLE: Rule = Rule((Kind::Inexpressible as u32) << 16);
     pub(crate) const UNCOVERED: Rule = Rule((Kind::Uncovered as u32) << 16);
@@ -99,6 +102,10 @@ pub(crate) struct ModuleTable {
     pub(crate) addrs: Box<[u32]>,
     /// The rule of each row (same length as `addrs`).
     pub(crate) rules: Box<[Rule]>,
+    /// Per 4 KiB page of `start..end`: the index of the last row at or before the page's
+    /// first byte. A lookup binary-searches only `pages[p] ..= pages[p + 1]` (a few rows,
+    /// a few cache lines) instead of every row.
+    pub(crate) pages: Box<[u32]>,
     /// Rows that fell back to [`Rule::INEXPRESSIBLE`].
     pub(crate) inexpressible: usize,
     /// The object's name (for logs and tests).
@@ -107,6 +114,37 @@ pub(crate) struct ModuleTable {
 }
 
 impl ModuleTable {
+    /// A table of `rows` (offsets from `start`, strictly increasing, the first at 0).
+    pub(crate) fn new(
+        start: usize,
+        end: usize,
+        addrs: Vec<u32>,
+        rules: Vec<Rule>,
+        inexpressible: usize,
+        name: String,
+    ) -> ModuleTable {
+        let span = end.saturating_sub(start);
+        let page_count = (span >> PAGE_SHIFT) + 1;
+        let mut pages = Vec::with_capacity(page_count);
+        let mut row = 0usize;
+        for page in 0..page_count {
+            let first_byte = (page << PAGE_SHIFT) as u64;
+            while addrs.get(row + 1).is_some_and(|&a| u64::from(a) <= first_byte) {
+                row += 1;
+            }
+            pages.push(row as u32);
+        }
+        ModuleTable {
+            start,
+            end,
+            addrs: addrs.into_boxed_slice(),
+            rules: rules.into_boxed_slice(),
+            pages: pages.into_boxed_slice(),
+            inexpressible,
+            name,
+        }
+    }
+
     /// The rule for `pc` (inside `start..end`). Signal-safe.
     #[inline]
     pub(crate) fn lookup(&self, pc: usize) -> Rule {
@@ -116,17 +154,29 @@ impl ModuleTable {
         let Ok(offset) = u32::try_from(offset) else {
             return Rule::UNCOVERED;
         };
+        let page = (offset >> PAGE_SHIFT) as usize;
+        let lo = self.pages.get(page).map_or(0, |&r| r as usize);
+        let hi = self
+            .pages
+            .get(page + 1)
+            .map_or(self.addrs.len(), |&r| (r as usize).saturating_add(1));
+        let Some(window) = self.addrs.get(lo..hi) else {
+            return Rule::UNCOVERED;
+        };
         // Rows with an address <= offset; the last of them applies.
-        let n = self.addrs.partition_point(|&a| a <= offset);
-        match n.checked_sub(1).and_then(|i| self.rules.get(i)) {
+        let n = window.partition_point(|&a| a <= offset);
+        match n
+            .checked_sub(1)
+            .and_then(|i| self.rules.get(lo.saturating_add(i)))
+        {
             Some(rule) => *rule,
             None => Rule::UNCOVERED,
         }
     }
 
-    /// Heap bytes of the rows.
+    /// Heap bytes of the rows and the page index.
     pub(crate) fn bytes(&self) -> usize {
-        self.addrs.len() * std::mem::size_of::<u32>()
+        (self.addrs.len() + self.pages.len()) * std::mem::size_of::<u32>()
             + self.rules.len() * std::mem::size_of::<Rule>()
     }
 }
@@ -194,14 +244,37 @@ mod tests {
     }
 
     fn module(start: usize, end: usize, rows: &[(u32, Rule)]) -> Arc<ModuleTable> {
-        Arc::new(ModuleTable {
+        Arc::new(ModuleTable::new(
             start,
             end,
-            addrs: rows.iter().map(|r| r.0).collect(),
-            rules: rows.iter().map(|r| r.1).collect(),
-            inexpressible: 0,
-            name: String::new(),
-        })
+            rows.iter().map(|r| r.0).collect(),
+            rows.iter().map(|r| r.1).collect(),
+            0,
+            String::new(),
+        ))
+    }
+
+    #[test]
+    fn the_page_index_finds_the_same_rule_as_a_search_of_every_row() {
+        // Rows at irregular offsets across several pages, some pages without a row.
+        let mut rows = Vec::new();
+        let mut at = 0u32;
+        let mut k = 0;
+        while at < 5 * 4096 {
+            rows.push((at, Rule::cfa(Kind::Sp, 8 * (k % 7 + 1), 0, 8).unwrap()));
+            at += [1, 3, 700, 4096, 9000, 17][k as usize % 6];
+            k += 1;
+        }
+        rows.push((at, Rule::UNCOVERED));
+        let table = module(0x10000, 0x10000 + at as usize, &rows);
+        for offset in 0..at + 10 {
+            let expected = rows
+                .iter()
+                .rev()
+                .find(|r| r.0 <= offset)
+                .map_or(Rule::UNCOVERED, |r| r.1);
+            assert_eq!(table.lookup(0x10000 + offset as usize), expected, "{offset:#x}");
+        }
     }
 
     #[test]
@@ -231,6 +304,7 @@ mod tests {
         assert_eq!(tables.lookup(0x2000), Rule::UNCOVERED);
         assert_eq!(tables.lookup(0x5008), a);
         assert_eq!(tables.lookup(usize::MAX), Rule::UNCOVERED);
-        assert_eq!(tables.bytes(), 6 * 8);
+        // 6 rows of 8 bytes, 2 pages of 4 bytes in each of the two objects.
+        assert_eq!(tables.bytes(), 6 * 8 + 4 * 4);
     }
 }

@@ -27,14 +27,14 @@ impl Stack {
 
 /// One object at 0x10000..0x20000 with the given rows (offsets from 0x10000).
 fn tables(rows: &[(u32, Rule)]) -> Tables {
-    Tables::new(vec![Arc::new(ModuleTable {
-        start: 0x10000,
-        end: 0x20000,
-        addrs: rows.iter().map(|r| r.0).collect(),
-        rules: rows.iter().map(|r| r.1).collect(),
-        inexpressible: 0,
-        name: "test".into(),
-    })])
+    Tables::new(vec![Arc::new(ModuleTable::new(
+        0x10000,
+        0x20000,
+        rows.iter().map(|r| r.0).collect(),
+        rows.iter().map(|r| r.1).collect(),
+        0,
+        "test".into(),
+    ))])
 }
 
 fn sp_rule(cfa: i64) -> Rule {
