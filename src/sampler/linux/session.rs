@@ -208,6 +208,11 @@ impl Sampler {
         }
         self.scan();
         self.publish_bounds();
+        // After the scan: the first build (inside `start`) then runs on a thread whose
+        // timer is armed, so its CPU time is sampled like the rest of the process's.
+        if let Some(cfi) = self.cfi.as_mut() {
+            cfi.maintain();
+        }
         self.stats.maintain_cpu_ns += thread_cpu_ns().saturating_sub(t0);
     }
 
