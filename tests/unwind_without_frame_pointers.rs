@@ -5,7 +5,9 @@
 //! build profiles itself into pprof files, which `go tool pprof -raw` (Debian
 //! `golang-go`) reads back. Of the samples in `leaf_burner`, at least 95% must reach the
 //! handler and the Tokio worker loop in both builds, and the median stack depth without
-//! frame pointers must be within 10% of the frame-pointer build's.
+//! frame pointers must be within 10% of the frame-pointer build's, and at least 95% of the
+//! sampled frames in Rust source carry a `::`-qualified name, none cut inside a generic
+//! list.
 //!
 //! Without `go` on the PATH the test prints a skip message, unless
 //! `SPAN_PROFILER_REQUIRE_TOOLS=1`, which makes it fail.
@@ -181,15 +183,25 @@ fn raw(go: &Path, files: &[PathBuf]) -> (Vec<RawSample>, HashMap<u64, Location>)
                     None => continue,
                 },
             };
-            let mut words = rest.split_whitespace().filter(|w| !w.starts_with("M="));
-            let (Some(func), Some(file)) = (words.next(), words.next()) else {
+            // Names may hold spaces (`<T as Trait>::poll`): the file is the last word
+            // before the optional `s=<start line>`, the name everything before it.
+            let mut words: Vec<&str> = rest
+                .split_whitespace()
+                .filter(|w| !w.starts_with("M="))
+                .collect();
+            if words.last().is_some_and(|w| w.starts_with("s=")) {
+                words.pop();
+            }
+            let Some(file) = words.pop() else { continue };
+            if words.is_empty() {
                 continue;
-            };
+            }
+            let func = words.join(" ");
             let file = file.rsplit_once(':').map_or(file, |f| f.0);
             locations
                 .entry(id)
                 .or_default()
-                .push((func.to_string(), file.to_string()));
+                .push((func, file.to_string()));
         }
     }
     (samples, locations)
@@ -205,10 +217,11 @@ struct Summary {
 
 fn summarise(samples: &[RawSample], locations: &HashMap<u64, Location>) -> Summary {
     let lines = |id: &u64| locations.get(id).map(Vec::as_slice).unwrap_or(&[]);
+    // Names are qualified (`unwind_app::leaf_burner`); match the last path segment.
     let is = |id: &u64, func: &str, file_suffix: &str| {
-        lines(id)
-            .iter()
-            .any(|(f, file)| f == func && file.ends_with(file_suffix))
+        lines(id).iter().any(|(f, file)| {
+            (f == func || f.ends_with(&format!("::{func}"))) && file.ends_with(file_suffix)
+        })
     };
     let mut summary = Summary {
         leaf: 0,
@@ -235,6 +248,38 @@ fn summarise(samples: &[RawSample], locations: &HashMap<u64, Location>) -> Summa
         }
     }
     summary
+}
+
+/// Readable names in a `line-tables-only` release build: of the sampled frames in Rust
+/// source (`.rs` files), at least 95% carry a `::`-qualified name, and no name is cut
+/// inside a generic argument list (every `<` closed).
+fn check_names(samples: &[RawSample], locations: &HashMap<u64, Location>) {
+    let (mut rust, mut qualified) = (0u64, 0u64);
+    let mut unqualified: HashMap<&str, u64> = HashMap::new();
+    for (count, ids) in samples {
+        for (func, file) in ids.iter().filter_map(|id| locations.get(id)).flatten() {
+            if !file.ends_with(".rs") {
+                continue;
+            }
+            rust += count;
+            if func.contains("::") {
+                qualified += count;
+            } else {
+                *unqualified.entry(func).or_default() += count;
+            }
+            let opened = func.matches('<').count();
+            let closed = func.matches('>').count() - func.matches("->").count();
+            assert_eq!(opened, closed, "a name cut inside a generic list: {func}");
+        }
+    }
+    eprintln!(
+        "names: {qualified} of {rust} sampled Rust frames are qualified; others: {unqualified:?}"
+    );
+    assert!(rust > 0, "no sampled frame in Rust source");
+    assert!(
+        qualified * 100 >= rust * 95,
+        "only {qualified} of {rust} sampled Rust frames carry a qualified name: {unqualified:?}"
+    );
 }
 
 fn median(values: &mut [usize]) -> usize {
@@ -297,6 +342,7 @@ fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_a
         depths.push(depth);
 
         if flavour == "no-frame-pointers" {
+            check_names(&samples, &locations);
             // The control: frame pointers alone cannot walk this build.
             let (files, values) = run_app(&app, flavour, "frame-pointers", 300);
             let (samples, locations) = raw(&go, &files);
