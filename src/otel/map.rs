@@ -4,8 +4,9 @@
 //! The tracer cannot put values into the context that will hold a span, and a parent's
 //! `SpanRef` cannot be downcast to our span type, so this process-global map is how a
 //! child finds its local root and how `.profiled()` finds the labels of the current span.
-//! A span's entry is inserted when the tracer builds it and removed when it ends or is
-//! dropped, so with no live span the map is empty, and the label handles it held are
+//! A span's entry is inserted when the tracer builds it and removed when the span object
+//! is dropped (not at `end()`: children and wrappers under an ended span's context keep
+//! its root's labels, as in otel-profiling-go), so with no live span the map is empty, and the label handles it held are
 //! released (freeing their registry entries when no profiler runs).
 //!
 //! The map is split into shards, each a `Mutex<HashMap>`, chosen by the mixed span id, so
