@@ -156,3 +156,40 @@ pub(crate) fn service_name_from_env() -> String {
         })
         .unwrap_or_else(|| "unknown_service".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(traces: Option<Option<&str>>, profiler: Option<Option<&str>>) -> Names {
+        Names {
+            trace_namespace: traces.map(|t| t.map(str::to_owned)),
+            profiler_namespace: profiler.map(|p| p.map(str::to_owned)),
+            ..Names::default()
+        }
+    }
+
+    #[test]
+    fn a_trace_namespace_the_profiler_does_not_send_is_a_mismatch_and_a_matching_one_is_not() {
+        assert_eq!(namespace_difference(&names(Some(None), Some(None))), None);
+        assert_eq!(
+            namespace_difference(&names(Some(Some("shop")), Some(None))),
+            Some((None, "shop".into()))
+        );
+        assert_eq!(
+            namespace_difference(&names(Some(Some("shop")), Some(Some("store")))),
+            Some((Some("store".into()), "shop".into()))
+        );
+        assert_eq!(
+            namespace_difference(&names(Some(Some("shop")), Some(Some("shop")))),
+            None
+        );
+        // Not known yet on one side: nothing to compare.
+        assert_eq!(namespace_difference(&names(Some(Some("shop")), None)), None);
+        // A namespace only on the profiler: Grafana selects none, the link still works.
+        assert_eq!(
+            namespace_difference(&names(Some(None), Some(Some("shop")))),
+            None
+        );
+    }
+}

@@ -20,7 +20,7 @@ pub struct UploadCounts {
     pub retries: u64,
     /// Of those, retries after `/ingest` answered 422 (its status for every failure
     /// that is not a rate limit, transient backend failures included; at most
-    /// [`INGEST_422_RETRIES`](crate::sink::upload::INGEST_422_RETRIES) per piece).
+    /// [`INGEST_422_RETRIES`](crate::INGEST_422_RETRIES) per piece).
     pub ingest_422_retries: u64,
     /// Pieces given up, by reason.
     pub dropped: UploadDropped,
