@@ -185,6 +185,43 @@ fn the_service_namespace_is_a_series_label_of_both_protocols() {
 }
 
 #[test]
+fn tags_that_collide_on_pyroscope_v1_are_warned_about_once_and_refused_only_by_v1() {
+    let logs = upload_util::captured_logs();
+    let tagged = |url: &str| {
+        builder(url)
+            .tag("deploy.env", "prod")
+            .tag("deploy_env", "blue")
+    };
+    let receiver = Receiver::start();
+    let uploader = start(tagged(&receiver.url()));
+    let warnings: Vec<String> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("`deploy.env`") && l.contains("`deploy_env`"))
+        .cloned()
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("v1.x"), "{}", warnings[0]);
+    // A v2.1 server takes both names.
+    uploader.enqueue(small_window());
+    assert_eq!(uploader.stop(Duration::from_secs(5)).delivered, 1);
+    receiver.assert_all_valid();
+    // A v1.x server rewrites `.` to `_`; the two values differ, so it refuses the profile.
+    let v1 = Receiver::start();
+    v1.set_version(ServerVersion::V1);
+    let uploader = start(tagged(&v1.url()));
+    uploader.enqueue(small_window());
+    let report = uploader.stop(Duration::from_secs(5));
+    assert_eq!((report.delivered, report.counts.dropped.rejected), (0, 1));
+    let verdict = v1.received()[0].verdict.clone().unwrap_err();
+    assert!(
+        verdict.contains("duplicate series label name deploy_env"),
+        "{verdict}"
+    );
+}
+
+#[test]
 fn ingest_refuses_tag_values_with_a_comma_or_brace_at_start() {
     let err = builder("http://127.0.0.1:1")
         .protocol(Protocol::Ingest)
