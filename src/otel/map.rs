@@ -34,6 +34,11 @@ pub(crate) struct Root {
     /// when the first one is built, read when the root span ends.
     #[cfg(feature = "task-metrics")]
     pub(crate) task_monitor: OnceLock<tokio_metrics::TaskMonitor>,
+    /// Set when the root span ended and its task metrics were written (feature
+    /// `task-metrics`): wrappers made later are not metered, since nothing would record
+    /// their polls. Relaxed: a late wrapper that misses the flag only meters in vain.
+    #[cfg(feature = "task-metrics")]
+    pub(crate) metrics_recorded: std::sync::atomic::AtomicBool,
 }
 
 impl Root {
@@ -44,6 +49,8 @@ impl Root {
             sampled,
             #[cfg(feature = "task-metrics")]
             task_monitor: OnceLock::new(),
+            #[cfg(feature = "task-metrics")]
+            metrics_recorded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
