@@ -96,7 +96,8 @@
 //! | variable | builder call | format |
 //! | --- | --- | --- |
 //! | `PYROSCOPE_SERVER_ADDRESS` | [`server_address`](ProfilerBuilder::server_address) | `http://host:4040`, `https://...` |
-//! | `PYROSCOPE_APPLICATION_NAME` (else `OTEL_SERVICE_NAME`) | [`application_name`](ProfilerBuilder::application_name) | letters, digits, `_ . - /` |
+//! | `PYROSCOPE_APPLICATION_NAME` (else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else `OTEL_SERVICE_NAME`) | [`application_name`](ProfilerBuilder::application_name) | any UTF-8 (Push, files); letters, digits, `_ . - /` (`/ingest`) |
+//! | `OTEL_RESOURCE_ATTRIBUTES` (`service.namespace=..`) | [`service_namespace`](ProfilerBuilder::service_namespace) | `k=v,k=v` as the OpenTelemetry SDK reads it |
 //! | `PYROSCOPE_BASIC_AUTH_USER` and `PYROSCOPE_BASIC_AUTH_PASSWORD` | [`basic_auth`](ProfilerBuilder::basic_auth) | both or neither |
 //! | `PYROSCOPE_AUTH_TOKEN` | [`bearer_token`](ProfilerBuilder::bearer_token) | the token |
 //! | `PYROSCOPE_TENANT_ID` | [`tenant_id`](ProfilerBuilder::tenant_id) | the tenant |
@@ -225,6 +226,8 @@ mod otlp;
 mod pprof;
 /// The `Profiler` handle and its builder, collector thread, writer thread and statistics.
 mod profiler;
+/// The OpenTelemetry resource attributes of the environment (`OTEL_RESOURCE_ATTRIBUTES`).
+mod resource;
 /// The per-thread label slot and the signal-based sampler that reads it.
 mod sampler;
 /// Where closed windows go: local files and Pyroscope uploads.
@@ -264,14 +267,14 @@ pub use profiler::builder::{
     DEFAULT_UPLOAD_INTERVAL, MAX_SAMPLE_RATE, MAX_UPLOAD_INTERVAL, MIN_UPLOAD_INTERVAL,
 };
 pub use profiler::builder::{
-    DEFAULT_MAX_PROFILE_AGE, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUEUE_CAPACITY,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF_MAX, DEFAULT_RETRY_BACKOFF_MIN,
-    DEFAULT_STOP_TIMEOUT, MAX_PROFILE_AGE_LIMIT, MAX_REQUEST_BYTES_LIMIT, MAX_REQUEST_SAMPLES,
-    MAX_TAGS, MIN_REQUEST_BYTES,
+    DEFAULT_MAX_PROFILE_AGE, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_ATTEMPTS,
+    DEFAULT_QUEUE_CAPACITY, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF_MAX,
+    DEFAULT_RETRY_BACKOFF_MIN, DEFAULT_STOP_TIMEOUT, MAX_PROFILE_AGE_LIMIT,
+    MAX_REQUEST_BYTES_LIMIT, MAX_REQUEST_SAMPLES, MAX_TAGS, MIN_REQUEST_BYTES,
 };
 pub use profiler::{Dropped, Profiler, Stats, StopError, StopReport, SymbolizerStats};
 pub use sampler::Unwinder;
-pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport};
+pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport, INGEST_422_RETRIES};
 pub use symbolize::symbolization::{
     SymbolDetail, Symbolization, DEFAULT_SYMBOLIZER_BUDGET, MIN_SYMBOLIZER_BUDGET,
 };

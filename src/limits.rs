@@ -61,9 +61,40 @@ pub const RESERVED_SAMPLE_KEYS: [&str; 4] = ["span_id", "trace_id", "span_name",
 /// send others.
 pub const RESERVED_PREFIX: &str = "__";
 
-/// Most user tags: the fixed series labels and `span_name` take the rest of the 30
-/// label names.
-pub const MAX_TAGS: usize = MAX_SERIES_LABEL_NAMES - FIXED_SERIES_LABELS.len() - 1;
+/// The series label Grafana's traces-to-profiles link selects besides `service_name`
+/// when the traces' resource has `service.namespace` (grafana/grafana
+/// `createSpanLink.tsx`, `defaultProfilingKeys`: `service.name -> service_name`,
+/// `service.namespace -> service_namespace`).
+pub const SERVICE_NAMESPACE_LABEL: &str = "service_namespace";
+
+/// Series label names the server itself gives an `/ingest` upload besides the name's
+/// labels (`pkg/og/convert/pprof/profile.go` `createLabels`, v1.21.0 to v2.2.1):
+/// `__name__`, `__delta__`, `pyroscope_spy` and `service_name`.
+pub const INGEST_SERIES_LABELS: [&str; 4] =
+    ["__name__", "__delta__", "pyroscope_spy", "service_name"];
+
+/// Most user tags: the fixed series labels, `service_namespace` (when set) and
+/// `span_name` take the rest of the 30 label names. The Push API's six fixed names are
+/// the larger set (`/ingest` has four), so this bound holds for both protocols.
+pub const MAX_TAGS: usize = MAX_SERIES_LABEL_NAMES - FIXED_SERIES_LABELS.len() - 2;
+
+/// Series label names an upload carries besides the user's tags: the protocol's fixed
+/// names and `service_namespace` when it is sent.
+pub(crate) const fn fixed_series_names(ingest: bool, namespace: bool) -> usize {
+    let fixed = if ingest {
+        INGEST_SERIES_LABELS.len()
+    } else {
+        FIXED_SERIES_LABELS.len()
+    };
+    fixed + namespace as usize
+}
+
+/// Series label names set by the profiler or the server, which tags may not use.
+pub(crate) fn is_fixed_series_label(key: &str) -> bool {
+    FIXED_SERIES_LABELS.contains(&key)
+        || INGEST_SERIES_LABELS.contains(&key)
+        || key == SERVICE_NAMESPACE_LABEL
+}
 
 /// Whether `key` may not be used by users as a label or tag key.
 pub(crate) fn is_reserved_key(key: &str) -> bool {

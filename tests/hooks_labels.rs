@@ -492,7 +492,8 @@ fn tasks_spawned_in_a_wrapper_of_an_ended_span_inherit_and_tasks_spawned_after_i
 
 #[cfg(feature = "otel")]
 #[test]
-fn an_ended_opentelemetry_span_still_labels_tasks_spawned_in_its_existing_wrapper() {
+fn an_ended_opentelemetry_span_still_labels_its_wrappers_and_the_tasks_they_spawn_until_its_context_is_dropped(
+) {
     let _serial = serial();
     use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider as _};
     use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -513,14 +514,15 @@ fn an_ended_opentelemetry_span_still_labels_tasks_spawned_in_its_existing_wrappe
     assert_ne!(wrapper_id, 0);
     let handle = rt.spawn(wrapper);
     cx.span().end();
-    // Ended: new wrappers find nothing, so a task spawned under one inherits nothing.
+    // Ended but its context still held: a new wrapper finds the span (otel-profiling-go's
+    // semantics), and a task spawned under it inherits its labels.
     let late = rt
         .block_on(
             rt.spawn(async { tokio::spawn(async { current_label_id() }).await }.profiled_with(&cx)),
         )
         .unwrap()
         .unwrap();
-    assert_eq!(late, 0);
+    assert_eq!(late, wrapper_id);
     gate_tx.send(()).unwrap();
     let (in_wrapper, during) = rt.block_on(handle).unwrap();
     assert_eq!(in_wrapper, wrapper_id);

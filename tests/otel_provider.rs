@@ -1,6 +1,7 @@
 //! `ProfilingTracerProvider` over the real OpenTelemetry SDK with an in-memory exporter:
 //! which spans are local roots, which get `pyroscope.profile.id`, which labels work under
-//! them carries, and when `.profiled()` stops finding a span.
+//! them carries, and when `.profiled()` stops finding a span (when its last `Context` is
+//! dropped, not when it ends).
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
@@ -233,7 +234,8 @@ fn scopes_set_to_off_give_no_labels_and_no_attribute() {
 }
 
 #[test]
-fn after_a_span_ends_new_wrappers_and_guards_find_nothing_but_existing_wrappers_keep_labels() {
+fn after_a_span_ends_new_wrappers_guards_and_children_under_its_context_keep_the_root_labels_until_the_context_is_dropped(
+) {
     let (provider, _exporter) = provider(Sampler::AlwaysOn);
     let tracer = provider.tracer("test");
     let cx = Context::current_with_span(tracer.start("GET /slow"));
@@ -244,30 +246,34 @@ fn after_a_span_ends_new_wrappers_and_guards_find_nothing_but_existing_wrappers_
 
     cx.span().end();
 
+    // Work that outlives the response: a new wrapper, a guard, a child span.
     let unknown_before = otel_unknown_spans();
     let after = async {}.profiled_with(&cx);
-    assert_eq!(label_id_of(&after), 0, "an ended span gives no labels");
+    assert_eq!(
+        label_id_of(&after),
+        label_id,
+        "the ended span still gives its labels"
+    );
     {
         let guard = ContextLabelsGuard::enter(&cx);
-        assert!(guard.labels().is_empty());
-        assert_eq!(current_label_id(), 0);
+        assert_eq!(guard.labels().span_id_hex(), Some(id.to_string()));
+        assert_eq!(current_label_id(), label_id);
     }
-    assert!(
-        otel_unknown_spans() >= unknown_before + 2,
-        "both lookups are counted"
-    );
+    let child_cx = cx.with_span(tracer.start_with_context("late child", &cx));
+    assert_eq!(labels_under(&child_cx).span_id_hex(), Some(id.to_string()));
+    assert_eq!(labels_under(&child_cx).span_name(), Some("GET /slow"));
+    assert_eq!(otel_unknown_spans(), unknown_before, "nothing was unknown");
 
-    // The wrapper made before the end keeps its registered labels until dropped.
-    assert_eq!(label_id_of(&before), label_id);
     let set = Registry::global()
         .resolve(label_id)
         .expect("still registered");
-    assert_eq!(before.labels().span_id_hex(), Some(id.to_string()));
     assert_eq!(
         span_of(&set),
         (Some(u64::from_be_bytes(id.to_bytes())), Some("GET /slow"))
     );
-    drop(before);
+    drop(set);
+    // Once the contexts and the wrappers are gone, nothing holds the labels.
+    drop((before, after, child_cx, cx));
     assert!(
         Registry::global().resolve(label_id).is_none(),
         "freed with the last holder"

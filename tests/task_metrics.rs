@@ -286,7 +286,7 @@ fn polls_after_an_explicit_end_of_the_root_are_not_recorded() {
     let later = tokio::task::yield_now().profiled_with(&cx);
     assert!(
         !later.with_task_metrics().inner().is_metered(),
-        "an ended span is unknown: its wrappers are not metered"
+        "an ended root has written its metrics: later wrappers are not metered"
     );
     drop(cx);
     let m = recorded(&only_span(&exporter, "ended-early"));

@@ -10,13 +10,20 @@ mod upload_util;
 
 use std::time::Duration;
 
-use receiver::{Endpoint, Receiver, TlsMaterial};
+use receiver::{Endpoint, Receiver, ServerVersion, TlsMaterial};
 use span_profiler::Protocol;
 use upload_util::{builder, label_ids, small_window, start, wait_until, window};
 
 #[test]
 fn push_requests_carry_the_series_labels_and_valid_labelled_profiles() {
+    for version in [ServerVersion::V1, ServerVersion::V2_1] {
+        push_requests_carry_the_series_labels_on(version);
+    }
+}
+
+fn push_requests_carry_the_series_labels_on(version: ServerVersion) {
     let receiver = Receiver::start();
+    receiver.set_version(version);
     let labels = label_ids(3);
     let (w, _) = window(20, &labels.ids, Duration::from_secs(10));
     let uploader = start(
@@ -71,7 +78,14 @@ fn push_requests_carry_the_series_labels_and_valid_labelled_profiles() {
 
 #[test]
 fn ingest_requests_follow_the_name_grammar_and_the_query_fields() {
+    for version in [ServerVersion::V1, ServerVersion::V2_1] {
+        ingest_requests_follow_the_name_grammar_on(version);
+    }
+}
+
+fn ingest_requests_follow_the_name_grammar_on(version: ServerVersion) {
     let receiver = Receiver::start();
+    receiver.set_version(version);
     let uploader = start(
         builder(&receiver.url())
             .protocol(Protocol::Ingest)
@@ -107,11 +121,104 @@ fn ingest_requests_follow_the_name_grammar_and_the_query_fields() {
     }
     assert_eq!(r.label("env"), Some("a+b c=d"));
     assert_eq!(r.label("zone"), Some("z1"));
+    // The server's own names count towards the 30.
+    assert_eq!(r.label("__delta__"), Some("false"));
+    assert_eq!(r.label("pyroscope_spy"), Some("span-profiler"));
+    assert_eq!(r.series_labels.len(), 6);
     assert_eq!(r.profiles.len(), 1);
     assert!(!r
         .header("content-type")
         .unwrap_or("")
         .starts_with("multipart/"));
+}
+
+#[test]
+fn opentelemetrys_default_service_name_uploads_by_push_and_is_refused_for_ingest_with_the_fix() {
+    let receiver = Receiver::start();
+    let uploader = start(builder(&receiver.url()).application_name("unknown_service:demo"));
+    uploader.enqueue(small_window());
+    assert_eq!(uploader.stop(Duration::from_secs(5)).delivered, 1);
+    let received = receiver.assert_all_valid();
+    assert_eq!(
+        received[0].label("service_name"),
+        Some("unknown_service:demo")
+    );
+
+    let err = builder(&receiver.url())
+        .application_name("unknown_service:demo")
+        .protocol(Protocol::Ingest)
+        .start()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`application_name`")
+            && err.contains("contains `:`")
+            && err.contains("/ingest")
+            && err.contains("Protocol::Push"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_service_namespace_is_a_series_label_of_both_protocols() {
+    for protocol in [Protocol::Push, Protocol::Ingest] {
+        let receiver = Receiver::start();
+        let uploader = start(
+            builder(&receiver.url())
+                .protocol(protocol)
+                .service_namespace("shop"),
+        );
+        uploader.enqueue(small_window());
+        assert_eq!(uploader.stop(Duration::from_secs(5)).delivered, 1);
+        let received = receiver.assert_all_valid();
+        assert_eq!(
+            received[0].label("service_name"),
+            Some("upload-test"),
+            "{protocol:?}"
+        );
+        assert_eq!(
+            received[0].label("service_namespace"),
+            Some("shop"),
+            "{protocol:?}"
+        );
+    }
+}
+
+#[test]
+fn tags_that_collide_on_pyroscope_v1_are_warned_about_once_and_refused_only_by_v1() {
+    let logs = upload_util::captured_logs();
+    let tagged = |url: &str| {
+        builder(url)
+            .tag("deploy.env", "prod")
+            .tag("deploy_env", "blue")
+    };
+    let receiver = Receiver::start();
+    let uploader = start(tagged(&receiver.url()));
+    let warnings: Vec<String> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("`deploy.env`") && l.contains("`deploy_env`"))
+        .cloned()
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("v1.x"), "{}", warnings[0]);
+    // A v2.1 server takes both names.
+    uploader.enqueue(small_window());
+    assert_eq!(uploader.stop(Duration::from_secs(5)).delivered, 1);
+    receiver.assert_all_valid();
+    // A v1.x server rewrites `.` to `_`; the two values differ, so it refuses the profile.
+    let v1 = Receiver::start();
+    v1.set_version(ServerVersion::V1);
+    let uploader = start(tagged(&v1.url()));
+    uploader.enqueue(small_window());
+    let report = uploader.stop(Duration::from_secs(5));
+    assert_eq!((report.delivered, report.counts.dropped.rejected), (0, 1));
+    let verdict = v1.received()[0].verdict.clone().unwrap_err();
+    assert!(
+        verdict.contains("duplicate series label name deploy_env"),
+        "{verdict}"
+    );
 }
 
 #[test]

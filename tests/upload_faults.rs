@@ -79,7 +79,7 @@ fn retry_after_of_a_429_is_honoured_within_the_maximum_backoff() {
 }
 
 #[test]
-fn a_422_is_not_retried_and_is_counted_and_logged_once() {
+fn a_422_from_the_push_api_is_not_retried_and_is_counted_and_logged_once() {
     let logs = captured_logs();
     let receiver = Receiver::start();
     receiver.script([Fault::Status(422), Fault::Status(422)]);
@@ -110,6 +110,74 @@ fn a_422_is_not_retried_and_is_counted_and_logged_once() {
         lines[0]
     );
     assert!(lines[0].starts_with("WARN span_profiler"), "{}", lines[0]);
+}
+
+#[test]
+fn on_ingest_a_422_is_retried_three_times_then_refused_and_a_transient_one_is_delivered() {
+    use span_profiler::{Protocol, INGEST_422_RETRIES};
+    let receiver = Receiver::start();
+    // First window: four 422s (the first attempt and three retries), then refused.
+    // Second window: one transient 422, then delivered.
+    receiver.script([
+        Fault::Status(422),
+        Fault::Status(422),
+        Fault::Status(422),
+        Fault::Status(422),
+        Fault::Status(422),
+    ]);
+    let uploader = start(builder(&receiver.url()).protocol(Protocol::Ingest));
+    uploader.enqueue(small_window());
+    uploader.enqueue(small_window());
+    receiver.wait_for(6, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(600));
+    let report = uploader.stop(Duration::from_secs(2));
+    let received = receiver.assert_all_valid();
+    assert_eq!(received.len(), 6, "{received:#?}");
+    assert_eq!(INGEST_422_RETRIES, 3);
+    assert_eq!(
+        report.counts.ingest_422_retries, 4,
+        "3 for the first window, 1 for the second"
+    );
+    assert_eq!(report.counts.retries, 4);
+    assert_eq!(report.counts.dropped.rejected, 1);
+    assert_eq!(report.delivered, 1);
+    assert_eq!(received[5].answered, 200);
+    assert!(received.iter().all(|r| r.path == "/ingest"));
+}
+
+#[test]
+fn a_push_body_the_server_cannot_decode_is_answered_500_and_dropped_after_max_upload_attempts() {
+    let receiver = Receiver::start();
+    let uploader = start(builder(&receiver.url()).max_upload_attempts(3));
+    let now = SystemTime::now();
+    let poisoned = span_profiler::__private::upload::UploadWindow::from_gzipped(
+        vec![b"not a pprof profile".to_vec()],
+        now - Duration::from_secs(1),
+        now,
+    );
+    uploader.enqueue(poisoned);
+    uploader.enqueue(small_window());
+    receiver.wait_for(4, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(600));
+    let report = uploader.stop(Duration::from_secs(2));
+    let received = receiver.received();
+    assert_eq!(
+        received.len(),
+        4,
+        "3 attempts, then the next window: {received:#?}"
+    );
+    for r in &received[..3] {
+        assert_eq!(
+            r.answered, 500,
+            "the server's answer to an undecodable profile"
+        );
+        assert!(r.verdict.as_ref().unwrap_err().contains("does not decode"));
+    }
+    assert_eq!(received[3].answered, 200, "the queue moved on");
+    assert_eq!(report.counts.dropped.attempts_exhausted, 1);
+    assert_eq!(report.counts.retries, 2);
+    assert_eq!(report.lost, 1);
+    assert_eq!(report.delivered, 1);
 }
 
 #[test]

@@ -191,10 +191,13 @@ has service.name="{app}":
       tags:
         - key: service.name
           value: service_name
+        - key: service.namespace
+          value: service_namespace
       customQuery: false
 Spans with the attribute pyroscope.profile.id then show a "Profiles" link. This demo does
 not export its spans; in your service, send them to Tempo (e.g. opentelemetry-otlp) with
-the same service.name."#
+the same service.name (and, if the resource has service.namespace, give the profiler the
+same value: ProfilerBuilder::service_namespace, or OTEL_RESOURCE_ATTRIBUTES with from_env)."#
     );
     true
 }

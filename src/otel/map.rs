@@ -4,8 +4,9 @@
 //! The tracer cannot put values into the context that will hold a span, and a parent's
 //! `SpanRef` cannot be downcast to our span type, so this process-global map is how a
 //! child finds its local root and how `.profiled()` finds the labels of the current span.
-//! A span's entry is inserted when the tracer builds it and removed when it ends or is
-//! dropped, so with no live span the map is empty, and the label handles it held are
+//! A span's entry is inserted when the tracer builds it and removed when the span object
+//! is dropped (not at `end()`: children and wrappers under an ended span's context keep
+//! its root's labels, as in otel-profiling-go), so with no live span the map is empty, and the label handles it held are
 //! released (freeing their registry entries when no profiler runs).
 //!
 //! The map is split into shards, each a `Mutex<HashMap>`, chosen by the mixed span id, so
@@ -33,6 +34,11 @@ pub(crate) struct Root {
     /// when the first one is built, read when the root span ends.
     #[cfg(feature = "task-metrics")]
     pub(crate) task_monitor: OnceLock<tokio_metrics::TaskMonitor>,
+    /// Set when the root span ended and its task metrics were written (feature
+    /// `task-metrics`): wrappers made later are not metered, since nothing would record
+    /// their polls. Relaxed: a late wrapper that misses the flag only meters in vain.
+    #[cfg(feature = "task-metrics")]
+    pub(crate) metrics_recorded: std::sync::atomic::AtomicBool,
 }
 
 impl Root {
@@ -43,6 +49,8 @@ impl Root {
             sampled,
             #[cfg(feature = "task-metrics")]
             task_monitor: OnceLock::new(),
+            #[cfg(feature = "task-metrics")]
+            metrics_recorded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

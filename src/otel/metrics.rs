@@ -135,6 +135,9 @@ impl<S: opentelemetry::trace::Span> Recorder<S> {
 impl<S> Recorder<S> {
     /// Sets the root's totals on `span`, if any metered future ran under it.
     pub(crate) fn record(self, span: &mut S) {
+        self.root
+            .metrics_recorded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(attributes) = self.root.task_metric_attributes() {
             (self.set_attributes)(span, attributes);
         }
@@ -186,7 +189,11 @@ pin_project! {
 impl<F> TaskMetered<F> {
     /// Meters `future` into `root`'s monitor, or not at all without a root.
     pub(crate) fn new(future: F, root: Option<&Root>) -> Self {
-        let inner = match root {
+        let recording = root.filter(|r| {
+            !r.metrics_recorded
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let inner = match recording {
             Some(root) => Metered::Instrumented {
                 future: root.task_monitor().instrument(future),
             },

@@ -36,8 +36,7 @@ pub use metrics::{
     TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
 };
 pub use provider::ProfilingTracerProvider;
-#[allow(unused_imports)] // called by the Profiler when it starts
-pub(crate) use service::note_application_name;
+pub(crate) use service::{note_application_name, note_profiler_namespace};
 pub use span::ProfilingSpan;
 pub use tracer::{ProfilingTracer, PROFILE_ID_ATTRIBUTE};
 
@@ -65,6 +64,12 @@ fn span_id_u64(sc: &SpanContext) -> u64 {
 /// Number of live span-id map entries.
 pub(crate) fn span_map_len() -> usize {
     map::len()
+}
+
+/// The profiler's `service_namespace` and the traces' `service.namespace`, when they differ.
+#[allow(dead_code)] // read by tests through `__private`
+pub(crate) fn service_namespace_mismatch() -> Option<(Option<String>, String)> {
+    service::namespace_mismatch()
 }
 
 /// The application name and trace service name, when they differ.

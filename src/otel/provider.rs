@@ -44,6 +44,7 @@ pub struct ProfilingTracerProvider<P> {
     inner: P,
     config: Arc<Config>,
     service_name: Arc<str>,
+    service_namespace: Option<Arc<str>>,
 }
 
 impl<P> ProfilingTracerProvider<P> {
@@ -58,6 +59,7 @@ impl<P> ProfilingTracerProvider<P> {
     /// [`with_service_name`](Self::with_service_name).
     pub fn new(inner: P) -> Self {
         let service_name: Arc<str> = service::service_name_from_env().into();
+        let service_namespace = service::service_namespace_from_env().map(Arc::from);
         let config = Config {
             span_id: LabelScope::LocalRoot,
             span_name: LabelScope::LocalRoot,
@@ -67,6 +69,7 @@ impl<P> ProfilingTracerProvider<P> {
             inner,
             config: Arc::new(config),
             service_name,
+            service_namespace,
         }
     }
 
@@ -77,6 +80,31 @@ impl<P> ProfilingTracerProvider<P> {
     pub fn with_service_name(mut self, name: impl Into<String>) -> Self {
         self.service_name = name.into().into();
         self
+    }
+
+    /// The `service.namespace` of the traces (the resource's; default: `service.namespace`
+    /// in `OTEL_RESOURCE_ATTRIBUTES`, as the SDK's resource finds it). Grafana's link then
+    /// selects `service_namespace` too, so the profiler must send the same value
+    /// ([`ProfilerBuilder::service_namespace`](crate::ProfilerBuilder::service_namespace));
+    /// when it does not, a warning is logged once.
+    ///
+    /// ```
+    /// use span_profiler::ProfilingTracerProvider;
+    /// # let sdk_provider = opentelemetry::trace::noop::NoopTracerProvider::new();
+    /// let provider = ProfilingTracerProvider::new(sdk_provider)
+    ///     .with_service_name("checkout")
+    ///     .with_service_namespace("shop");
+    /// assert_eq!(provider.service_namespace(), Some("shop"));
+    /// ```
+    pub fn with_service_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.service_namespace = Some(namespace.into().into());
+        self
+    }
+
+    /// The `service.namespace` the traces are taken to carry, if any (see
+    /// [`with_service_namespace`](Self::with_service_namespace)).
+    pub fn service_namespace(&self) -> Option<&str> {
+        self.service_namespace.as_deref()
     }
 
     /// Which spans give the `span_id` label (and the `pyroscope.profile.id` attribute).
@@ -93,8 +121,9 @@ impl<P> ProfilingTracerProvider<P> {
     }
 
     /// Adds the `trace_id` label (32 lowercase hex digits) to sets that have a `span_id`.
-    /// Default off: only recent Pyroscope servers treat `trace_id` specially; older ones
-    /// make one series per trace.
+    /// Default off: Pyroscope keeps `trace_id` out of series labels only from v2.1.0
+    /// (`pkg/model/pprofsplit`); older servers make one series per trace, which soon hits
+    /// the tenant's series limit. Turn it on only with Pyroscope v2.1.0 or later.
     pub fn with_trace_id_label(mut self, on: bool) -> Self {
         Arc::make_mut(&mut self.config).trace_id = on;
         self
@@ -122,6 +151,7 @@ impl<P: TracerProvider> TracerProvider for ProfilingTracerProvider<P> {
     fn tracer_with_scope(&self, scope: InstrumentationScope) -> Self::Tracer {
         // Checked when the provider is used, after all its options are set.
         service::note_service_name(&self.service_name);
+        service::note_trace_namespace(self.service_namespace.as_deref());
         ProfilingTracer::new(self.inner.tracer_with_scope(scope), self.config.clone())
     }
 }

@@ -10,8 +10,12 @@ use opentelemetry::KeyValue;
 use super::map;
 
 /// A span built by [`ProfilingTracer`](crate::ProfilingTracer): behaves exactly like the
-/// wrapped span, and when it ends (or is dropped) new [`.profiled()`] calls and guards no
-/// longer find its labels. Futures already wrapped keep theirs until they are dropped.
+/// wrapped span. Its labels stay findable until the span object is dropped (for a span
+/// held in a `Context`, when the last `Context` holding it is gone), not only until it
+/// ends: work that outlives a response (a task spawned by the handler that starts a
+/// child span, or a new [`.profiled()`] under the ended span's context) keeps the local
+/// root's labels, as otel-profiling-go's context-held labels do in Go. Grafana's span
+/// query covers 60 s after the span's end, so such work is still found from the trace.
 ///
 /// [`.profiled()`]: crate::ProfiledExt::profiled
 #[derive(Debug)]
@@ -46,15 +50,12 @@ impl<S> ProfilingSpan<S> {
         &self.inner
     }
 
-    /// What happens once when the span ends or is dropped: a local root gets its task
-    /// metrics (while the inner span still records), then its map entry goes.
+    /// What happens once when the span ends: a local root gets its task metrics (while
+    /// the inner span still records). The map entry stays until the span is dropped.
     fn finish(&mut self) {
         #[cfg(feature = "task-metrics")]
         if let Some(recorder) = self.recorder.take() {
             recorder.record(&mut self.inner);
-        }
-        if let Some(id) = self.entry.take() {
-            map::remove(id);
         }
     }
 }
@@ -63,6 +64,9 @@ impl<S> Drop for ProfilingSpan<S> {
     fn drop(&mut self) {
         // Before `inner` drops: an SDK span ends itself in its own `Drop`.
         self.finish();
+        if let Some(id) = self.entry.take() {
+            map::remove(id);
+        }
     }
 }
 

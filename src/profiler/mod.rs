@@ -75,6 +75,13 @@ impl Profiler {
         {
             return Err(StartError::AlreadyRunning);
         }
+        #[cfg(feature = "otel")]
+        {
+            crate::otel::note_application_name(&config.application_name);
+            if let Some(upload) = &config.upload {
+                crate::otel::note_profiler_namespace(upload.service_namespace.as_deref());
+            }
+        }
         match collector::spawn(config) {
             Ok((stop_tx, collector, stats)) => Ok(Profiler {
                 running: Some(Running {

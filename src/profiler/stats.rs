@@ -35,6 +35,12 @@ pub struct Stats {
     pub files_deleted: u64,
     /// Profile files that could not be written (see the log).
     pub file_errors: u64,
+    /// Times the output directory had been deleted while the profiler ran (e.g. by a
+    /// tmp cleaner) and was created again so the window could be written.
+    pub output_dir_recreated: u64,
+    /// This application's oldest profile files deleted to make room after a write
+    /// failed because the disk was full (`ENOSPC`).
+    pub files_evicted_for_space: u64,
     /// Samples whose label id was already freed when they were drained (encoded
     /// without labels).
     pub label_expired: u64,

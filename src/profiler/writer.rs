@@ -300,6 +300,8 @@ impl Writer {
             stats.file_bytes_written = c.bytes_written;
             stats.files_deleted = c.deleted;
             stats.file_errors = c.write_errors;
+            stats.output_dir_recreated = c.dir_recreated;
+            stats.files_evicted_for_space = c.evicted_for_space;
         }
         #[cfg(feature = "upload")]
         if let Some(uploader) = &self.uploader {

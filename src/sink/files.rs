@@ -5,11 +5,57 @@
 //! and temporary files never match `*.pb.gz`. After each write the directory is trimmed
 //! to the newest `max_files` files of this application, and to `max_bytes` in total
 //! (the newest file always stays); every deletion is counted.
+//!
+//! In a real environment the directory can vanish (tmp cleaners) and the disk can fill:
+//! a vanished directory is re-created (at most once per write, counted); a write that
+//! fails with `ENOSPC` deletes this application's oldest profile files, one at a time,
+//! and tries again (the file being written is always the newest; other applications'
+//! files are never touched), counting each eviction. Temporary files left by a process
+//! of this application that died mid-write (`kill -9`) are removed at start.
+//!
+//! Every file name comes from [`file_stem`], the one sanitiser of application names.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Longest file name most file systems take (ext4, xfs, tmpfs, btrfs), in bytes.
+const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// Bytes of a file name besides the stem, at most: `.` + stem + `-<pid>-<ms>.alloc.pb.gz` +
+/// `.tmp` with a 10-digit pid and a 20-digit millisecond count.
+const NAME_OVERHEAD_BYTES: usize = 1 + 1 + 10 + 1 + 20 + ".alloc.pb.gz".len() + ".tmp".len();
+
+/// The part of every file name that comes from the application name: `/`, NUL, other
+/// control characters and a leading `.` (hidden files, and the temporary-file pattern)
+/// replaced by `_`, cut on a UTF-8 boundary so that the longest name made from it (the
+/// temporary file, with the pid and the window time kept) fits in 255 bytes.
+pub(crate) fn file_stem(application_name: &str) -> String {
+    let mut stem: String = application_name
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if c == '/' || c.is_control() || (i == 0 && c == '.') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let max = MAX_FILE_NAME_BYTES - NAME_OVERHEAD_BYTES;
+    if stem.len() > max {
+        let mut cut = max;
+        while !stem.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        stem.truncate(cut);
+    }
+    if stem.is_empty() {
+        stem.push('_');
+    }
+    stem
+}
 
 /// Counts of what the sink did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,18 +64,42 @@ pub(crate) struct FileCounts {
     pub(crate) bytes_written: u64,
     pub(crate) deleted: u64,
     pub(crate) write_errors: u64,
+    /// Times the output directory had vanished and was created again.
+    pub(crate) dir_recreated: u64,
+    /// Old files deleted to make room after a write failed with `ENOSPC`.
+    pub(crate) evicted_for_space: u64,
+}
+
+/// How a file's bytes reach the disk: the real write, or (in tests) one that fails
+/// like a full disk.
+type WriteFn = Box<dyn FnMut(&Path, &[u8]) -> io::Result<()> + Send>;
+
+fn write_and_sync(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
 }
 
 /// Writes windows as files into one directory.
-#[derive(Debug)]
 pub(crate) struct FileSink {
     dir: PathBuf,
-    /// `<app with '/' as '_'>-`: the prefix of every file of this application.
+    /// `<file_stem(app)>-`: the prefix of every file of this application.
     prefix: String,
     pid: u32,
     max_files: usize,
     max_bytes: u64,
     pub(crate) counts: FileCounts,
+    write_file: WriteFn,
+}
+
+impl std::fmt::Debug for FileSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSink")
+            .field("dir", &self.dir)
+            .field("prefix", &self.prefix)
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FileSink {
@@ -42,17 +112,47 @@ impl FileSink {
     ) -> io::Result<Self> {
         fs::create_dir_all(&dir)?;
         let sink = Self {
-            prefix: format!("{}-", application_name.replace('/', "_")),
+            prefix: format!("{}-", file_stem(application_name)),
             dir,
             pid: std::process::id(),
             max_files,
             max_bytes,
             counts: FileCounts::default(),
+            write_file: Box::new(write_and_sync),
         };
         let probe = sink.dir.join(format!(".write-probe-{}.tmp", sink.pid));
         fs::write(&probe, b"")?;
         fs::remove_file(&probe)?;
+        sink.remove_stale_temporaries();
         Ok(sink)
+    }
+
+    /// Replaces how bytes are written (tests inject a full disk).
+    #[cfg(test)]
+    fn with_write_fn(mut self, write_file: WriteFn) -> Self {
+        self.write_file = write_file;
+        self
+    }
+
+    /// Deletes `.<prefix><pid>-<ms>.pb.gz.tmp` files of processes of this application
+    /// that no longer run (killed mid-write): never complete, never read.
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+                continue;
+            };
+            let Some(pid) = parse_pid(inner, &self.prefix) else {
+                continue;
+            };
+            if pid != self.pid && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// The file name of the window that started at `start`.
@@ -96,19 +196,49 @@ impl FileSink {
         result
     }
 
-    fn write_atomically(&self, name: String, gzipped: &[u8]) -> io::Result<PathBuf> {
+    fn write_atomically(&mut self, name: String, gzipped: &[u8]) -> io::Result<PathBuf> {
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        let written = (|| {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(gzipped)?;
-            file.sync_data()?;
-            fs::rename(&tmp, &path)
-        })();
-        if written.is_err() {
+        let mut recreated = false;
+        loop {
+            let written = (self.write_file)(&tmp, gzipped).and_then(|()| fs::rename(&tmp, &path));
+            let Err(err) = written else {
+                return Ok(path);
+            };
             let _ = fs::remove_file(&tmp);
+            if err.kind() == io::ErrorKind::NotFound && !recreated && !self.dir.exists() {
+                // Deleted under us (a tmp cleaner): create it again, once per write.
+                fs::create_dir_all(&self.dir)?;
+                recreated = true;
+                self.counts.dir_recreated += 1;
+                continue;
+            }
+            if err.raw_os_error() == Some(libc::ENOSPC) && self.evict_oldest()? {
+                continue;
+            }
+            return Err(err);
         }
-        written.map(|()| path)
+    }
+
+    /// Deletes this application's oldest profile file to make room; false when none is
+    /// left to delete.
+    fn evict_oldest(&mut self) -> io::Result<bool> {
+        let files = self.own_files()?;
+        let Some(oldest) = files
+            .iter()
+            .min_by(|a, b| (a.start_ms, &a.path).cmp(&(b.start_ms, &b.path)))
+        else {
+            return Ok(false);
+        };
+        match fs::remove_file(&oldest.path) {
+            Ok(()) => {
+                self.counts.evicted_for_space += 1;
+                Ok(true)
+            }
+            // Gone already (another process of the application): try again.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(err) => Err(err),
+        }
     }
 
     /// Deletes the oldest files of this application beyond the caps.
@@ -180,6 +310,13 @@ fn parse_start_ms(name: &str, prefix: &str) -> Option<u128> {
         return None;
     }
     ms.parse().ok()
+}
+
+/// `<prefix><pid>-<ms>.pb.gz` -> `pid`, or `None` for any other name.
+fn parse_pid(name: &str, prefix: &str) -> Option<u32> {
+    parse_start_ms(name, prefix)?;
+    let rest = name.strip_prefix(prefix)?;
+    rest.split_once('-')?.0.parse().ok()
 }
 
 #[cfg(test)]
@@ -293,6 +430,114 @@ mod tests {
             .unwrap();
         assert_eq!(count_pb_gz(&dir), 1, "the newest stays even above the cap");
         assert_eq!(sink.counts.deleted, 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn file_names_hold_any_application_name_within_255_bytes_keeping_pid_and_time() {
+        assert_eq!(file_stem("unknown_service:demo"), "unknown_service:demo");
+        assert_eq!(file_stem("a/b\0c\nd"), "a_b_c_d");
+        assert_eq!(file_stem(".hidden"), "_hidden");
+        assert_eq!(file_stem(""), "_");
+        let long = "é".repeat(300);
+        let dir = temp_dir("long-name");
+        let mut sink = FileSink::new(dir.clone(), &long, 5, u64::MAX).unwrap();
+        let start = UNIX_EPOCH + Duration::from_millis(u64::MAX);
+        let path = sink.write(start, b"data").unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(format!(".{name}.tmp").len() <= 255, "{}", name.len());
+        assert!(name.ends_with(&format!("-{}-{}.pb.gz", std::process::id(), u64::MAX)));
+        assert!(name.starts_with("éé"), "cut on a character boundary");
+        assert_eq!(sink.counts.written, 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_vanished_directory_is_created_again_and_counted() {
+        let dir = temp_dir("vanished");
+        let mut sink = FileSink::new(dir.clone(), "app", 5, u64::MAX).unwrap();
+        sink.write(UNIX_EPOCH + Duration::from_millis(1), b"one")
+            .unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        sink.write(UNIX_EPOCH + Duration::from_millis(2), b"two")
+            .unwrap();
+        assert_eq!(count_pb_gz(&dir), 1);
+        assert_eq!(sink.counts.dir_recreated, 1);
+        assert_eq!((sink.counts.written, sink.counts.write_errors), (2, 0));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A disk of `capacity` bytes: a write that would exceed what the directory's
+    /// files already use fails with `ENOSPC`, as a full file system does.
+    fn small_disk(dir: PathBuf, capacity: u64) -> WriteFn {
+        Box::new(move |path, bytes| {
+            let used: u64 = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
+            if used + bytes.len() as u64 > capacity {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            write_and_sync(path, bytes)
+        })
+    }
+
+    #[test]
+    fn a_full_disk_evicts_the_oldest_profiles_so_the_newest_windows_are_kept() {
+        let dir = temp_dir("enospc");
+        // Room for 3 files of 100 bytes; a foreign file takes 50 and must stay.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("other-1-5.pb.gz"), [0u8; 50]).unwrap();
+        let mut sink = FileSink::new(dir.clone(), "app", 100, u64::MAX)
+            .unwrap()
+            .with_write_fn(small_disk(dir.clone(), 350));
+        for i in 0..6u64 {
+            sink.write(UNIX_EPOCH + Duration::from_millis(1000 + i), &[1; 100])
+                .unwrap();
+        }
+        let pid = std::process::id();
+        for i in 3..6 {
+            assert!(
+                dir.join(format!("app-{pid}-{}.pb.gz", 1000 + i)).exists(),
+                "{i}"
+            );
+        }
+        for i in 0..3 {
+            assert!(
+                !dir.join(format!("app-{pid}-{}.pb.gz", 1000 + i)).exists(),
+                "{i}"
+            );
+        }
+        assert!(
+            dir.join("other-1-5.pb.gz").exists(),
+            "other applications' files stay"
+        );
+        assert_eq!(sink.counts.evicted_for_space, 3);
+        assert_eq!((sink.counts.written, sink.counts.write_errors), (6, 0));
+
+        // A window larger than the whole disk: everything of ours is evicted, then the
+        // write fails and is counted.
+        let err = sink
+            .write(UNIX_EPOCH + Duration::from_millis(2000), &[1; 1000])
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(sink.counts.write_errors, 1);
+        assert_eq!(sink.counts.evicted_for_space, 6);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temporaries_of_dead_processes_of_this_application_are_removed_at_start() {
+        let dir = temp_dir("stale-tmp");
+        fs::create_dir_all(&dir).unwrap();
+        // pid 4194304 is above Linux's largest pid, so it never runs.
+        let dead = dir.join(".app-4194304-1.pb.gz.tmp");
+        let foreign = dir.join(".other-4194304-1.pb.gz.tmp");
+        fs::write(&dead, b"half").unwrap();
+        fs::write(&foreign, b"half").unwrap();
+        let _sink = FileSink::new(dir.clone(), "app", 5, u64::MAX).unwrap();
+        assert!(!dead.exists());
+        assert!(foreign.exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -66,6 +66,20 @@ pub const MAX_SERIES_LABEL_NAMES: usize = 30;
 /// Samples per profile.
 pub const MAX_SAMPLES: usize = 16_000;
 
+/// Which Pyroscope the receiver behaves like (grafana/pyroscope `pkg/validation`
+/// `ValidateLabels`; `validation.disable-label-sanitization` is false in v1.21.0 and true
+/// from v2.0.0; `trace_id` stays out of series labels from v2.1.0, `pkg/model/pprofsplit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerVersion {
+    /// v1.x: label names must be `[A-Za-z_][A-Za-z0-9_.]*`, `.` is rewritten to `_`
+    /// (`a.b` beside `a_b` with another value is refused), `trace_id` is a series label.
+    V1,
+    /// v2.1 and later: label names are any UTF-8, not rewritten; `trace_id` is no series
+    /// label.
+    #[default]
+    V2_1,
+}
+
 /// What the receiver does with the next request (one script entry per request, in order;
 /// once the script is empty every request gets the server's normal answer).
 #[derive(Debug, Clone)]
@@ -106,7 +120,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
     pub endpoint: Endpoint,
-    /// Series labels (for `/ingest`: derived from `name` like the server does).
+    /// Series labels as sent (for `/ingest`: derived from `name` plus the names the server
+    /// adds, `__delta__` and `pyroscope_spy` included, like the server does).
     pub series_labels: Vec<(String, String)>,
     /// The decoded profiles (one per raw sample).
     pub profiles: Vec<Profile>,
@@ -146,6 +161,7 @@ impl Received {
 
 #[derive(Default)]
 struct State {
+    version: ServerVersion,
     script: VecDeque<Fault>,
     received: Vec<Received>,
     connections: usize,
@@ -253,6 +269,32 @@ impl Receiver {
             shared,
             thread: Some(thread),
         }
+    }
+
+    /// Behave like this server version from the next request on.
+    pub fn set_version(&self, version: ServerVersion) {
+        self.state().version = version;
+    }
+
+    /// Grafana's traces-to-profiles query: the samples, across every accepted request,
+    /// of series whose labels match every `selector` pair (`service_name`,
+    /// `service_namespace`, ...) and whose `span_id` sample label is one of `span_ids`.
+    pub fn span_query(
+        &self,
+        selector: &[(&str, &str)],
+        span_ids: &[&str],
+    ) -> Vec<span_profiler::__private::pprof::SampleView> {
+        self.received()
+            .iter()
+            .filter(|r| r.answered == 200)
+            .filter(|r| selector.iter().all(|(k, v)| r.label(k) == Some(*v)))
+            .flat_map(|r| r.samples())
+            .filter(|s| {
+                s.labels
+                    .iter()
+                    .any(|(k, v)| k == "span_id" && span_ids.contains(&v.as_str()))
+            })
+            .collect()
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -396,7 +438,8 @@ async fn handle(
         verdict: Ok(()),
         answered: 0,
     };
-    let normal = check(&parts, &body, &mut received);
+    let version = shared.state.lock().unwrap().version;
+    let normal = check(&parts, &body, &mut received, version);
     let fault = shared.state.lock().unwrap().script.pop_front();
     let (status, retry_after) = match fault {
         Some(Fault::NeverAnswer) => {
@@ -428,6 +471,7 @@ async fn handle(
     } else {
         let code = match status {
             400 | 422 => "invalid_argument",
+            500 => "unknown",
             401 => "unauthenticated",
             404 => "not_found",
             429 => "resource_exhausted",
@@ -448,10 +492,15 @@ fn record(shared: &Shared, received: Received) {
 }
 
 /// Applies the server's rules; fills `received`; returns the normal answer.
-fn check(parts: &http::request::Parts, body: &[u8], received: &mut Received) -> (u16, String) {
+fn check(
+    parts: &http::request::Parts,
+    body: &[u8],
+    received: &mut Received,
+    version: ServerVersion,
+) -> (u16, String) {
     let result = match parts.uri.path() {
-        "/push.v1.PusherService/Push" => check_push(parts, body, received),
-        "/ingest" => check_ingest(parts, body, received),
+        "/push.v1.PusherService/Push" => check_push(parts, body, received, version),
+        "/ingest" => check_ingest(parts, body, received, version),
         "/v1development/profiles" => otlp_check::check(
             header(parts, "content-type"),
             header(parts, "content-encoding").is_some_and(|e| e.eq_ignore_ascii_case("gzip")),
@@ -496,6 +545,7 @@ fn check_push(
     parts: &http::request::Parts,
     body: &[u8],
     received: &mut Received,
+    version: ServerVersion,
 ) -> Result<(), Rule> {
     received.endpoint = Endpoint::Push;
     if parts.method != http::Method::POST {
@@ -531,7 +581,8 @@ fn check_push(
             .iter()
             .map(|l| (l.name.clone(), l.value.clone()))
             .collect();
-        check_series_labels(&labels)?;
+        // Checked as the server stores them (v1 renames); recorded as sent.
+        let stored = check_series_labels(&labels, version, &[])?;
         if series.samples.is_empty() {
             return Err(bad("a series without samples"));
         }
@@ -542,8 +593,10 @@ fn check_push(
                     "the profile is gzipped twice (body and raw_profile): gzip once",
                 ));
             }
-            let profile = check_profile(&sample.raw_profile)?;
-            check_series_with_sample_keys(&labels, &profile)?;
+            // The distributor's `RawFromBytes` error is no connect error: connect answers
+            // CodeUnknown, HTTP 500 (pkg/distributor/distributor.go, v2.1.0).
+            let profile = check_profile(&sample.raw_profile, 500)?;
+            check_series_with_sample_keys(&stored, &profile, version)?;
             profiles.push(profile);
             received.raw_profiles.push(sample.raw_profile.clone());
         }
@@ -554,13 +607,17 @@ fn check_push(
 }
 
 /// Series label rules: `__name__=process_cpu`, `service_name`, names unique and well
-/// formed, no other `__` names, at most 30 names, sizes.
-fn check_series_labels(labels: &[(String, String)]) -> Result<(), Rule> {
-    let mut seen = HashSet::new();
+/// formed for `version` (v1: legacy names with `.` rewritten to `_`, a rewritten name
+/// that meets another with a different value refused), no other `__` names than
+/// `server_names` (the ones the server adds itself), at most 30 names, sizes. Returns
+/// the labels as the server stores them.
+fn check_series_labels(
+    labels: &[(String, String)],
+    version: ServerVersion,
+    server_names: &[&str],
+) -> Result<Vec<(String, String)>, Rule> {
+    let mut stored: Vec<(String, String)> = Vec::new();
     for (name, value) in labels {
-        if !seen.insert(name.as_str()) {
-            return Err(bad(format!("duplicate series label name {name}")));
-        }
         if name.is_empty() || name.len() > 1024 {
             return Err(bad(format!("series label name of {} bytes", name.len())));
         }
@@ -570,37 +627,51 @@ fn check_series_labels(labels: &[(String, String)]) -> Result<(), Rule> {
                 value.len()
             )));
         }
-        if name.starts_with("__") && name != "__name__" {
+        if name.starts_with("__") && name != "__name__" && !server_names.contains(&name.as_str()) {
             return Err(bad(format!("reserved series label name {name}")));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-        {
-            return Err(bad(format!("invalid series label name {name}")));
+        let name = match version {
+            ServerVersion::V2_1 => name.clone(),
+            ServerVersion::V1 => {
+                let legacy = name.bytes().enumerate().all(|(i, b)| {
+                    b.is_ascii_alphabetic()
+                        || b == b'_'
+                        || b == b'.'
+                        || (i > 0 && b.is_ascii_digit())
+                });
+                if !legacy {
+                    return Err(bad(format!("invalid label name '{name}'")));
+                }
+                name.replace('.', "_")
+            }
+        };
+        match stored.iter().find(|(n, _)| *n == name) {
+            Some((_, v)) if v == value && version == ServerVersion::V1 => continue,
+            Some(_) => return Err(bad(format!("duplicate series label name {name}"))),
+            None => stored.push((name, value.clone())),
         }
     }
-    match labels.iter().find(|(n, _)| n == "__name__") {
+    match stored.iter().find(|(n, _)| n == "__name__") {
         Some((_, v)) if v == "process_cpu" => {}
         other => return Err(bad(format!("__name__ must be process_cpu, got {other:?}"))),
     }
-    match labels.iter().find(|(n, _)| n == "service_name") {
-        Some((_, app)) => check_app_name(app)?,
-        None => return Err(bad("no service_name series label")),
+    if !stored.iter().any(|(n, _)| n == "service_name") {
+        return Err(bad("no service_name series label"));
     }
-    if labels.len() > MAX_SERIES_LABEL_NAMES {
+    if stored.len() > MAX_SERIES_LABEL_NAMES {
         return Err(bad(format!(
             "{} series label names; at most {MAX_SERIES_LABEL_NAMES}",
-            labels.len()
+            stored.len()
         )));
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// Every string sample-label key except `span_id`/`trace_id` becomes a series label.
 fn check_series_with_sample_keys(
     labels: &[(String, String)],
     profile: &Profile,
+    version: ServerVersion,
 ) -> Result<(), Rule> {
     let mut names: HashSet<String> = labels.iter().map(|(n, _)| n.clone()).collect();
     for sample in &profile.sample {
@@ -609,7 +680,8 @@ fn check_series_with_sample_keys(
                 continue;
             }
             let key = &profile.string_table[label.key as usize];
-            if key != "span_id" && key != "trace_id" {
+            // Before v2.1 `trace_id` is a series label like any other.
+            if key != "span_id" && (key != "trace_id" || version == ServerVersion::V1) {
                 names.insert(key.clone());
             }
         }
@@ -625,8 +697,9 @@ fn check_series_with_sample_keys(
 
 /// Decodes and validates one profile (the crate's decoder implements ARCHITECTURE.md "Server
 /// validation"), plus the per-profile limits.
-fn check_profile(bytes: &[u8]) -> Result<Profile, Rule> {
-    let profile = decode(bytes).map_err(|e| bad(format!("profile does not decode: {e}")))?;
+fn check_profile(bytes: &[u8], undecodable: u16) -> Result<Profile, Rule> {
+    let profile =
+        decode(bytes).map_err(|e| (undecodable, format!("profile does not decode: {e}")))?;
     validate(&profile).map_err(|e| bad(format!("invalid profile: {e}")))?;
     if profile.sample.len() > MAX_SAMPLES {
         return Err(bad(format!(
@@ -637,6 +710,8 @@ fn check_profile(bytes: &[u8]) -> Result<Profile, Rule> {
     Ok(profile)
 }
 
+/// `/ingest`'s application name grammar (the Push API takes any non-empty UTF-8
+/// `service_name`).
 fn check_app_name(app: &str) -> Result<(), Rule> {
     if app.is_empty()
         || !app
@@ -714,6 +789,7 @@ fn check_ingest(
     parts: &http::request::Parts,
     body: &[u8],
     received: &mut Received,
+    version: ServerVersion,
 ) -> Result<(), Rule> {
     if parts.method != http::Method::POST {
         return Err((405, "/ingest takes POST".into()));
@@ -760,6 +836,7 @@ fn check_ingest(
         return Err(bad("format must be pprof"));
     }
     let spy_name = field("spyName")?;
+    let spy = spy_name.clone();
     let sample_rate =
         u32::try_from(number("sampleRate")?).map_err(|_| bad("sampleRate too large"))?;
     received.endpoint = Endpoint::Ingest {
@@ -772,14 +849,19 @@ fn check_ingest(
     if body.len() > 4 << 20 {
         return Err((413, "body too large".into()));
     }
+    // The server's own names (pkg/og/convert/pprof/profile.go `createLabels`).
     let mut labels = vec![
         ("__name__".to_string(), "process_cpu".to_string()),
+        ("__delta__".to_string(), "false".to_string()),
+        ("pyroscope_spy".to_string(), spy),
         ("service_name".to_string(), app),
     ];
     labels.extend(tags);
-    check_series_labels(&labels).map_err(|(_, rule)| (422, rule))?;
-    let profile = check_profile(body).map_err(|(_, rule)| (422, rule))?;
-    check_series_with_sample_keys(&labels, &profile).map_err(|(_, rule)| (422, rule))?;
+    // Everything after the name is 422 (ingest_handler.go).
+    let labels =
+        check_series_labels(&labels, version, &["__delta__"]).map_err(|(_, rule)| (422, rule))?;
+    let profile = check_profile(body, 422)?;
+    check_series_with_sample_keys(&labels, &profile, version).map_err(|(_, rule)| (422, rule))?;
     received.series_labels = labels;
     received.profiles.push(profile);
     received.raw_profiles.push(body.to_vec());
@@ -813,24 +895,44 @@ mod self_tests {
             ("__name__".to_string(), "process_cpu".to_string()),
             ("service_name".to_string(), "app".to_string()),
         ];
-        assert!(check_series_labels(&ok).is_ok());
+        let v2 = ServerVersion::V2_1;
+        assert!(check_series_labels(&ok, v2, &[]).is_ok());
         let mut dup = ok.clone();
         dup.push(("service_name".into(), "x".into()));
-        assert!(check_series_labels(&dup)
+        assert!(check_series_labels(&dup, v2, &[])
             .unwrap_err()
             .1
             .contains("duplicate"));
         let mut reserved = ok.clone();
         reserved.push(("__x".into(), "y".into()));
-        assert!(check_series_labels(&reserved).is_err());
+        assert!(check_series_labels(&reserved, v2, &[]).is_err());
         let wrong = vec![
             ("__name__".to_string(), "memory".to_string()),
             ("service_name".to_string(), "app".to_string()),
         ];
-        assert!(check_series_labels(&wrong).is_err());
+        assert!(check_series_labels(&wrong, v2, &[]).is_err());
+        // v1 rewrites `.` to `_`: equal values merge, different values collide.
+        let mut dotted = ok.clone();
+        dotted.extend([
+            ("a.b".to_string(), "1".to_string()),
+            ("a_b".to_string(), "1".to_string()),
+        ]);
+        assert_eq!(
+            check_series_labels(&dotted, ServerVersion::V1, &[])
+                .unwrap()
+                .len(),
+            3
+        );
+        assert!(check_series_labels(&dotted, v2, &[]).is_ok());
+        dotted[3].1 = "2".into();
+        assert!(check_series_labels(&dotted, ServerVersion::V1, &[])
+            .unwrap_err()
+            .1
+            .contains("duplicate"));
+        assert!(check_series_labels(&dotted, v2, &[]).is_ok());
         let mut many = ok;
         many.extend((0..29).map(|i| (format!("k{i}"), "v".to_string())));
-        assert!(check_series_labels(&many)
+        assert!(check_series_labels(&many, v2, &[])
             .unwrap_err()
             .1
             .contains("at most 30"));

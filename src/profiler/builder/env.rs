@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::ProfilerBuilder;
 use crate::error::BuildError;
+use crate::resource::{attribute, RESOURCE_ATTRIBUTES_VAR};
 
 /// `SPAN_PROFILER_ENABLED`: the switch read by every `start()`.
 pub(crate) const ENABLED_VAR: &str = "SPAN_PROFILER_ENABLED";
@@ -40,12 +41,27 @@ impl ProfilerBuilder {
         };
         if let Some(address) = get("PYROSCOPE_SERVER_ADDRESS") {
             self = self.server_address(address.trim());
+            self.note_env("server_address", "PYROSCOPE_SERVER_ADDRESS");
         }
+        let resource = get(RESOURCE_ATTRIBUTES_VAR);
+        let from_resource = |key: &str| resource.as_deref().and_then(|r| attribute(r, key));
         if let Some(name) = get("PYROSCOPE_APPLICATION_NAME") {
             self = self.application_name(name.trim());
+            self.note_env("application_name", "PYROSCOPE_APPLICATION_NAME");
+        } else if let Some(name) = from_resource("service.name") {
+            // The SDK's resource: `service.name` there wins over `OTEL_SERVICE_NAME`.
+            self = self.application_name(name);
+            self.note_env("application_name", RESOURCE_ATTRIBUTES_VAR);
+        }
+        if let Some(namespace) = from_resource("service.namespace") {
+            self = self.service_namespace(namespace);
+            self.note_env("service_namespace", RESOURCE_ATTRIBUTES_VAR);
         }
         match (get("PYROSCOPE_BASIC_AUTH_USER"), get("PYROSCOPE_BASIC_AUTH_PASSWORD")) {
-            (Some(user), Some(password)) => self = self.basic_auth(user, password),
+            (Some(user), Some(password)) => {
+                self = self.basic_auth(user, password);
+                self.note_env("basic_auth", "PYROSCOPE_BASIC_AUTH_USER");
+            }
             (None, None) => {}
             (Some(_), None) | (None, Some(_)) => fail(BuildError::invalid(
                 "PYROSCOPE_BASIC_AUTH_USER",
@@ -54,9 +70,11 @@ impl ProfilerBuilder {
         }
         if let Some(token) = get("PYROSCOPE_AUTH_TOKEN") {
             self = self.bearer_token(token);
+            self.note_env("bearer_token", "PYROSCOPE_AUTH_TOKEN");
         }
         if let Some(tenant) = get("PYROSCOPE_TENANT_ID") {
             self = self.tenant_id(tenant.trim());
+            self.note_env("tenant_id", "PYROSCOPE_TENANT_ID");
         }
         if let Some(labels) = get("PYROSCOPE_LABELS") {
             match parse_labels(&labels) {
@@ -64,13 +82,17 @@ impl ProfilerBuilder {
                     for (k, v) in pairs {
                         self = self.tag(k, v);
                     }
+                    self.note_env("tag", "PYROSCOPE_LABELS");
                 }
                 Err(err) => fail(err),
             }
         }
         if let Some(interval) = get("PYROSCOPE_UPLOAD_INTERVAL") {
             match parse_duration(interval.trim()) {
-                Some(d) => self = self.upload_interval(d),
+                Some(d) => {
+                    self = self.upload_interval(d);
+                    self.note_env("upload_interval", "PYROSCOPE_UPLOAD_INTERVAL");
+                }
                 None => fail(BuildError::invalid(
                     "PYROSCOPE_UPLOAD_INTERVAL",
                     format!("`{interval}` is not a duration; write e.g. `10s`, `1m30s` or `500ms`"),
@@ -79,7 +101,10 @@ impl ProfilerBuilder {
         }
         if let Some(rate) = get("PYROSCOPE_SAMPLE_RATE") {
             match rate.trim().parse::<u32>() {
-                Ok(hz) => self = self.sample_rate(hz),
+                Ok(hz) => {
+                    self = self.sample_rate(hz);
+                    self.note_env("sample_rate", "PYROSCOPE_SAMPLE_RATE");
+                }
                 Err(_) => fail(BuildError::invalid(
                     "PYROSCOPE_SAMPLE_RATE",
                     format!("`{rate}` is not a whole number of Hz; write e.g. `100`"),
@@ -95,6 +120,63 @@ impl ProfilerBuilder {
             self.env_error = first_error;
         }
         self
+    }
+}
+
+/// An option whose value came from an environment variable, with that value as the
+/// builder held it then: a later builder call that changes the option makes the error
+/// name the option instead of the variable.
+#[derive(Debug, Clone)]
+pub(crate) struct EnvOrigin {
+    option: &'static str,
+    var: &'static str,
+    value: String,
+}
+
+impl ProfilerBuilder {
+    /// The option's current value, for comparing with the value set from the environment.
+    fn option_value(&self, option: &str) -> String {
+        match option {
+            "server_address" => format!("{:?}", self.server_address),
+            "application_name" => format!("{:?}", self.application_name),
+            "service_namespace" => format!("{:?}", self.service_namespace),
+            "basic_auth" | "bearer_token" => format!("{:?}", self.auth),
+            "tenant_id" => format!("{:?}", self.tenant_id),
+            "tag" => format!("{:?}", self.tags),
+            "upload_interval" => format!("{:?}", self.upload_interval),
+            "sample_rate" => self.sample_rate.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    fn note_env(&mut self, option: &'static str, var: &'static str) {
+        let value = self.option_value(option);
+        self.env_origins.retain(|o| o.option != option);
+        self.env_origins.push(EnvOrigin { option, var, value });
+    }
+
+    /// The variables whose values the options still hold: `(option, variable)`.
+    pub(crate) fn env_options(&self) -> Vec<(&'static str, &'static str)> {
+        self.env_origins
+            .iter()
+            .filter(|o| self.option_value(o.option) == o.value)
+            .map(|o| (o.option, o.var))
+            .collect()
+    }
+}
+
+/// Makes an error about an option whose value came from the environment name the
+/// variable, so the user knows where to fix it.
+pub(crate) fn name_the_variable(
+    err: BuildError,
+    env_options: &[(&'static str, &'static str)],
+) -> BuildError {
+    let BuildError::InvalidOption { option, reason } = err;
+    match env_options.iter().find(|(o, _)| *o == option) {
+        Some((option, var)) => {
+            BuildError::invalid(var, format!("{reason} (the value of `{option}`)"))
+        }
+        None => BuildError::InvalidOption { option, reason },
     }
 }
 
@@ -310,6 +392,132 @@ mod tests {
         assert!(
             err.contains(ENABLED_VAR) && err.contains("`maybe`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn range_errors_of_values_from_the_environment_name_the_variable() {
+        let cases = [
+            ("PYROSCOPE_SERVER_ADDRESS", "ftp://x", "scheme `ftp`"),
+            ("PYROSCOPE_UPLOAD_INTERVAL", "0s", "out of range"),
+            ("PYROSCOPE_SAMPLE_RATE", "0", "use 1 to"),
+            ("PYROSCOPE_APPLICATION_NAME", "a{b", "contains `{`"),
+            ("PYROSCOPE_LABELS", "__x=1", "reserves"),
+            ("PYROSCOPE_TENANT_ID", "t\u{7f}x", "tenant"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.namespace=a}b",
+                "contains `}`",
+            ),
+        ];
+        for (var, value, rule) in cases {
+            let value = value.to_string();
+            let env = env_of(&[
+                (var, value.as_str()),
+                (
+                    "PYROSCOPE_APPLICATION_NAME",
+                    if var == "PYROSCOPE_APPLICATION_NAME" {
+                        value.as_str()
+                    } else {
+                        "app"
+                    },
+                ),
+                (
+                    "PYROSCOPE_SERVER_ADDRESS",
+                    if var == "PYROSCOPE_SERVER_ADDRESS" {
+                        value.as_str()
+                    } else {
+                        "http://127.0.0.1:4040"
+                    },
+                ),
+            ]);
+            let b = ProfilerBuilder::default().apply_env(&env);
+            // `/ingest` for the grammar cases.
+            let b = if rule.contains('{') || rule.contains('}') {
+                b.protocol(Protocol::Ingest)
+            } else {
+                b
+            };
+            let err = b.validate_with(&env).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("`{var}`")) && err.contains(rule),
+                "{var}: {err}"
+            );
+        }
+        // A builder call after `from_env` that replaces the value: the error names the option.
+        let env = env_of(&[
+            ("PYROSCOPE_SAMPLE_RATE", "100"),
+            ("PYROSCOPE_APPLICATION_NAME", "app"),
+        ]);
+        let err = ProfilerBuilder::default()
+            .apply_env(&env)
+            .sample_rate(0)
+            .validate_with(&env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`sample_rate`") && !err.contains("PYROSCOPE"),
+            "{err}"
+        );
+        // `OTEL_SERVICE_NAME`, read at start when no name was given.
+        let env = env_of(&[
+            ("OTEL_SERVICE_NAME", "a:b"),
+            ("PYROSCOPE_SERVER_ADDRESS", "http://127.0.0.1:4040"),
+        ]);
+        let err = ProfilerBuilder::default()
+            .apply_env(&env)
+            .protocol(Protocol::Ingest)
+            .validate_with(&env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`OTEL_SERVICE_NAME`"), "{err}");
+    }
+
+    #[test]
+    fn the_resource_attributes_give_the_name_and_the_namespace_like_the_sdk() {
+        let env = env_of(&[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=shop-api, service.namespace = shop",
+        )]);
+        let b = ProfilerBuilder::default().apply_env(&env);
+        assert_eq!(b.application_name.as_deref(), Some("shop-api"));
+        assert_eq!(b.service_namespace.as_deref(), Some("shop"));
+        // PYROSCOPE_APPLICATION_NAME wins over the resource's name.
+        let env = env_of(&[
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=shop-api"),
+            ("PYROSCOPE_APPLICATION_NAME", "checkout"),
+        ]);
+        let b = ProfilerBuilder::default().apply_env(&env);
+        assert_eq!(b.application_name.as_deref(), Some("checkout"));
+        assert_eq!(b.service_namespace, None);
+    }
+
+    #[test]
+    fn tags_that_meet_after_dots_become_underscores_are_listed_with_the_versions() {
+        use crate::profiler::builder::validate::legacy_label_collisions;
+        let tags = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let found = legacy_label_collisions(
+            &tags(&[("a.b", "1"), ("a_b", "2"), ("c", "3")]),
+            Protocol::Push,
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].0.as_str(), found[0].1.as_str()), ("a.b", "a_b"));
+        assert!(found[0].2.contains("v1.x"));
+        // A tag named like a fixed label after the rewrite.
+        let found = legacy_label_collisions(&tags(&[("otel_scope_name", "x")]), Protocol::Push);
+        assert_eq!(found[0].0, "otel.scope.name");
+        assert!(
+            legacy_label_collisions(&tags(&[("otel_scope_name", "x")]), Protocol::Ingest)
+                .is_empty()
+        );
+        assert!(
+            legacy_label_collisions(&tags(&[("a.b", "1"), ("c_d", "2")]), Protocol::Push)
+                .is_empty()
         );
     }
 

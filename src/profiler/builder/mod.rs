@@ -7,6 +7,7 @@ use crate::error::{BuildError, StartError};
 use crate::limits;
 use crate::profiler::Profiler;
 use crate::sampler::{Unwinder, DEFAULT_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ};
+pub use crate::sink::upload::DEFAULT_MAX_UPLOAD_ATTEMPTS;
 use crate::sink::upload::{Auth, Protocol};
 
 /// `from_env()`: the environment variables and their parsing.
@@ -76,8 +77,11 @@ pub const MAX_REQUEST_BYTES_LIMIT: usize = limits::MAX_PROFILE_BYTES;
 /// Smallest accepted `max_request_bytes`.
 pub const MIN_REQUEST_BYTES: usize = 16 * 1024;
 
-/// Most tags (series labels) per profiler: with the 6 fixed series labels and
-/// `span_name` they fill the server's 30 label names.
+/// Most tags (series labels) per profiler: with the Push API's 6 fixed series labels,
+/// `service_namespace` and `span_name` they fill the server's 30 label names. Without a
+/// [`service_namespace`](ProfilerBuilder::service_namespace) one more tag fits, and
+/// `/ingest` (whose server adds 4 names: `__name__`, `__delta__`, `pyroscope_spy`,
+/// `service_name`) leaves two more; `start()` checks the exact count.
 pub const MAX_TAGS: usize = limits::MAX_TAGS;
 
 /// Most samples per upload request (the server's limit per profile).
@@ -103,6 +107,8 @@ pub const MAX_REQUEST_SAMPLES: usize = limits::MAX_SAMPLES;
 #[derive(Debug, Clone)]
 pub struct ProfilerBuilder {
     pub(crate) application_name: Option<String>,
+    /// The `service_namespace` series label (the traces' `service.namespace`).
+    pub(crate) service_namespace: Option<String>,
     pub(crate) sample_rate: u32,
     pub(crate) unwinder: Unwinder,
     pub(crate) upload_interval: Duration,
@@ -126,6 +132,7 @@ pub struct ProfilerBuilder {
     pub(crate) queue_capacity: usize,
     pub(crate) retry_backoff: (Duration, Duration),
     pub(crate) max_profile_age: Duration,
+    pub(crate) max_upload_attempts: u32,
     pub(crate) stop_timeout: Duration,
     pub(crate) max_request_bytes: usize,
     /// PEM inputs of `tls_root_certificate_pem` (only set with the `tls` feature).
@@ -134,12 +141,15 @@ pub struct ProfilerBuilder {
     pub(crate) env_error: Option<BuildError>,
     /// Path, compression and resource options of `Protocol::Otlp`.
     pub(crate) otlp: crate::otlp::OtlpSettings,
+    /// Options set from environment variables, so that their errors name the variable.
+    pub(crate) env_origins: Vec<env::EnvOrigin>,
 }
 
 impl Default for ProfilerBuilder {
     fn default() -> Self {
         Self {
             application_name: None,
+            service_namespace: None,
             sample_rate: DEFAULT_SAMPLE_RATE,
             unwinder: Unwinder::Auto,
             upload_interval: DEFAULT_UPLOAD_INTERVAL,
@@ -160,6 +170,7 @@ impl Default for ProfilerBuilder {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             retry_backoff: (DEFAULT_RETRY_BACKOFF_MIN, DEFAULT_RETRY_BACKOFF_MAX),
             max_profile_age: DEFAULT_MAX_PROFILE_AGE,
+            max_upload_attempts: DEFAULT_MAX_UPLOAD_ATTEMPTS,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             tls_roots_pem: Vec::new(),
@@ -168,6 +179,7 @@ impl Default for ProfilerBuilder {
                 path: crate::otlp::OTLP_PROFILES_PATH.to_owned(),
                 ..Default::default()
             },
+            env_origins: Vec::new(),
         }
     }
 }
@@ -175,10 +187,39 @@ impl Default for ProfilerBuilder {
 impl ProfilerBuilder {
     /// The application's name: Pyroscope's `service_name`, and the prefix of profile
     /// files. Must equal the OpenTelemetry resource `service.name` for Grafana's span
-    /// links to find the profiles. Default: the `OTEL_SERVICE_NAME` environment variable.
-    /// Allowed: letters, digits, `_ . - /`.
+    /// links to find the profiles. Default: the `OTEL_SERVICE_NAME` environment variable
+    /// ([`from_env`](Self::from_env) also reads `service.name` from
+    /// `OTEL_RESOURCE_ATTRIBUTES`).
+    ///
+    /// What each protocol accepts: the Push API ([`Protocol::Push`], the default) and
+    /// local files take any non-empty UTF-8 name of at most 2048 bytes, so OpenTelemetry's
+    /// default `unknown_service:<executable>` and names with spaces work (file names are
+    /// derived from it with unusable bytes replaced); `/ingest` ([`Protocol::Ingest`])
+    /// takes only letters, digits and `_ . - /`.
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.application_name = Some(name.into());
+        self
+    }
+
+    /// The traces' OpenTelemetry resource `service.namespace`, sent as the series label
+    /// `service_namespace` on every upload. Grafana's traces-to-profiles link selects
+    /// `{service_name="..", service_namespace=".."}` when the traces carry a namespace,
+    /// so without this the link finds nothing for namespaced services. Default: none
+    /// ([`from_env`](Self::from_env) reads `service.namespace` from
+    /// `OTEL_RESOURCE_ATTRIBUTES`). It takes one of the server's 30 series label names
+    /// (see [`MAX_TAGS`]). Non-empty, at most 2048 bytes; with [`Protocol::Ingest`] it may
+    /// not contain `,` or `}`.
+    ///
+    /// ```no_run
+    /// let profiler = span_profiler::Profiler::builder()
+    ///     .application_name("checkout")
+    ///     .service_namespace("shop")
+    ///     .server_address("http://localhost:4040")
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn service_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.service_namespace = Some(namespace.into());
         self
     }
 
@@ -218,7 +259,9 @@ impl ProfilerBuilder {
     }
 
     /// Directory for profile files (default [`DEFAULT_OUTPUT_DIR`]), created if missing.
-    /// Files are named `<application_name with '/' as '_'>-<pid>-<window start unix ms>.pb.gz`.
+    /// Files are named `<application name>-<pid>-<window start unix ms>.pb.gz`, the name
+    /// with `/`, control characters and other bytes a file name cannot hold replaced by
+    /// `_` and cut so that the whole file name stays within 255 bytes.
     pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.output_dir = Some(dir.into());
         self
@@ -305,8 +348,13 @@ impl ProfilerBuilder {
 
     /// Adds a series label to every upload (`region`, `pod`, ...); the same key again
     /// replaces the value. Keys: letters, digits, `_`, `.`, not `__`-prefixed, not a label
-    /// the profiler sets itself; at most [`MAX_TAGS`] tags, so that the fixed labels, tags and `span_name` stay within the server's 30
-    /// label names. With [`Protocol::Ingest`] values may not contain `,` or `}`.
+    /// the profiler sets itself; at most [`MAX_TAGS`] tags, so that the fixed labels,
+    /// `service_namespace`, tags and `span_name` stay within the server's 30 label names.
+    /// With [`Protocol::Ingest`] values may not contain `,` or `}`.
+    ///
+    /// Pyroscope v1.x (and v2 tenants with `validation.disable-label-sanitization=false`)
+    /// rewrites `.` to `_` in label names: `a.b` beside `a_b` then name one label, and the
+    /// whole profile is refused if their values differ. `start()` warns once per such pair.
     pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         let (key, value) = (key.into(), value.into());
         match self.tags.iter_mut().find(|(k, _)| *k == key) {
@@ -381,6 +429,25 @@ impl ProfilerBuilder {
         self
     }
 
+    /// Most attempts of one profile piece that the server answers with a 5xx (or, on
+    /// `/ingest`, a 422) before the piece is dropped and counted
+    /// (`dropped.attempts_exhausted` in the upload stats); default
+    /// [`DEFAULT_MAX_UPLOAD_ATTEMPTS`], at least 1. A window the server can never take
+    /// (the Push API answers 500 for a body it cannot decode) then does not hold the
+    /// queue until it is [`max_profile_age`](Self::max_profile_age) old. Connection
+    /// errors, timeouts and 429 are not counted here: a server that is down or busy is
+    /// retried until `max_profile_age`. On `/ingest`, a 422 is retried at most
+    /// [`INGEST_422_RETRIES`](crate::INGEST_422_RETRIES) times.
+    ///
+    /// ```
+    /// let builder = span_profiler::Profiler::builder().max_upload_attempts(4);
+    /// # let _ = builder;
+    /// ```
+    pub fn max_upload_attempts(mut self, attempts: u32) -> Self {
+        self.max_upload_attempts = attempts;
+        self
+    }
+
     /// Time `stop()` spends uploading the last window and anything still queued before it
     /// gives up (default [`DEFAULT_STOP_TIMEOUT`]); what could not be sent is reported.
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
@@ -433,8 +500,19 @@ mod tests {
         assert!(err(ok().sample_rate(10_001)).contains("out of range"));
         assert!(err(ok().upload_interval(Duration::from_millis(1))).contains("out of range"));
         assert!(err(ok().max_files(0)).contains("at least 1"));
-        let e = err(ProfilerBuilder::default().application_name("a:b"));
-        assert!(e.contains("`a:b` contains `:`"), "{e}");
+        // Push (the default) takes OpenTelemetry's default service name; /ingest does not.
+        assert!(ok()
+            .application_name("unknown_service:demo")
+            .validate()
+            .is_ok());
+        let e = err(ProfilerBuilder::default()
+            .application_name("a:b")
+            .server_address("http://127.0.0.1:4040")
+            .protocol(Protocol::Ingest));
+        assert!(
+            e.contains("`a:b` contains `:`") && e.contains("/ingest"),
+            "{e}"
+        );
         assert!(err(ProfilerBuilder::default().application_name("")).contains("empty"));
         assert!(ok().sample_rate(10_000).validate().is_ok());
     }

@@ -25,14 +25,29 @@ impl ProfilerBuilder {
         if !env::enabled(env)? {
             return Ok(Config::disabled());
         }
-        if let Some(err) = self.env_error {
+        if let Some(err) = self.env_error.clone() {
             return Err(err);
         }
+        let mut env_options = self.env_options();
+        if self.application_name.is_none()
+            && env("OTEL_SERVICE_NAME").is_some_and(|n| !n.is_empty())
+        {
+            env_options.push(("application_name", "OTEL_SERVICE_NAME"));
+        }
+        self.validate_options(env)
+            .map_err(|err| env::name_the_variable(err, &env_options))
+    }
+
+    fn validate_options(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, BuildError> {
         let name = match self.application_name.clone() {
             Some(name) => name,
             None => env("OTEL_SERVICE_NAME").unwrap_or_default(),
         };
-        validate_application_name(&name)?;
+        let upload_protocol = self.server_address.as_ref().map(|_| self.protocol);
+        validate_application_name(&name, upload_protocol)?;
+        if let Some(namespace) = &self.service_namespace {
+            validate_namespace(namespace, self.protocol)?;
+        }
         check_sample_rate("sample_rate", self.sample_rate)?;
         if !(MIN_UPLOAD_INTERVAL..=MAX_UPLOAD_INTERVAL).contains(&self.upload_interval) {
             return Err(BuildError::invalid(
@@ -74,13 +89,14 @@ impl ProfilerBuilder {
             enabled: true,
             write_files: upload.is_none() || self.output_dir.is_some(),
             // OTLP requests carry more series labels than Push (one per resource
-            // attribute): the window's label-key budget counts them as tags.
+            // attribute, the namespace among them): the window's label-key budget counts
+            // them as tags.
             series_tags: upload.as_ref().map_or(0, |u| match u.protocol {
                 crate::sink::upload::Protocol::Otlp => {
                     u.tags.len() + crate::otlp::OTLP_FIXED_SERIES_LABELS
                         - crate::limits::FIXED_SERIES_LABELS.len()
                 }
-                _ => u.tags.len(),
+                _ => u.tags.len() + usize::from(u.service_namespace.is_some()),
             }),
             upload,
             stop_timeout: self.stop_timeout,
@@ -172,7 +188,15 @@ fn upload_config(
             "span-profiler was built without its `upload` feature; enable it to upload".into(),
         ));
     }
-    validate_tags(&b.tags, b.protocol)?;
+    validate_tags(&b.tags, b.protocol, b.service_namespace.is_some())?;
+    for (a, b_, version) in legacy_label_collisions(&b.tags, b.protocol) {
+        log::warn!(
+            target: "span_profiler",
+            "tags `{a}` and `{b_}` name the same label on Pyroscope servers that rewrite `.` to \
+             `_` in label names ({version}): when their values differ the server refuses every \
+             profile; rename one of them"
+        );
+    }
     match &b.auth {
         Auth::None => {}
         Auth::Basic { user, password } => {
@@ -235,6 +259,12 @@ fn upload_config(
             ),
         ));
     }
+    if b.max_upload_attempts == 0 {
+        return Err(BuildError::invalid(
+            "max_upload_attempts",
+            "0 would never send a profile; allow at least 1 attempt (8 is the default)".into(),
+        ));
+    }
     if !(MIN_REQUEST_BYTES..=MAX_REQUEST_BYTES_LIMIT).contains(&b.max_request_bytes) {
         return Err(BuildError::invalid(
             "max_request_bytes",
@@ -248,6 +278,7 @@ fn upload_config(
         server,
         protocol: b.protocol,
         application_name: name.to_owned(),
+        service_namespace: b.service_namespace.clone(),
         tags: b.tags.clone(),
         auth: b.auth.clone(),
         tenant_id: b.tenant_id.clone(),
@@ -257,14 +288,24 @@ fn upload_config(
         backoff_min: min,
         backoff_max: max,
         max_profile_age: b.max_profile_age,
+        max_attempts: b.max_upload_attempts,
         sample_rate: b.sample_rate,
         tls_roots: parse_tls_roots(&b.tls_roots_pem)?,
-        otlp: b.otlp.clone(),
+        otlp: crate::otlp::OtlpSettings {
+            service_namespace: b.service_namespace.clone(),
+            ..b.otlp.clone()
+        },
     })
 }
 
-/// The application name rule of Pyroscope's ingest grammar, used for both protocols.
-pub(crate) fn validate_application_name(name: &str) -> Result<(), BuildError> {
+/// The application name rules: the Push API (and local files) take any non-empty UTF-8
+/// `service_name` of at most 2048 bytes (`pkg/validation` `isValidServiceName` and
+/// `MaxLabelValueLength`); `/ingest`'s `name` grammar takes only `[A-Za-z0-9_.\-/]`.
+/// `upload` is the protocol when a server is set.
+pub(crate) fn validate_application_name(
+    name: &str,
+    upload: Option<Protocol>,
+) -> Result<(), BuildError> {
     if name.is_empty() {
         return Err(BuildError::invalid(
             "application_name",
@@ -273,14 +314,101 @@ pub(crate) fn validate_application_name(name: &str) -> Result<(), BuildError> {
                 .into(),
         ));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')))
-    {
+    if name.len() > limits::MAX_LABEL_VALUE_BYTES {
         return Err(BuildError::invalid(
             "application_name",
-            format!("`{name}` contains `{bad}`; allowed are letters, digits, `_ . - /`"),
+            format!(
+                "the name is {} bytes; the server's `service_name` label takes at most {}",
+                name.len(),
+                limits::MAX_LABEL_VALUE_BYTES
+            ),
         ));
     }
+    if upload == Some(Protocol::Ingest) {
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')))
+        {
+            return Err(BuildError::invalid(
+                "application_name",
+                format!(
+                    "`{name}` contains `{bad}`, which `/ingest`'s name grammar does not allow \
+                     (letters, digits, `_ . - /`); use `Protocol::Push` (the default), which \
+                     takes any UTF-8 name, or rename the application"
+                ),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// `service_namespace`: a series label value (non-empty, at most 2048 bytes); in
+/// `/ingest`'s name it may not contain `,` or `}` (no escaping there).
+fn validate_namespace(namespace: &str, protocol: Protocol) -> Result<(), BuildError> {
+    const OPTION: &str = "service_namespace";
+    if namespace.is_empty() {
+        return Err(BuildError::invalid(
+            OPTION,
+            "the namespace is empty, which the server treats as no label; give the traces' \
+             `service.namespace` or leave it unset"
+                .into(),
+        ));
+    }
+    if namespace.len() > limits::MAX_LABEL_VALUE_BYTES {
+        return Err(BuildError::invalid(
+            OPTION,
+            format!(
+                "the namespace is {} bytes; the server accepts at most {}",
+                namespace.len(),
+                limits::MAX_LABEL_VALUE_BYTES
+            ),
+        ));
+    }
+    if protocol == Protocol::Ingest {
+        if let Some(c) = namespace.chars().find(|c| matches!(c, ',' | '}')) {
+            return Err(BuildError::invalid(
+                OPTION,
+                format!(
+                    "`{namespace}` contains `{c}`, which ends a value in `/ingest`'s name grammar \
+                     (no escaping); remove it or use `Protocol::Push`"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Pairs of series label names (tags against tags and the fixed names) that are one name
+/// once `.` is rewritten to `_`, as Pyroscope v1.x does by default and v2.x does when a
+/// tenant turns label sanitization back on (`pkg/validation` `SanitizeLegacyLabelName`;
+/// `validation.disable-label-sanitization` defaults to false in v1.21.0 and to true from
+/// v2.0.0). Each pair with the server versions it breaks on.
+pub(crate) fn legacy_label_collisions(
+    tags: &[(String, String)],
+    protocol: Protocol,
+) -> Vec<(String, String, &'static str)> {
+    const VERSIONS: &str = "Pyroscope v1.x, and v2.x tenants with label sanitization on";
+    let fixed: &[&str] = match protocol {
+        // An OTLP request's resource attributes include the same `otel.*` /
+        // `process.runtime.*` names as Push's fixed labels.
+        Protocol::Push | Protocol::Otlp => &limits::FIXED_SERIES_LABELS,
+        Protocol::Ingest => &limits::INGEST_SERIES_LABELS,
+    };
+    let names: Vec<&str> = fixed
+        .iter()
+        .copied()
+        .chain([limits::SERVICE_NAMESPACE_LABEL])
+        .chain(tags.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    let mut pairs = Vec::new();
+    for (i, tag) in tags.iter().enumerate() {
+        let j = fixed.len() + 1 + i;
+        let sanitized = tag.0.replace('.', "_");
+        for other in &names[..j] {
+            if *other != tag.0 && other.replace('.', "_") == sanitized {
+                pairs.push((other.to_string(), tag.0.clone(), VERSIONS));
+            }
+        }
+    }
+    pairs
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use crate::error::BuildError;
 use crate::labels::{MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
-use crate::limits::{FIXED_SERIES_LABELS, MAX_SERIES_LABEL_NAMES, MAX_TAGS, RESERVED_SAMPLE_KEYS};
+use crate::limits::{
+    fixed_series_names, is_fixed_series_label, MAX_SERIES_LABEL_NAMES, RESERVED_SAMPLE_KEYS,
+};
 
 /// How profiles are sent to the server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,6 +34,19 @@ pub enum Protocol {
     /// [`ProfilerBuilder::otlp_endpoint`](crate::ProfilerBuilder::otlp_endpoint).
     Otlp,
 }
+
+/// Default most attempts (the first and its retries) per profile piece: a piece the
+/// server keeps failing (the Push API answers 500 for a body it cannot decode) cannot
+/// occupy the queue until it ages out.
+pub const DEFAULT_MAX_UPLOAD_ATTEMPTS: u32 = 8;
+
+/// Most retries of one piece after `/ingest` answered 422. That endpoint answers 422
+/// for every failure that is not a rate limit, transient backend failures included
+/// (grafana/pyroscope `pkg/ingester/pyroscope/ingest_handler.go`, v1.21.0 to v2.2.1; up to
+/// v2.1.x rate limits too), and this crate validates profiles before sending, so a 422
+/// is more likely transient than a bad profile. The Push API never answers 422 for a
+/// transient failure, so its 422 is final.
+pub const INGEST_422_RETRIES: u32 = 3;
 
 /// A string that never appears in `Debug` output, logs or errors.
 #[derive(Clone, PartialEq, Eq)]
@@ -99,6 +114,8 @@ pub struct UploadConfig {
     pub(crate) server: ServerAddress,
     pub(crate) protocol: Protocol,
     pub(crate) application_name: String,
+    /// The `service_namespace` series label (the traces' `service.namespace`), if any.
+    pub(crate) service_namespace: Option<String>,
     /// User tags (series labels), keys unique, in the order given.
     pub(crate) tags: Vec<(String, String)>,
     pub(crate) auth: Auth,
@@ -110,6 +127,8 @@ pub struct UploadConfig {
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) max_profile_age: Duration,
+    /// Most attempts per piece (at least 1).
+    pub(crate) max_attempts: u32,
     /// Sampling rate in Hz (`/ingest`'s `sampleRate`).
     pub(crate) sample_rate: u32,
     /// Extra trusted root certificates (DER), besides the webpki roots.
@@ -230,37 +249,36 @@ fn validate_authority(address: &str, authority: &str) -> Result<(), BuildError> 
     Ok(())
 }
 
-/// Checks the user's tags: they become series labels next to the fixed ones.
+/// Checks the user's tags: they become series labels next to the fixed ones (and
+/// `service_namespace` when `namespace` is set).
 pub(crate) fn validate_tags(
     tags: &[(String, String)],
     protocol: Protocol,
+    namespace: bool,
 ) -> Result<(), BuildError> {
     const OPTION: &str = "tag";
-    if protocol == Protocol::Otlp {
-        // Pyroscope turns every resource attribute into a series label.
-        let max = MAX_SERIES_LABEL_NAMES - crate::otlp::OTLP_FIXED_SERIES_LABELS - 1;
-        if tags.len() > max {
-            return Err(BuildError::invalid(
-                OPTION,
-                format!(
-                    "{} tags plus the {} series labels of an OTLP request and `span_name` \
-                     exceed the server's {MAX_SERIES_LABEL_NAMES} label names: use at most {max} \
-                     tags with `Protocol::Otlp`",
-                    tags.len(),
-                    crate::otlp::OTLP_FIXED_SERIES_LABELS,
-                ),
-            ));
-        }
-    }
-    if tags.len() > MAX_TAGS {
+    let fixed = match protocol {
+        // Pyroscope turns every resource attribute (the namespace among them) into a
+        // series label.
+        Protocol::Otlp => crate::otlp::OTLP_FIXED_SERIES_LABELS,
+        _ => fixed_series_names(protocol == Protocol::Ingest, namespace),
+    };
+    let allowed = MAX_SERIES_LABEL_NAMES - fixed - 1;
+    if tags.len() > allowed {
+        let what = match (protocol, namespace) {
+            (Protocol::Otlp, _) => "the series labels Pyroscope derives from an OTLP request (4, and one per resource attribute, at most 8)",
+            (Protocol::Push, false) => "the Push API's 6 fixed series labels",
+            (Protocol::Push, true) => "the Push API's 6 fixed series labels, `service_namespace`",
+            (Protocol::Ingest, false) => "the 4 series labels `/ingest` adds (`__name__`, `__delta__`, `pyroscope_spy`, `service_name`)",
+            (Protocol::Ingest, true) => "the 4 series labels `/ingest` adds (`__name__`, `__delta__`, `pyroscope_spy`, `service_name`), `service_namespace`",
+        };
         return Err(BuildError::invalid(
             OPTION,
             format!(
-                "{} tags plus the {} fixed series labels and `span_name` make {} label names; \
-                 the server accepts {MAX_SERIES_LABEL_NAMES}: use at most {MAX_TAGS} tags",
+                "{} tags plus {what} and `span_name` make {} label names; the server accepts \
+                 {MAX_SERIES_LABEL_NAMES}: use at most {allowed} tags",
                 tags.len(),
-                FIXED_SERIES_LABELS.len(),
-                tags.len() + FIXED_SERIES_LABELS.len() + 1,
+                tags.len() + fixed + 1,
             ),
         ));
     }
@@ -325,7 +343,7 @@ fn validate_tag_key(key: &str) -> Result<(), BuildError> {
             format!("tag key `{key}` starts with `__`, which the server reserves; rename it"),
         ));
     }
-    if FIXED_SERIES_LABELS.contains(&key) {
+    if is_fixed_series_label(key) {
         return Err(BuildError::invalid(
             OPTION,
             format!("tag key `{key}` is a series label the profiler sets itself; rename it"),
@@ -500,7 +518,7 @@ mod tests {
     }
 
     fn tag_err(pairs: &[(&str, &str)], protocol: Protocol) -> String {
-        validate_tags(&tags(pairs), protocol)
+        validate_tags(&tags(pairs), protocol, false)
             .unwrap_err()
             .to_string()
     }
@@ -561,10 +579,13 @@ mod tests {
     fn tags_break_no_series_label_rule() {
         assert!(validate_tags(
             &tags(&[("region", "eu-west-1"), ("pod.name", "a,b}")]),
-            Protocol::Push
+            Protocol::Push,
+            false
         )
         .is_ok());
         assert!(tag_err(&[("__x", "v")], Protocol::Push).contains("reserves"));
+        assert!(tag_err(&[("service_namespace", "v")], Protocol::Push).contains("sets itself"));
+        assert!(tag_err(&[("pyroscope_spy", "v")], Protocol::Ingest).contains("sets itself"));
         assert!(tag_err(&[("service_name", "v")], Protocol::Push).contains("sets itself"));
         assert!(tag_err(&[("span_name", "v")], Protocol::Push).contains("reserved for span labels"));
         assert!(tag_err(&[("profile_id", "v")], Protocol::Push).contains("reserved"));
@@ -585,23 +606,34 @@ mod tests {
             "{err}"
         );
         assert!(tag_err(&[("pod", "a}")], Protocol::Ingest).contains("contains `}`"));
-        assert!(validate_tags(&tags(&[("pod", "a=b{c")]), Protocol::Ingest).is_ok());
+        assert!(validate_tags(&tags(&[("pod", "a=b{c")]), Protocol::Ingest, false).is_ok());
     }
 
     #[test]
-    fn the_series_label_count_includes_fixed_labels_and_span_name() {
-        let many: Vec<(String, String)> = (0..MAX_TAGS)
-            .map(|i| (format!("k{i}"), "v".into()))
-            .collect();
-        assert!(validate_tags(&many, Protocol::Push).is_ok());
-        assert_eq!(MAX_TAGS + FIXED_SERIES_LABELS.len() + 1, 30);
-        let mut too_many = many;
-        too_many.push(("one_more".into(), "v".into()));
-        let err = validate_tags(&too_many, Protocol::Push)
+    fn the_series_label_count_includes_the_fixed_labels_the_namespace_and_span_name() {
+        use crate::limits::{FIXED_SERIES_LABELS, MAX_TAGS};
+        let n_tags = |n: usize| -> Vec<(String, String)> {
+            (0..n).map(|i| (format!("k{i}"), "v".into())).collect()
+        };
+        // The public bound holds for every protocol with the namespace sent.
+        assert_eq!(MAX_TAGS + FIXED_SERIES_LABELS.len() + 1 + 1, 30);
+        assert!(validate_tags(&n_tags(MAX_TAGS), Protocol::Push, true).is_ok());
+        let err = validate_tags(&n_tags(MAX_TAGS + 1), Protocol::Push, true)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("make 31 label names") && err.contains("at most 23 tags"),
+            err.contains("make 31 label names") && err.contains("at most 22 tags"),
+            "{err}"
+        );
+        // Without a namespace the Push API leaves one more name.
+        assert!(validate_tags(&n_tags(MAX_TAGS + 1), Protocol::Push, false).is_ok());
+        // `/ingest`: the server's 4 names (`__delta__` and `pyroscope_spy` counted).
+        assert!(validate_tags(&n_tags(24), Protocol::Ingest, true).is_ok());
+        let err = validate_tags(&n_tags(25), Protocol::Ingest, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pyroscope_spy") && err.contains("at most 24 tags"),
             "{err}"
         );
     }

@@ -18,6 +18,10 @@ pub struct UploadCounts {
     pub uploads_failed: u64,
     /// Attempts that repeated an earlier failed one.
     pub retries: u64,
+    /// Of those, retries after `/ingest` answered 422 (its status for every failure
+    /// that is not a rate limit, transient backend failures included; at most
+    /// [`INGEST_422_RETRIES`](crate::INGEST_422_RETRIES) per piece).
+    pub ingest_422_retries: u64,
     /// Pieces given up, by reason.
     pub dropped: UploadDropped,
     /// Request body bytes of the accepted uploads.
@@ -38,12 +42,16 @@ pub struct UploadDropped {
     pub too_old: u64,
     /// Still queued or in flight when `stop()`'s deadline passed.
     pub stopped: u64,
+    /// Answered with a server error (5xx, or `/ingest`'s 422) as often as
+    /// `max_upload_attempts` allows (e.g. a body the server cannot decode, which the Push
+    /// API answers with 500 every time).
+    pub attempts_exhausted: u64,
 }
 
 impl UploadDropped {
     /// All pieces lost, whatever the reason.
     pub fn total(&self) -> u64 {
-        self.queue_full + self.rejected + self.too_old + self.stopped
+        self.queue_full + self.rejected + self.too_old + self.stopped + self.attempts_exhausted
     }
 }
 

@@ -5,7 +5,9 @@
 //! cannot stall them. Closed windows wait in a bounded queue (the oldest is dropped and
 //! counted when it is full); each piece of a window is one request; transport errors,
 //! timeouts, 5xx and 429 are retried with exponential backoff and jitter until the
-//! profile is older than `max_profile_age`; other 4xx are never retried. `stop` flushes
+//! profile is older than `max_profile_age` or has used `max_upload_attempts`; `/ingest`'s
+//! 422 is retried a few times (it is that endpoint's answer for transient failures too);
+//! other 4xx are never retried. `stop` flushes
 //! within a deadline and reports what was delivered and lost.
 //!
 //! The uploader thread emits no `tracing` events (a thread-local no-op dispatcher silences
@@ -35,7 +37,7 @@ pub(crate) use config::{
     check_header_value, parse_tls_roots, validate_header, validate_server_address, validate_tags,
     Auth, Secret,
 };
-pub use config::{Protocol, UploadConfig};
+pub use config::{Protocol, UploadConfig, DEFAULT_MAX_UPLOAD_ATTEMPTS, INGEST_422_RETRIES};
 pub use counts::{UploadCounts, UploadDropped, UploadReport};
 #[cfg(feature = "upload")]
 pub use uploader::{UploadWindow, Uploader};

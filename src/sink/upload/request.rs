@@ -172,11 +172,19 @@ impl Requests {
             push_uri,
             ingest_prefix: config.server.url(&format!(
                 "{INGEST_PATH}?name={}",
-                percent_encode(&ingest_name(&config.application_name, &config.tags))
+                percent_encode(&ingest_name(
+                    &config.application_name,
+                    config.service_namespace.as_deref(),
+                    &config.tags
+                ))
             )),
             sample_rate: config.sample_rate,
             headers,
-            series_labels: series_labels(&config.application_name, &config.tags),
+            series_labels: series_labels(
+                &config.application_name,
+                config.service_namespace.as_deref(),
+                &config.tags,
+            ),
         })
     }
 
@@ -246,8 +254,13 @@ fn gzip_body(body: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
-/// The series labels of every Push request: fixed ones, then tags, sorted by name.
-pub(crate) fn series_labels(application_name: &str, tags: &[(String, String)]) -> Vec<LabelPair> {
+/// The series labels of every Push request: fixed ones, `service_namespace` when set,
+/// then tags, sorted by name.
+pub(crate) fn series_labels(
+    application_name: &str,
+    namespace: Option<&str>,
+    tags: &[(String, String)],
+) -> Vec<LabelPair> {
     let pair = |name: &str, value: &str| LabelPair {
         name: name.to_owned(),
         value: value.to_owned(),
@@ -260,14 +273,26 @@ pub(crate) fn series_labels(application_name: &str, tags: &[(String, String)]) -
         pair("process.runtime.name", "rust"),
         pair("process.runtime.version", RUSTC_VERSION),
     ];
+    if let Some(namespace) = namespace {
+        labels.push(pair(crate::limits::SERVICE_NAMESPACE_LABEL, namespace));
+    }
     labels.extend(tags.iter().map(|(k, v)| pair(k, v)));
     labels.sort_by(|a, b| a.name.cmp(&b.name));
     labels
 }
 
-/// `/ingest`'s `name`: `<app>{k=v,k=v}` (tags were checked for `,` and `}`).
-pub(crate) fn ingest_name(application_name: &str, tags: &[(String, String)]) -> String {
-    let pairs: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+/// `/ingest`'s `name`: `<app>{k=v,k=v}`, `service_namespace` first when set (values were
+/// checked for `,` and `}`).
+pub(crate) fn ingest_name(
+    application_name: &str,
+    namespace: Option<&str>,
+    tags: &[(String, String)],
+) -> String {
+    let namespace = namespace.map(|ns| format!("{}={ns}", crate::limits::SERVICE_NAMESPACE_LABEL));
+    let pairs: Vec<String> = namespace
+        .into_iter()
+        .chain(tags.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect();
     format!("{application_name}{{{}}}", pairs.join(","))
 }
 
@@ -354,8 +379,12 @@ mod tests {
             ("env".to_string(), "a+b c".to_string()),
             ("v".to_string(), "1".to_string()),
         ];
-        let name = ingest_name("my.app/x", &tags);
+        let name = ingest_name("my.app/x", None, &tags);
         assert_eq!(name, "my.app/x{env=a+b c,v=1}");
+        assert_eq!(
+            ingest_name("my.app/x", Some("shop"), &tags),
+            "my.app/x{service_namespace=shop,env=a+b c,v=1}"
+        );
         assert_eq!(
             percent_encode(&name),
             "my.app%2Fx%7Benv%3Da%2Bb%20c%2Cv%3D1%7D"
@@ -373,7 +402,14 @@ mod tests {
 
     #[test]
     fn series_labels_are_sorted_and_carry_the_fixed_names() {
-        let labels = series_labels("app", &[("zone".into(), "z1".into())]);
+        let labels = series_labels("app", Some("shop"), &[("zone".into(), "z1".into())]);
+        assert!(labels.contains(&LabelPair {
+            name: "service_namespace".into(),
+            value: "shop".into()
+        }));
+        assert!(!series_labels("app", None, &[])
+            .iter()
+            .any(|l| l.name == "service_namespace"));
         let names: Vec<&str> = labels.iter().map(|l| l.name.as_str()).collect();
         let mut sorted = names.clone();
         sorted.sort_unstable();

@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 
 use super::backoff::Backoff;
 use super::client::{Answer, HttpClient, TransportError};
-use super::config::UploadConfig;
+use super::config::{UploadConfig, INGEST_422_RETRIES};
 use super::counts::{UploadCounts, UploadReport};
 use super::request::Requests;
 use crate::error::StartError;
@@ -163,10 +163,13 @@ impl Uploader {
             client,
             backoff: (config.backoff_min, config.backoff_max),
             max_profile_age: config.max_profile_age,
+            max_attempts: config.max_attempts.max(1),
+            ingest: config.protocol == super::config::Protocol::Ingest,
             server: config.server.to_string(),
             logged_statuses: HashSet::new(),
             logged_transport: false,
             logged_too_old: false,
+            logged_exhausted: false,
         };
         let thread = thread::Builder::new()
             .name("span-profiler-upload".into())
@@ -315,12 +318,17 @@ struct Worker {
     client: HttpClient,
     backoff: (Duration, Duration),
     max_profile_age: Duration,
+    /// Most attempts per piece.
+    max_attempts: u32,
+    /// Uploading with `/ingest` (whose 422 is retried a few times).
+    ingest: bool,
     /// The server address, for messages (never holds credentials).
     server: String,
     /// Statuses already logged (each refusal status is logged once).
     logged_statuses: HashSet<u16>,
     logged_transport: bool,
     logged_too_old: bool,
+    logged_exhausted: bool,
 }
 
 impl Worker {
@@ -383,7 +391,25 @@ impl Worker {
         let prepared = self.requests.prepare(piece, start, end);
         let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
         let mut attempt = 0u32;
+        let mut retries_422 = 0u32;
+        // Attempts the server answered with an error it may repeat for ever (5xx, and
+        // `/ingest`'s 422): capped, so a window it cannot take does not hold the queue.
+        // Unreachable servers, timeouts and 429 are not the window's fault and are retried
+        // until `max_profile_age`.
+        let mut server_errors = 0u32;
         loop {
+            if server_errors >= self.max_attempts {
+                let mut state = lock(&self.shared.state);
+                state.counts.dropped.attempts_exhausted += 1;
+                if !std::mem::replace(&mut self.logged_exhausted, true) {
+                    state.log(format!(
+                        "the profile server answered a profile piece with an error {server_errors} \
+                         times (max_upload_attempts); it was dropped, further drops are only \
+                         counted (stats: upload dropped.attempts_exhausted)"
+                    ));
+                }
+                return Outcome::Dropped;
+            }
             let age = SystemTime::now().duration_since(start).unwrap_or_default();
             if age > self.max_profile_age {
                 let mut state = lock(&self.shared.state);
@@ -407,7 +433,26 @@ impl Worker {
                     lock(&self.shared.state).counts.bytes_sent += prepared.body.len() as u64;
                     return Outcome::Delivered;
                 }
+                Ok(answer)
+                    if self.ingest
+                        && answer.status == http::StatusCode::UNPROCESSABLE_ENTITY
+                        && retries_422 < INGEST_422_RETRIES =>
+                {
+                    retries_422 += 1;
+                    server_errors += 1;
+                    lock(&self.shared.state).counts.ingest_422_retries += 1;
+                    self.note_retryable(&format!(
+                        "answered {} (on /ingest also a transient failure; retried up to \
+                         {INGEST_422_RETRIES} times): {}",
+                        answer.status,
+                        answer.body.trim()
+                    ));
+                    answer.retry_after
+                }
                 Ok(answer) if is_retried(answer.status) => {
+                    if answer.status.is_server_error() {
+                        server_errors += 1;
+                    }
                     self.note_retryable(&format!(
                         "answered {}: {}",
                         answer.status,
