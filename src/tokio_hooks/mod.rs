@@ -19,18 +19,17 @@
 //!
 //! ```toml
 //! [build]
-//! rustflags = ["--cfg", "tokio_unstable", "-C", "force-frame-pointers=yes"]
+//! rustflags = ["--cfg", "tokio_unstable"]
 //! ```
 //!
 //! or in the environment:
 //!
 //! ```sh
-//! RUSTFLAGS="--cfg tokio_unstable -C force-frame-pointers=yes" cargo build --release
+//! RUSTFLAGS="--cfg tokio_unstable" cargo build --release
 //! ```
 //!
 //! `RUSTFLAGS` *replaces* the config file's `rustflags` rather than adding to them, so
-//! repeat every flag you need there, `-C force-frame-pointers=yes` above all (without it
-//! stacks are one or two frames deep). Without the flag this module contains only this
+//! repeat every flag you need there. Without the flag this module contains only this
 //! page; everything else in the crate builds and works the same.
 //!
 //! Then build the runtime yourself and call `install` (or `Hooks::install`) on the
