@@ -245,9 +245,11 @@ impl<F> Profiled<F> {
         Profiled::with_root(metered, handle, root)
     }
 
-    /// The label id this wrapper writes into the slot (0: none).
-    pub(crate) fn label_id(&self) -> u64 {
-        self.id
+    cfg_internal! {
+        /// The label id this wrapper writes into the slot (0: none).
+        pub(crate) fn label_id(&self) -> u64 {
+            self.id
+        }
     }
 
     /// The labels this wrapper applies.

@@ -161,6 +161,7 @@
 //!   Grafana's span profiles expect.
 //! - Each labelled poll costs a thread-local read and two writes (under a nanosecond
 //!   measured with `benches/poll.rs`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
@@ -226,11 +227,12 @@ pub use otel::{
     ContextLabelsGuard, LabelScope, ProfilingSpan, ProfilingTracer, ProfilingTracerProvider,
     PROFILE_ID_ATTRIBUTE,
 };
-#[cfg(feature = "task-metrics")]
-pub use otel::{
-    TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
-    TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
-};
+cfg_task_metrics! {
+    pub use otel::{
+        TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
+        TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
+    };
+}
 pub use profiler::builder::{
     ProfilerBuilder, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_OUTPUT_DIR, DEFAULT_SAMPLE_RATE,
     DEFAULT_UPLOAD_INTERVAL, MAX_SAMPLE_RATE, MAX_UPLOAD_INTERVAL, MIN_UPLOAD_INTERVAL,
@@ -241,14 +243,18 @@ pub use profiler::builder::{
     DEFAULT_STOP_TIMEOUT, MAX_PROFILE_AGE_LIMIT, MAX_REQUEST_BYTES_LIMIT, MAX_REQUEST_SAMPLES,
     MAX_TAGS, MIN_REQUEST_BYTES,
 };
-pub use profiler::{Dropped, Profiler, Stats, StopError, StopReport};
+pub use profiler::{
+    Dropped, OtelCounts, Profiler, SamplerCounts, Stats, StopError, StopReport, TaskHookCounts,
+};
 pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport};
 #[cfg(feature = "tower")]
 pub use tower::{ProfileFuture, ProfileLayer, ProfileService};
 #[cfg(feature = "tracing")]
 pub use tracing_layer::TracingProfileLayer;
 
-/// Internals exposed for the `loom-tests/` crate and the crate's own integration tests.
+/// Internals for the crate's own integration tests and benches, `loom-tests/` and
+/// `peer-benches/`, behind the hidden `__internal` feature (which only they enable).
 /// Not part of the public API: no stability promises.
+#[cfg(feature = "__internal")]
 #[doc(hidden)]
 pub mod __private;

@@ -10,9 +10,10 @@ mod config;
 mod context;
 /// The span-id map (live span -> its local root's labels).
 mod map;
-/// Per-span task metrics with tokio-metrics (feature `task-metrics`).
-#[cfg(feature = "task-metrics")]
-mod metrics;
+cfg_task_metrics! {
+    /// Per-span task metrics with tokio-metrics (feature `task-metrics`).
+    mod metrics;
+}
 /// `ProfilingTracerProvider` and its options.
 mod provider;
 /// The application-name / service-name check.
@@ -30,13 +31,13 @@ pub use config::LabelScope;
 pub use context::ContextLabelsGuard;
 pub(crate) use context::{lookup, lookup_current};
 pub(crate) use map::RootLink;
-#[cfg(feature = "task-metrics")]
-pub use metrics::{
-    TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
-    TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
-};
+cfg_task_metrics! {
+    pub use metrics::{
+        TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
+        TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
+    };
+}
 pub use provider::ProfilingTracerProvider;
-#[allow(unused_imports)] // called by the Profiler when it starts
 pub(crate) use service::note_application_name;
 pub use span::ProfilingSpan;
 pub use tracer::{ProfilingTracer, PROFILE_ID_ATTRIBUTE};
@@ -65,9 +66,4 @@ fn span_id_u64(sc: &SpanContext) -> u64 {
 /// Number of live span-id map entries.
 pub(crate) fn span_map_len() -> usize {
     map::len()
-}
-
-/// The application name and trace service name, when they differ.
-pub(crate) fn service_name_mismatch() -> Option<(String, String)> {
-    service::mismatch()
 }

@@ -2,6 +2,12 @@
 //! upload receiver: every rule of ARCHITECTURE.md "Server rules" that applies to one
 //! profile, plus the rules this crate's own output follows (string labels only, span and
 //! trace ids in OpenTelemetry's hex form, no reserved keys).
+//!
+//! Outside the crate's own tests only [`decode`] is used (by `flamegraph`).
+#![cfg_attr(
+    not(any(test, feature = "__internal")),
+    allow(dead_code, unused_imports)
+)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;

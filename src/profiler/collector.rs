@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::stats::{Dropped, Stats, StopReport};
+use super::stats::{Dropped, OtelCounts, SamplerCounts, Stats, StopReport, TaskHookCounts};
 use super::writer::{self, WriterHandle};
 use super::StopError;
 use crate::counters::{LogOnce, LABELS};
 use crate::error::StartError;
 use crate::labels::registry::Registry;
+use crate::pprof::ENCODE;
 use crate::profiler::builder::Config;
 use crate::sampler::{DrainedSample, Sampler, SamplerConfig, SamplerStats, DEFAULT_BUFFER_ENTRIES};
+use crate::symbolize::SYMBOLIZE;
 use crate::sync::lock_std as lock;
 use crate::window::{WindowAggregator, WindowLimits, WINDOW};
 
@@ -245,6 +247,7 @@ impl Collector {
                  build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (see the README)"
             );
         }
+        let registry_len = self.registry.len();
         let mut stats = lock(&self.stats);
         *stats = Stats {
             samples: s.samples,
@@ -259,6 +262,7 @@ impl Collector {
             empty_windows: self.empty_windows,
             label_expired: WINDOW.label_expired.get(),
             label_sets_overflowed: WINDOW.label_sets_overflowed.get(),
+            label_sets_overflowed_weight: WINDOW.label_sets_overflowed_weight.get(),
             span_names_overflowed: WINDOW.span_names_overflowed.get(),
             label_keys_removed: WINDOW.label_keys_removed.get(),
             rejected_label_pairs: LABELS.rejected_pairs.get(),
@@ -269,9 +273,65 @@ impl Collector {
             handler_replaced: s.handler_replaced,
             shallow_samples: s.shallow_stacks,
             frame_pointers_missing,
+            stacks_truncated: WINDOW.stacks_truncated.get(),
+            empty_samples: WINDOW.samples_empty.get(),
+            label_sets_live: registry_len.live as u64,
+            label_sets_retired: registry_len.retired as u64,
+            profiles_encoded: ENCODE.pieces_encoded.get(),
+            profiles_oversized: ENCODE.pieces_oversized.get(),
+            addresses_symbolized: SYMBOLIZE.addresses_symbolized.get(),
+            addresses_unresolved: SYMBOLIZE.addresses_unresolved.get(),
+            sampler: sampler_counts(s),
+            otel: otel_counts(),
+            task_hooks: task_hook_counts(),
             // The writer's fields.
             ..std::mem::take(&mut *stats)
         };
+    }
+}
+
+fn sampler_counts(s: &SamplerStats) -> SamplerCounts {
+    SamplerCounts {
+        leaf_only_samples: s.leaf_only,
+        truncated_stacks: s.truncated_stacks,
+        ignored_foreign_signals: s.ignored_not_timer,
+        ignored_stale_signals: s.ignored_other_session,
+        timers_armed_by_scan: s.armed_by_scan,
+        timers_armed_by_thread: s.armed_by_thread,
+        timers_deleted: s.timers_deleted,
+        arm_failures_eagain: s.arm_failures_eagain,
+        arm_failures_other: s.arm_failures_other,
+        stack_bounds_published: s.bounds_published,
+        stack_bounds_failed: s.bounds_failed,
+        thread_scans: s.scans,
+        handler_cpu: Duration::from_nanos(s.handler_cpu_ns),
+        maintain_cpu: Duration::from_nanos(s.maintain_cpu_ns),
+        drain_cpu: Duration::from_nanos(s.drain_cpu_ns),
+    }
+}
+
+#[cfg(feature = "otel")]
+fn otel_counts() -> OtelCounts {
+    OtelCounts {
+        unknown_spans: crate::otel::OTEL.unknown_spans.get(),
+        unknown_parents: crate::otel::OTEL.unknown_parents.get(),
+        live_spans: crate::otel::span_map_len() as u64,
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+fn otel_counts() -> OtelCounts {
+    OtelCounts::default()
+}
+
+fn task_hook_counts() -> TaskHookCounts {
+    let h = crate::tokio_hooks::state::hook_counters();
+    TaskHookCounts {
+        tasks_labelled: h.tasks_labelled,
+        tasks_released: h.tasks_released,
+        parent_expired: h.parent_expired,
+        unbalanced_polls: h.unbalanced_polls,
+        frames_unavailable: h.frames_unavailable,
     }
 }
 

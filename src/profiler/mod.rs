@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub use error::StopError;
-pub use stats::{Dropped, Stats, StopReport};
+pub use stats::{Dropped, OtelCounts, SamplerCounts, Stats, StopReport, TaskHookCounts};
 
 use crate::error::StartError;
 use crate::sync::lock_std as lock;
@@ -75,15 +75,23 @@ impl Profiler {
         {
             return Err(StartError::AlreadyRunning);
         }
+        #[cfg(feature = "otel")]
+        let application_name = config.application_name.clone();
         match collector::spawn(config) {
-            Ok((stop_tx, collector, stats)) => Ok(Profiler {
-                running: Some(Running {
-                    stop_tx,
-                    collector,
-                    stats,
-                }),
-                inert: false,
-            }),
+            Ok((stop_tx, collector, stats)) => {
+                // Grafana's span-to-profile link needs this name to equal the traces'
+                // `service.name`: warns once if a `ProfilingTracerProvider` says otherwise.
+                #[cfg(feature = "otel")]
+                crate::otel::note_application_name(&application_name);
+                Ok(Profiler {
+                    running: Some(Running {
+                        stop_tx,
+                        collector,
+                        stats,
+                    }),
+                    inert: false,
+                })
+            }
             Err(err) => {
                 // Release: pairs with the Acquire in `start`.
                 RUNNING.store(false, Ordering::Release);

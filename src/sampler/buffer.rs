@@ -154,9 +154,11 @@ impl SampleBuffer {
         }
     }
 
-    /// Number of entries.
-    pub fn capacity(&self) -> usize {
-        self.entries.len()
+    cfg_internal! {
+        /// Number of entries.
+        pub fn capacity(&self) -> usize {
+            self.entries.len()
+        }
     }
 
     /// Claims an empty entry for writing, or `None` when none was found (the buffer is

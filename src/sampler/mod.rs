@@ -18,17 +18,25 @@ pub(crate) mod slot;
 
 cfg_sampler! {
     mod linux;
-    use linux::{handler, session};
+    use linux::session;
     pub use session::Sampler;
     pub(crate) use linux::armed::arm_current_thread;
-    /// Test hooks for the allocation-proof test (see `handler`).
-    pub use handler::{in_handler, set_in_handler};
 }
 
 cfg_no_sampler! {
     mod unsupported;
-    pub use unsupported::{in_handler, set_in_handler, Sampler};
+    pub use unsupported::Sampler;
     pub(crate) use unsupported::arm_current_thread;
+}
+
+// Test hooks for the allocation-proof test (see `handler`).
+cfg_internal! {
+    cfg_sampler! {
+        pub use linux::handler::{in_handler, set_in_handler};
+    }
+    cfg_no_sampler! {
+        pub use unsupported::{in_handler, set_in_handler};
+    }
 }
 
 use std::sync::atomic::AtomicU64;
@@ -89,7 +97,8 @@ pub struct DrainedSample<'a> {
     pub weight: u64,
     /// The thread's label id when it was interrupted (0: none).
     pub label_id: u64,
-    /// Kernel thread id.
+    /// Kernel thread id (read by the sampler tests: per-thread accuracy).
+    #[cfg_attr(not(any(test, feature = "__internal")), allow(dead_code))]
     pub tid: i32,
     /// `frames[0]` is the interrupted PC (the leaf); `frames[1..]` are return addresses,
     /// callers in order (symbolize them at `address - 1`).
@@ -158,6 +167,7 @@ pub struct SamplerStats {
     pub drain_cpu_ns: u64,
 }
 
+cfg_internal! {
 impl SamplerStats {
     /// Sampled CPU time: weight times the sampling period, ns.
     pub fn sampled_cpu_ns(&self, sample_rate_hz: u32) -> u64 {
@@ -169,4 +179,5 @@ impl SamplerStats {
     pub fn sampler_cpu_ns(&self) -> u64 {
         self.handler_cpu_ns + self.maintain_cpu_ns + self.drain_cpu_ns
     }
+}
 }

@@ -95,14 +95,16 @@ pub fn forget_tid() {
     TID.with(|tid| tid.set(0));
 }
 
-/// Whether the calling thread is inside the SIGPROF handler right now.
-pub fn in_handler() -> bool {
-    IN_HANDLER.with(|flag| flag.get())
-}
+cfg_internal! {
+    /// Whether the calling thread is inside the SIGPROF handler right now.
+    pub fn in_handler() -> bool {
+        IN_HANDLER.with(|flag| flag.get())
+    }
 
-/// Sets the in-handler flag for a scope (tests use it as a positive control).
-pub fn set_in_handler(value: bool) {
-    IN_HANDLER.with(|flag| flag.set(value));
+    /// Sets the in-handler flag for a scope (tests use it as a positive control).
+    pub fn set_in_handler(value: bool) {
+        IN_HANDLER.with(|flag| flag.set(value));
+    }
 }
 
 #[inline(always)]

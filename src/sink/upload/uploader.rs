@@ -65,9 +65,11 @@ impl UploadWindow {
         self.pieces.len()
     }
 
-    /// When the window began (the profiles' `time_nanos`).
-    pub fn start(&self) -> SystemTime {
-        self.start
+    cfg_internal! {
+        /// When the window began (the profiles' `time_nanos`).
+        pub fn start(&self) -> SystemTime {
+            self.start
+        }
     }
 
     /// True for a window without pieces.
