@@ -38,6 +38,7 @@ mod stacks;
 /// `summarize`: CPU per span name and per request.
 mod summary;
 
+pub use crate::pprof::DecodeError;
 pub use error::FlamegraphError;
 pub use profile::Profile;
 pub use render::{FlameGraph, Rendered};

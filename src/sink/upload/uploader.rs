@@ -421,7 +421,7 @@ impl Worker {
                         TransportError::Timeout => {
                             "did not answer within the request timeout".into()
                         }
-                        TransportError::Failed(why) => format!("could not be reached: {why}"),
+                        err => format!("could not be reached: {err}"),
                     });
                     None
                 }
