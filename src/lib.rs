@@ -62,7 +62,7 @@
 //! `profiled_with(&cx)`, `profiled_in_context(cx)`), the `tracing` layer for
 //! `#[instrument]` code with tracing-opentelemetry, or `ContextLabelsGuard` for synchronous
 //! code. Tasks spawned inside a request keep its labels only if wrapped
-//! (`.with_labels(Labels::current())`) or on a runtime built with [`tokio_hooks`];
+//! (`tokio::spawn(work.in_current_labels())`) or on a runtime built with [`tokio_hooks`];
 //! [`spawn_blocking`] carries them into blocking closures.
 //!
 //! ## Cargo features
