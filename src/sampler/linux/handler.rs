@@ -37,8 +37,6 @@ pub static BUFFER: AtomicPtr<SampleBuffer> = AtomicPtr::new(std::ptr::null_mut()
 
 /// Tallies the handler keeps (process-wide, monotonically increasing).
 pub struct HandlerCounters {
-    /// Samples written into the buffer.
-    pub recorded: Counter,
     /// Samples dropped: no free buffer entry.
     pub dropped_full: Counter,
     /// Samples dropped: no buffer (cannot happen once a session started).
@@ -53,7 +51,6 @@ pub struct HandlerCounters {
 
 /// The handler's tallies.
 pub static COUNTERS: HandlerCounters = HandlerCounters {
-    recorded: Counter::new(),
     dropped_full: Counter::new(),
     dropped_no_buffer: Counter::new(),
     ignored_not_timer: Counter::new(),
@@ -217,7 +214,6 @@ unsafe fn sample(info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
         }
     });
     claim.publish();
-    COUNTERS.recorded.incr();
 }
 
 /// The bounds to unwind in: this thread's own range, else the published one, and only
