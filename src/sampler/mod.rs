@@ -13,7 +13,7 @@
 //! Supported on Linux x86_64 and aarch64. Elsewhere (and under loom) the crate compiles
 //! and [`Sampler::start`] returns [`StartError::Unsupported`](crate::StartError).
 
-pub mod buffer;
+pub(crate) mod buffer;
 pub(crate) mod slot;
 
 cfg_sampler! {
@@ -65,7 +65,7 @@ pub(crate) fn check_sample_rate(option: &'static str, hz: u32) -> Result<(), Bui
 }
 
 /// Default number of buffer entries (about 1 KiB each), used by the first start only.
-pub const DEFAULT_BUFFER_ENTRIES: usize = 1024;
+pub(crate) const DEFAULT_BUFFER_ENTRIES: usize = 1024;
 
 /// Sampler options.
 #[derive(Debug, Clone)]
