@@ -78,7 +78,8 @@
 //! | `flamegraph` | no | `flamegraph`: SVG flame graphs (inferno, CDDL-1.0) of pprof files, per span name or span id, and a per-span CPU summary |
 //!
 //! With no features the crate still profiles into local files, and `Labels` /
-//! `.with_labels()` work.
+//! `.with_labels()` work. (`__internal` is not a feature for users: it opens test-only
+//! internals to this crate's own tests and benches, with no stability promise.)
 //!
 //! ## Platforms
 //!
