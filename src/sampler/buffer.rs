@@ -32,11 +32,14 @@ const WRITING: u64 = 1;
 const FULL: u64 = 2;
 const READING: u64 = 3;
 
-/// Record flag: the thread had no published stack bounds (or its SP lay outside them),
-/// so only the leaf PC was recorded; `sp` tells the collector where the stack is.
-pub(crate) const FLAG_NO_BOUNDS: u32 = 1;
-/// Record flag: the walk stopped at `MAX_FRAMES`.
-pub(crate) const FLAG_TRUNCATED: u32 = 2;
+// Set by the handler, read by the collector: both only where the sampler runs.
+cfg_sampler! {
+    /// Record flag: the thread had no published stack bounds (or its SP lay outside them),
+    /// so only the leaf PC was recorded; `sp` tells the collector where the stack is.
+    pub(crate) const FLAG_NO_BOUNDS: u32 = 1;
+    /// Record flag: the walk stopped at `MAX_FRAMES`.
+    pub(crate) const FLAG_TRUNCATED: u32 = 2;
+}
 
 /// One recorded sample, as written by a handler.
 #[derive(Clone, Copy)]
