@@ -150,7 +150,7 @@ where
 impl<F> std::fmt::Debug for ProfileFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProfileFuture")
-            .field("label_id", &self.inner.label_id())
+            .field("labels", &self.inner.labels())
             .field("grpc", &self.grpc)
             .finish_non_exhaustive()
     }
