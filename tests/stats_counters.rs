@@ -70,5 +70,11 @@ fn otel_lookups_live_labels_and_encoded_profiles_show_in_stats() {
     });
     assert!(stats.sampler.thread_scans >= 1, "{stats:#?}");
     assert!(stats.sampler.maintain_cpu > Duration::ZERO, "{stats:#?}");
-    profiler.stop().expect("stop");
+    let report = profiler.stop().expect("stop");
+    // The report counts what the writer encoded after the last periodic snapshot too.
+    assert!(report.files_written >= 1, "{report:#?}");
+    assert!(
+        report.stats.profiles_encoded >= report.files_written,
+        "{report:#?}"
+    );
 }

@@ -177,7 +177,12 @@ impl Collector {
         self.publish_stats();
         // The writer encodes what is queued, then uploads within the stop timeout.
         let outcome = self.writer.take().and_then(WriterHandle::finish);
-        let stats = lock(&self.stats).clone();
+        let stats = {
+            let mut stats = lock(&self.stats);
+            // The writer encoded and symbolized the last windows after the last publish.
+            writer_counts(&mut stats);
+            stats.clone()
+        };
         let writer_panicked = outcome.is_none();
         let (final_write_error, upload) =
             outcome.map_or((None, None), |o| (o.final_write_error, o.upload));
@@ -277,17 +282,22 @@ impl Collector {
             empty_samples: WINDOW.samples_empty.get(),
             label_sets_live: registry_len.live as u64,
             label_sets_retired: registry_len.retired as u64,
-            profiles_encoded: ENCODE.pieces_encoded.get(),
-            profiles_oversized: ENCODE.pieces_oversized.get(),
-            addresses_symbolized: SYMBOLIZE.addresses_symbolized.get(),
-            addresses_unresolved: SYMBOLIZE.addresses_unresolved.get(),
             sampler: sampler_counts(s),
             otel: otel_counts(),
             task_hooks: task_hook_counts(),
             // The writer's fields.
             ..std::mem::take(&mut *stats)
         };
+        writer_counts(&mut stats);
     }
+}
+
+/// The counts of the writer thread's stages (encoder, symbolizer): process-wide counters.
+fn writer_counts(stats: &mut Stats) {
+    stats.profiles_encoded = ENCODE.pieces_encoded.get();
+    stats.profiles_oversized = ENCODE.pieces_oversized.get();
+    stats.addresses_symbolized = SYMBOLIZE.addresses_symbolized.get();
+    stats.addresses_unresolved = SYMBOLIZE.addresses_unresolved.get();
 }
 
 fn sampler_counts(s: &SamplerStats) -> SamplerCounts {
