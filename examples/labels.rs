@@ -1,7 +1,8 @@
 //! Labels follow tasks, not threads: a 4-worker Tokio runtime runs 16 labelled tasks
 //! that yield and sleep so they migrate between workers, and every poll checks that the
-//! thread's label slot (what the sampler's signal handler reads) holds the task's own
-//! label id. Worker threads are checked to hold no label between polls.
+//! labels in force on the thread (`Labels::current()`, read from the slot the sampler's
+//! signal handler reads) are the task's own. Worker threads are checked to hold no labels
+//! between polls.
 //!
 //! Run: `cargo run --example labels`
 
@@ -9,11 +10,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use span_profiler::__private::{current_label_id, label_id_of};
 use span_profiler::{Labels, ProfiledExt};
 
 #[derive(Default)]
@@ -27,7 +27,7 @@ struct Checks {
 /// Compares the slot with the task's own id on every poll and notes the thread.
 struct Checked<F> {
     inner: Pin<Box<F>>,
-    expected: Arc<AtomicU64>,
+    expected: Arc<OnceLock<Labels>>,
     checks: Arc<Checks>,
     threads: Arc<Mutex<HashSet<String>>>,
 }
@@ -37,7 +37,7 @@ impl<F: Future> Future for Checked<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         self.checks.polls.fetch_add(1, Relaxed);
-        if current_label_id() != self.expected.load(Relaxed) {
+        if self.expected.get() != Some(&Labels::current()) {
             self.checks.wrong.fetch_add(1, Relaxed);
         }
         let name = std::thread::current().name().unwrap_or("?").to_owned();
@@ -58,14 +58,14 @@ fn main() {
         })
         .on_thread_park(move || {
             idle.idle_reads.fetch_add(1, Relaxed);
-            if current_label_id() != 0 {
+            if !Labels::current().is_empty() {
                 idle.idle_wrong.fetch_add(1, Relaxed);
             }
         })
         .build()
         .expect("a Tokio runtime");
 
-    let results: BTreeMap<String, (u64, usize)> = rt.block_on(async {
+    let results: BTreeMap<String, usize> = rt.block_on(async {
         let mut tasks = Vec::new();
         for i in 0..16u64 {
             let route = [
@@ -74,7 +74,7 @@ fn main() {
                 "GET /search",
                 "GET /health",
             ][i as usize % 4];
-            let expected = Arc::new(AtomicU64::new(0));
+            let expected = Arc::new(OnceLock::new());
             let threads = Arc::new(Mutex::new(HashSet::new()));
             let work = Checked {
                 inner: Box::pin(async move {
@@ -94,25 +94,26 @@ fn main() {
                 threads: threads.clone(),
             };
             let profiled = work.with_labels(Labels::span(0x1000 + i, route));
-            let id = label_id_of(&profiled);
-            expected.store(id, Relaxed);
+            expected
+                .set(profiled.labels().clone())
+                .expect("set once, before the task runs");
+            let span = profiled.labels().span_id_hex().unwrap_or_default();
             tasks.push((
-                format!("task {i:2} {route:18} label id {id}"),
-                id,
+                format!("task {i:2} {route:18} span {span}"),
                 tokio::spawn(profiled),
                 threads,
             ));
         }
         let mut results = BTreeMap::new();
-        for (name, id, handle, threads) in tasks {
+        for (name, handle, threads) in tasks {
             handle.await.expect("task");
             let n = threads.lock().unwrap().len();
-            results.insert(name, (id, n));
+            results.insert(name, n);
         }
         results
     });
 
-    for (name, (_, workers)) in &results {
+    for (name, workers) in &results {
         println!("{name}: polled on {workers} worker thread(s)");
     }
     let polls = checks.polls.load(Relaxed);

@@ -9,10 +9,9 @@
 //! `go tool pprof -tagfocus=span_name=GET_/search -top profiles/*.pb.gz`).
 //! Options: `PROFILE_SECONDS` (default 6).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use span_profiler::__private::pprof::{decode, samples};
+use span_profiler::flamegraph::{summarize, Profile};
 use span_profiler::{Labels, ProfiledExt, Profiler};
 
 #[inline(never)]
@@ -102,72 +101,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Read this run's files back: CPU per span name, requests, hottest function.
     let prefix = format!("profile-example-{}-", std::process::id());
-    let mut by_name: BTreeMap<String, SpanNameTotals> = BTreeMap::new();
+    let mut profiles = Vec::new();
     for entry in std::fs::read_dir(&out)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if !name.starts_with(&prefix) || !name.ends_with(".pb.gz") {
-            continue;
-        }
-        let profile = decode(&std::fs::read(&path)?)?;
-        for s in samples(&profile) {
-            let span_name = s
-                .labels
-                .get("span_name")
-                .cloned()
-                .unwrap_or_else(|| "(unlabelled)".into());
-            let totals = by_name.entry(span_name).or_default();
-            totals.cpu_ns += s.values[1];
-            if let Some(id) = s.labels.get("span_id") {
-                totals.span_ids.insert(id.clone());
-            }
-            *totals
-                .functions
-                .entry(own_function(&s.functions).to_owned())
-                .or_default() += s.values[1];
+        if name.starts_with(&prefix) && name.ends_with(".pb.gz") {
+            profiles.push(Profile::read(&path)?);
         }
     }
+    let summary = summarize(&profiles)?;
     println!(
         "\n{:<20} {:>8} {:>8} {:>12}  hottest function",
         "span_name", "requests", "CPU ms", "CPU/request"
     );
-    for (name, totals) in &by_name {
-        let hottest = totals
-            .functions
-            .iter()
-            .max_by_key(|(_, v)| **v)
-            .map_or("", |(f, _)| f.as_str());
-        let requests = totals.span_ids.len();
-        let per_request = if requests == 0 {
-            "-".to_owned()
-        } else {
-            format!("{:.2} ms", totals.cpu_ns as f64 / 1e6 / requests as f64)
-        };
+    for span in &summary.spans {
+        let per_request = span.cpu_per_request().map_or("-".to_owned(), |d| {
+            format!("{:.2} ms", d.as_secs_f64() * 1e3)
+        });
         println!(
-            "{name:<20} {requests:>8} {:>8} {per_request:>12}  {hottest}",
-            totals.cpu_ns / 1_000_000
+            "{:<20} {:>8} {:>8} {per_request:>12}  {}",
+            span.span_name,
+            span.requests,
+            span.cpu.as_millis(),
+            span.hottest_function.as_deref().unwrap_or("")
         );
     }
+    println!(
+        "{:<20} {:>8} {:>8}",
+        "(unlabelled)",
+        "",
+        summary.unlabelled_cpu.as_millis()
+    );
     Ok(())
-}
-
-#[derive(Default)]
-struct SpanNameTotals {
-    cpu_ns: i64,
-    span_ids: BTreeSet<String>,
-    functions: BTreeMap<String, i64>,
-}
-
-/// The innermost frame that names a function of the application: fully qualified (inlined
-/// frames in `line-tables-only` builds carry only a short name such as `{closure#0}`) and
-/// outside the standard library.
-fn own_function(functions: &[String]) -> &str {
-    const LIBRARY: [&str; 6] = [
-        "core::", "std::", "alloc::", "<core::", "<alloc::", "<std::",
-    ];
-    functions
-        .iter()
-        .find(|f| f.contains("::") && !LIBRARY.iter().any(|lib| f.starts_with(lib)))
-        .or(functions.first())
-        .map_or("?", String::as_str)
 }

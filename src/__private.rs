@@ -64,18 +64,6 @@ pub fn otel_unknown_parents() -> u64 {
     crate::otel::OTEL.unknown_parents.get()
 }
 
-/// What the profiler calls at start with its application name (the service-name check).
-#[cfg(feature = "otel")]
-pub fn otel_note_application_name(name: &str) {
-    crate::otel::note_application_name(name)
-}
-
-/// `(application name, service name)` when they differ.
-#[cfg(feature = "otel")]
-pub fn otel_service_name_mismatch() -> Option<(String, String)> {
-    crate::otel::service_name_mismatch()
-}
-
 /// The span id and span name of a resolved label set (its fields are crate-private).
 pub fn span_of(set: &LabelSet) -> (Option<u64>, Option<&str>) {
     (set.span_id, set.span_name.as_deref())
@@ -144,6 +132,7 @@ pub mod pprof {
         window: crate::window::ClosedWindow,
         symbolizer: crate::symbolize::Symbolizer,
         opts: crate::pprof::encode::EncodeOptions,
+        samples_added: u64,
     }
 
     impl PreparedWindow {
@@ -156,11 +145,15 @@ pub mod pprof {
         ) -> Self {
             use crate::pprof::encode::EncodeOptions;
             use crate::window::{WindowAggregator, WindowLimits};
-            let mut window = WindowAggregator::new(WindowLimits::default(), start);
+            // Its own counters: what this window dropped, whatever else runs.
+            let counters = Box::leak(Box::new(crate::window::WindowCounters::new()));
+            let mut window =
+                WindowAggregator::counting_into(WindowLimits::default(), start, counters);
             for (frames, label_id, weight) in samples {
                 window.add(frames, *label_id, *weight);
             }
             Self {
+                samples_added: samples.len() as u64 - counters.samples_empty.get(),
                 window: window.close(end),
                 symbolizer: crate::symbolize::Symbolizer::new(),
                 opts: EncodeOptions {
@@ -178,7 +171,7 @@ pub mod pprof {
                 uncompressed_lens: Vec::new(),
                 samples: Vec::new(),
                 total_weight: self.window.total_weight(),
-                samples_added: self.window.stats.samples,
+                samples_added: self.samples_added,
             };
             for piece in
                 crate::pprof::encode::encode(&self.window, &mut self.symbolizer, &self.opts)

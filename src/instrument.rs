@@ -40,6 +40,30 @@ pub trait ProfiledExt: Future + Sized {
         Profiled::new(self, labels.into_handle())
     }
 
+    /// Wraps `self` with the labels in force where this is called ([`Labels::current`]),
+    /// the way tracing's `.in_current_span()` carries a span: a task spawned inside a
+    /// labelled future keeps its parent's labels while it is polled or dropped, on
+    /// whichever thread. Equivalent to `self.with_labels(Labels::current())`; outside any
+    /// labels the wrapper applies none. (A runtime built with
+    /// [`tokio_hooks`](crate::tokio_hooks) does this for every spawn.)
+    ///
+    /// ```
+    /// use span_profiler::{Labels, ProfiledExt};
+    ///
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # rt.block_on(async {
+    /// let request = async {
+    ///     // Inside the request's labels: the spawned task takes them along.
+    ///     tokio::spawn(async { Labels::current() }.in_current_labels()).await.unwrap()
+    /// };
+    /// let seen = request.with_labels(Labels::span(7, "GET /report")).await;
+    /// assert_eq!(seen.span_name(), Some("GET /report"));
+    /// # });
+    /// ```
+    fn in_current_labels(self) -> Profiled<Self> {
+        self.with_labels(Labels::current())
+    }
+
     /// Wraps `self` with the labels of the OpenTelemetry span that is current
     /// (`opentelemetry::Context::current()`) **when this is called**: its local root's
     /// `span_id` and `span_name`, as recorded by a
@@ -245,9 +269,11 @@ impl<F> Profiled<F> {
         Profiled::with_root(metered, handle, root)
     }
 
-    /// The label id this wrapper writes into the slot (0: none).
-    pub(crate) fn label_id(&self) -> u64 {
-        self.id
+    cfg_internal! {
+        /// The label id this wrapper writes into the slot (0: none).
+        pub(crate) fn label_id(&self) -> u64 {
+            self.id
+        }
     }
 
     /// The labels this wrapper applies.

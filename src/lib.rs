@@ -62,7 +62,7 @@
 //! `profiled_with(&cx)`, `profiled_in_context(cx)`), the `tracing` layer for
 //! `#[instrument]` code with tracing-opentelemetry, or `ContextLabelsGuard` for synchronous
 //! code. Tasks spawned inside a request keep its labels only if wrapped
-//! (`.with_labels(Labels::current())`) or on a runtime built with [`tokio_hooks`];
+//! (`tokio::spawn(work.in_current_labels())`) or on a runtime built with [`tokio_hooks`];
 //! [`spawn_blocking`] carries them into blocking closures.
 //!
 //! ## Cargo features
@@ -78,7 +78,8 @@
 //! | `flamegraph` | no | `flamegraph`: SVG flame graphs (inferno, CDDL-1.0) of pprof files, per span name or span id, and a per-span CPU summary |
 //!
 //! With no features the crate still profiles into local files, and `Labels` /
-//! `.with_labels()` work.
+//! `.with_labels()` work. (`__internal` is not a feature for users: it opens test-only
+//! internals to this crate's own tests and benches, with no stability promise.)
 //!
 //! ## Platforms
 //!
@@ -184,6 +185,7 @@
 //!   Grafana's span profiles expect.
 //! - Each labelled poll costs a thread-local read and two writes (under a nanosecond
 //!   measured with `benches/poll.rs`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
@@ -256,11 +258,12 @@ pub use otel::{
     ContextLabelsGuard, LabelScope, ProfilingSpan, ProfilingTracer, ProfilingTracerProvider,
     PROFILE_ID_ATTRIBUTE,
 };
-#[cfg(feature = "task-metrics")]
-pub use otel::{
-    TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
-    TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
-};
+cfg_task_metrics! {
+    pub use otel::{
+        TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
+        TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
+    };
+}
 pub use otlp::{OTLP_PROFILES_PATH, OTLP_PROTO_VERSION};
 pub use profiler::builder::{
     ProfilerBuilder, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_OUTPUT_DIR, DEFAULT_SAMPLE_RATE,
@@ -272,7 +275,10 @@ pub use profiler::builder::{
     DEFAULT_RETRY_BACKOFF_MIN, DEFAULT_STOP_TIMEOUT, MAX_PROFILE_AGE_LIMIT,
     MAX_REQUEST_BYTES_LIMIT, MAX_REQUEST_SAMPLES, MAX_TAGS, MIN_REQUEST_BYTES,
 };
-pub use profiler::{Dropped, Profiler, Stats, StopError, StopReport, SymbolizerStats};
+pub use profiler::{
+    Dropped, OtelCounts, Profiler, SamplerCounts, Stats, StopError, StopReport, SymbolizerStats,
+    TaskHookCounts,
+};
 pub use sampler::Unwinder;
 pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport, INGEST_422_RETRIES};
 pub use symbolize::symbolization::{
@@ -283,7 +289,9 @@ pub use tower::{ProfileFuture, ProfileLayer, ProfileService};
 #[cfg(feature = "tracing")]
 pub use tracing_layer::TracingProfileLayer;
 
-/// Internals exposed for the `loom-tests/` crate and the crate's own integration tests.
+/// Internals for the crate's own integration tests and benches, `loom-tests/` and
+/// `peer-benches/`, behind the hidden `__internal` feature (which only they enable).
 /// Not part of the public API: no stability promises.
+#[cfg(feature = "__internal")]
 #[doc(hidden)]
 pub mod __private;

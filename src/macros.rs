@@ -28,3 +28,26 @@ macro_rules! cfg_no_sampler {
         )*
     };
 }
+
+/// Items that only the crate's own tests use: unit tests (`cfg(test)`) and, through
+/// `__private`, the integration tests, benches, `loom-tests` and `peer-benches` (the hidden
+/// `__internal` feature). A plain build of the library does not compile them.
+macro_rules! cfg_internal {
+    ($($item:item)*) => {
+        $(
+            #[cfg(any(test, feature = "__internal"))]
+            $item
+        )*
+    };
+}
+
+/// Items of the `task-metrics` feature, labelled as such in the documentation.
+macro_rules! cfg_task_metrics {
+    ($($item:item)*) => {
+        $(
+            #[cfg(feature = "task-metrics")]
+            #[cfg_attr(docsrs, doc(cfg(feature = "task-metrics")))]
+            $item
+        )*
+    };
+}

@@ -1,82 +1,42 @@
 //! The warning when the profiler's application name differs from the `service.name` the
-//! traces carry (Grafana's "Profiles" link would find nothing). Its own test binary: the
-//! names, the log-once flag and the logger are process-wide.
+//! traces carry (Grafana's "Profiles" link would find nothing), through the public API:
+//! the profiler starts first, tracers are taken afterwards. The other order is
+//! `otel_service_name_tracer_first.rs` (its own process: the warning is logged once per
+//! process).
 
-use std::sync::Mutex;
+mod service_name;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::Key;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use span_profiler::__private::{otel_note_application_name, otel_service_name_mismatch};
 use span_profiler::ProfilingTracerProvider;
 
-/// Records warnings of target `span_profiler`.
-struct Capture(Mutex<Vec<String>>);
-
-impl log::Log for Capture {
-    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
-        meta.target() == "span_profiler"
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) && record.level() == log::Level::Warn {
-            self.0.lock().unwrap().push(record.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-
-static LOGGER: Capture = Capture(Mutex::new(Vec::new()));
-
-fn warnings() -> Vec<String> {
-    LOGGER.0.lock().unwrap().clone()
-}
+use service_name::{assert_one_warning, capture_warnings, provider, service_name_warnings};
 
 #[test]
-fn a_differing_service_name_is_warned_about_once_and_a_matching_one_never() {
-    log::set_logger(&LOGGER).unwrap();
-    log::set_max_level(log::LevelFilter::Warn);
+fn a_profiler_started_before_a_differing_tracer_is_warned_about_once() {
+    capture_warnings();
+    let profiler = service_name::start_profiler("a");
 
-    otel_note_application_name("checkout");
-    // `new` first infers a name from the environment; the option set right after it is
-    // what counts, so no warning may come from the inferred one.
-    let same = ProfilingTracerProvider::new(SdkTracerProvider::builder().build())
-        .with_service_name("checkout");
-    let _tracer = same.tracer("a");
-    assert_eq!(otel_service_name_mismatch(), None);
+    // The same name: no warning. (`new` first infers a name from the environment; the
+    // option set right after it is what counts, so none may come from the inferred one.)
+    let _same = provider("a").tracer("same");
     assert!(
-        warnings().is_empty(),
-        "unexpected warnings: {:?}",
-        warnings()
+        service_name_warnings().is_empty(),
+        "{:?}",
+        service_name_warnings()
     );
 
-    let other = ProfilingTracerProvider::new(SdkTracerProvider::builder().build())
-        .with_service_name("cart");
-    let _tracer = other.tracer("b");
-    assert_eq!(
-        otel_service_name_mismatch(),
-        Some(("checkout".into(), "cart".into()))
-    );
-    let logged = warnings();
-    assert_eq!(logged.len(), 1, "{logged:?}");
-    assert!(
-        logged[0].contains("`checkout`") && logged[0].contains("`cart`"),
-        "{}",
-        logged[0]
-    );
-    assert!(
-        logged[0].contains("with_service_name"),
-        "the message says the fix: {}",
-        logged[0]
-    );
+    let _other = provider("b").tracer("other");
+    assert_one_warning("a", "b");
 
-    // The profiler (re)started under yet another name: still only one warning.
-    otel_note_application_name("billing");
-    assert_eq!(
-        otel_service_name_mismatch(),
-        Some(("billing".into(), "cart".into()))
-    );
-    assert_eq!(warnings().len(), 1);
+    // More tracers, and the profiler restarted under yet another name: still one.
+    let _again = provider("b").tracer("again");
+    profiler.stop().expect("stop");
+    let profiler = service_name::start_profiler("c");
+    assert_one_warning("a", "b");
+    profiler.stop().expect("stop");
 }
 
 #[test]

@@ -87,7 +87,7 @@ edition = "2021"
 publish = false
 
 [dependencies]
-span-profiler = {{ path = {path:?}, default-features = false }}
+span-profiler = {{ path = {path:?}, default-features = false, features = ["__internal"] }}
 
 # As in release: no debug assertions, no overflow checks.
 [profile.release]

@@ -269,6 +269,38 @@ fn labels_current_shares_the_scope_id_and_merges() {
 }
 
 #[test]
+fn in_current_labels_carries_the_spawning_tasks_labels_across_workers() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_time()
+        .build()
+        .unwrap();
+    let (carried, bare, outside) = rt.block_on(async {
+        let request = async {
+            // The child yields and sleeps so it can resume on another worker.
+            let child = async {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::task::yield_now().await;
+                Labels::current()
+            };
+            let carried = tokio::spawn(child.in_current_labels());
+            let bare = tokio::spawn(async { Labels::current() });
+            (carried.await.unwrap(), bare.await.unwrap())
+        }
+        .with_labels(Labels::span(0x51, "GET /report"));
+        let (carried, bare) = request.await;
+        let outside = tokio::spawn(async { Labels::current() }.in_current_labels())
+            .await
+            .unwrap();
+        (carried, bare, outside)
+    });
+    assert_eq!(carried.span_id(), Some(0x51));
+    assert_eq!(carried.span_name(), Some("GET /report"));
+    assert!(bare.is_empty(), "without it a spawned task has no labels");
+    assert!(outside.is_empty(), "outside any labels it applies none");
+}
+
+#[test]
 fn accessors_reach_the_inner_future() {
     let mut fut = std::future::ready(5).with_labels(Labels::span(1, "x"));
     let _: &std::future::Ready<i32> = fut.inner();

@@ -1,10 +1,9 @@
 //! Shared by the axum, tonic and tracing examples: reads this run's profile files back
 //! and prints the CPU time per `span_name`, with the number of distinct span ids.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use span_profiler::__private::pprof::{decode, samples};
+use span_profiler::flamegraph::{summarize, Profile};
 
 /// Prints CPU per span name from the files `application`'s profiler (this process)
 /// wrote to `dir`.
@@ -13,32 +12,32 @@ pub fn print_cpu_by_span_name(
     application: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let prefix = format!("{}-{}-", application.replace('/', "_"), std::process::id());
-    let mut by_name: BTreeMap<String, (i64, BTreeSet<String>)> = BTreeMap::new();
-    let mut files = 0;
+    let mut profiles = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if !name.starts_with(&prefix) || !name.ends_with(".pb.gz") {
-            continue;
-        }
-        files += 1;
-        for s in samples(&decode(&std::fs::read(&path)?)?) {
-            let span_name = s
-                .labels
-                .get("span_name")
-                .cloned()
-                .unwrap_or_else(|| "(no span)".into());
-            let entry = by_name.entry(span_name).or_default();
-            entry.0 += s.values[1];
-            if let Some(id) = s.labels.get("span_id") {
-                entry.1.insert(id.clone());
-            }
+        if name.starts_with(&prefix) && name.ends_with(".pb.gz") {
+            profiles.push(Profile::read(&path)?);
         }
     }
-    println!("{files} profile files in {}", dir.display());
+    println!("{} profile files in {}", profiles.len(), dir.display());
     println!("{:<28} {:>8} {:>9}", "span_name", "CPU ms", "span ids");
-    for (name, (cpu_ns, ids)) in &by_name {
-        println!("{name:<28} {:>8} {:>9}", cpu_ns / 1_000_000, ids.len());
+    if profiles.is_empty() {
+        return Ok(());
     }
+    let summary = summarize(&profiles)?;
+    for span in &summary.spans {
+        println!(
+            "{:<28} {:>8} {:>9}",
+            span.span_name,
+            span.cpu.as_millis(),
+            span.requests
+        );
+    }
+    println!(
+        "{:<28} {:>8}",
+        "(no span)",
+        summary.unlabelled_cpu.as_millis()
+    );
     Ok(())
 }

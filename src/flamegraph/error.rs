@@ -2,6 +2,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use super::DecodeError;
+
 /// Why a profile could not be read, summarized or rendered.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -17,8 +19,8 @@ pub enum FlamegraphError {
     Decode {
         /// Where the bytes came from (a path, or `bytes`).
         origin: String,
-        /// What the decoder said.
-        reason: String,
+        /// What the decoder found.
+        source: DecodeError,
     },
     /// A profile has no `cpu/nanoseconds` sample type (needed by [`summarize`](super::summarize)).
     NoCpuValue {
@@ -50,9 +52,9 @@ impl fmt::Display for FlamegraphError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Read { path, source } => write!(f, "cannot read `{}`: {source}", path.display()),
-            Self::Decode { origin, reason } => write!(
+            Self::Decode { origin, source } => write!(
                 f,
-                "`{origin}` is not a pprof profile (gzipped or raw protobuf): {reason}"
+                "`{origin}` is not a pprof profile (gzipped or raw protobuf): {source}"
             ),
             Self::NoCpuValue { origin } => write!(
                 f,
@@ -83,6 +85,7 @@ impl std::error::Error for FlamegraphError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Read { source, .. } | Self::Write { source, .. } => Some(source),
+            Self::Decode { source, .. } => Some(source),
             _ => None,
         }
     }

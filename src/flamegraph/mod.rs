@@ -40,6 +40,7 @@ mod stacks;
 /// `summarize`: CPU per span name and per request.
 mod summary;
 
+pub use crate::pprof::DecodeError;
 pub use error::FlamegraphError;
 pub use fold::{Folding, DEFAULT_RUNTIME_CRATES};
 pub use profile::Profile;

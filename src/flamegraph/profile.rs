@@ -68,7 +68,7 @@ impl Profile {
     fn decode(bytes: &[u8], origin: String) -> Result<Self, FlamegraphError> {
         match crate::pprof::validate::decode(bytes) {
             Ok(inner) => Ok(Self { inner, origin }),
-            Err(reason) => Err(FlamegraphError::Decode { origin, reason }),
+            Err(source) => Err(FlamegraphError::Decode { origin, source }),
         }
     }
 }

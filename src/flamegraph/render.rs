@@ -7,7 +7,7 @@ use super::stacks::{Stacks, ValueKind};
 use super::{FlamegraphError, Folding, Profile, SampleFilter};
 
 /// Default title of a CPU flame graph.
-pub const DEFAULT_TITLE: &str = "CPU flame graph";
+pub(crate) const DEFAULT_TITLE: &str = "CPU flame graph";
 
 /// Renders profiles as an SVG flame graph (inferno, Brendan Gregg's layout: root at the
 /// bottom, width = CPU time, interactive zoom and search in a browser).

@@ -315,6 +315,10 @@ fn bad_input_gives_errors_never_panics() {
     let err = Profile::from_bytes(b"not a profile at all").unwrap_err();
     assert!(matches!(err, FlamegraphError::Decode { .. }), "{err}");
     assert!(err.to_string().contains("is not a pprof profile"), "{err}");
+    assert!(
+        std::error::Error::source(&err).is_some_and(|s| s.source().is_some()),
+        "the protobuf decoder's error is kept as a source: {err:?}"
+    );
     let err = Profile::from_bytes(&[0x1f, 0x8b, 1, 2, 3]).unwrap_err();
     assert!(err.to_string().contains("gzip"), "{err}");
     let err = Profile::read("/nonexistent/span-profiler.pb.gz").unwrap_err();

@@ -55,9 +55,10 @@ impl Root {
     }
 }
 
-/// The local root span a wrapper's task metrics go to (feature `task-metrics`).
-#[cfg(feature = "task-metrics")]
-pub(crate) type RootLink = Option<Arc<Root>>;
+cfg_task_metrics! {
+    /// The local root span a wrapper's task metrics go to (feature `task-metrics`).
+    pub(crate) type RootLink = Option<Arc<Root>>;
+}
 /// Without the feature `task-metrics` a wrapper links to no root span.
 #[cfg(not(feature = "task-metrics"))]
 pub(crate) type RootLink = ();

@@ -10,9 +10,10 @@ mod config;
 mod context;
 /// The span-id map (live span -> its local root's labels).
 mod map;
-/// Per-span task metrics with tokio-metrics (feature `task-metrics`).
-#[cfg(feature = "task-metrics")]
-mod metrics;
+cfg_task_metrics! {
+    /// Per-span task metrics with tokio-metrics (feature `task-metrics`).
+    mod metrics;
+}
 /// `ProfilingTracerProvider` and its options.
 mod provider;
 /// The application-name / service-name check.
@@ -30,11 +31,12 @@ pub use config::LabelScope;
 pub use context::ContextLabelsGuard;
 pub(crate) use context::{lookup, lookup_current};
 pub(crate) use map::RootLink;
-#[cfg(feature = "task-metrics")]
-pub use metrics::{
-    TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
-    TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
-};
+cfg_task_metrics! {
+    pub use metrics::{
+        TaskMetered, TASK_BUSY_NS_ATTRIBUTE, TASK_IDLE_NS_ATTRIBUTE, TASK_POLL_COUNT_ATTRIBUTE,
+        TASK_SCHEDULED_NS_ATTRIBUTE, TASK_SLOW_POLL_COUNT_ATTRIBUTE, TASK_SLOW_POLL_THRESHOLD,
+    };
+}
 pub use provider::ProfilingTracerProvider;
 pub(crate) use service::{note_application_name, note_profiler_namespace};
 pub use span::ProfilingSpan;
@@ -70,9 +72,4 @@ pub(crate) fn span_map_len() -> usize {
 #[allow(dead_code)] // read by tests through `__private`
 pub(crate) fn service_namespace_mismatch() -> Option<(Option<String>, String)> {
     service::namespace_mismatch()
-}
-
-/// The application name and trace service name, when they differ.
-pub(crate) fn service_name_mismatch() -> Option<(String, String)> {
-    service::mismatch()
 }

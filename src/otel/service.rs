@@ -102,15 +102,6 @@ pub(crate) fn note_application_name(name: &str) {
     }
 }
 
-/// The names differ now: `Some((application, service))`.
-pub(crate) fn mismatch() -> Option<(String, String)> {
-    let names = lock(&NAMES);
-    match (&names.application, &names.service) {
-        (Some(app), Some(service)) if app != service => Some((app.clone(), service.clone())),
-        _ => None,
-    }
-}
-
 fn check(names: &Names) {
     let (Some(app), Some(service)) = (&names.application, &names.service) else {
         return;

@@ -78,14 +78,16 @@ pub(crate) struct EncodeOptions {
     pub trace_id_label: bool,
 }
 
-impl EncodeOptions {
-    /// Options for a sampling rate in Hz, without piece limits or trace ids.
-    pub(crate) fn for_rate(hz: u32) -> Self {
-        Self {
-            period_ns: 1_000_000_000 / u64::from(hz.max(1)),
-            max_piece_bytes: None,
-            max_piece_samples: None,
-            trace_id_label: false,
+cfg_internal! {
+    impl EncodeOptions {
+        /// Options for a sampling rate in Hz, without piece limits or trace ids.
+        pub(crate) fn for_rate(hz: u32) -> Self {
+            Self {
+                period_ns: 1_000_000_000 / u64::from(hz.max(1)),
+                max_piece_bytes: None,
+                max_piece_samples: None,
+                trace_id_label: false,
+            }
         }
     }
 }

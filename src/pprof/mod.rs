@@ -1,9 +1,13 @@
 //! pprof: the `profile.proto` messages, the encoder (a closed window to gzipped pieces)
 //! and the decoder/validator used by tests and the loopback upload receiver.
 
+/// `DecodeError`: why bytes are not a profile.
+mod decode_error;
 pub(crate) mod encode;
 pub(crate) mod proto;
 pub(crate) mod validate;
+
+pub use decode_error::DecodeError;
 
 use crate::counters::Counter;
 

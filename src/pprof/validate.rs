@@ -2,6 +2,12 @@
 //! upload receiver: every rule of ARCHITECTURE.md "Server rules" that applies to one
 //! profile, plus the rules this crate's own output follows (string labels only, span and
 //! trace ids in OpenTelemetry's hex form, no reserved keys).
+//!
+//! Outside the crate's own tests only [`decode`] is used (by `flamegraph`).
+#![cfg_attr(
+    not(any(test, feature = "__internal")),
+    allow(dead_code, unused_imports)
+)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -9,6 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flate2::read::GzDecoder;
 use prost::Message;
+
+pub use crate::pprof::DecodeError;
 
 pub use crate::pprof::proto::{
     Function, Label, Line, Location, Mapping, Profile, Sample, ValueType,
@@ -21,25 +29,23 @@ pub use crate::limits::{
 
 /// Decodes a profile, gzipped (detected by its magic bytes) or raw. Invalid UTF-8 in a
 /// string is a decode error. Input that inflates beyond 4 MiB is refused.
-pub fn decode(gz_or_raw: &[u8]) -> Result<Profile, String> {
+pub fn decode(gz_or_raw: &[u8]) -> Result<Profile, DecodeError> {
     let raw;
     let bytes = if gz_or_raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         GzDecoder::new(gz_or_raw)
             .take(MAX_PROFILE_BYTES as u64 + 1)
             .read_to_end(&mut out)
-            .map_err(|e| format!("gzip: {e}"))?;
+            .map_err(DecodeError::gzip)?;
         if out.len() > MAX_PROFILE_BYTES {
-            return Err(format!(
-                "uncompressed profile is larger than {MAX_PROFILE_BYTES} bytes"
-            ));
+            return Err(DecodeError::too_large(MAX_PROFILE_BYTES));
         }
         raw = out;
         &raw[..]
     } else {
         gz_or_raw
     };
-    Profile::decode(bytes).map_err(|e| format!("protobuf: {e}"))
+    Profile::decode(bytes).map_err(DecodeError::protobuf)
 }
 
 /// Checks every rule, with `time_nanos` judged against the current time.

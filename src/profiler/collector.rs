@@ -8,15 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::stats::{Dropped, Stats, StopReport};
+use super::stats::{Dropped, OtelCounts, SamplerCounts, Stats, StopReport, TaskHookCounts};
 use super::writer::{self, WriterHandle};
 use super::StopError;
 use crate::alloc::window::AllocCollector;
 use crate::counters::{LogOnce, LABELS};
 use crate::error::StartError;
 use crate::labels::registry::Registry;
+use crate::pprof::ENCODE;
 use crate::profiler::builder::Config;
 use crate::sampler::{DrainedSample, Sampler, SamplerConfig, SamplerStats, DEFAULT_BUFFER_ENTRIES};
+use crate::symbolize::SYMBOLIZE;
 use crate::sync::lock_std as lock;
 use crate::window::{WindowAggregator, WindowLimits, WINDOW};
 
@@ -185,7 +187,12 @@ impl Collector {
         self.publish_stats();
         // The writer encodes what is queued, then uploads within the stop timeout.
         let outcome = self.writer.take().and_then(WriterHandle::finish);
-        let stats = lock(&self.stats).clone();
+        let stats = {
+            let mut stats = lock(&self.stats);
+            // The writer encoded and symbolized the last windows after the last publish.
+            writer_counts(&mut stats);
+            stats.clone()
+        };
         let writer_panicked = outcome.is_none();
         let (final_write_error, upload) =
             outcome.map_or((None, None), |o| (o.final_write_error, o.upload));
@@ -267,6 +274,7 @@ impl Collector {
                  with RUSTFLAGS=\"-C force-frame-pointers=yes\" (see the README)"
             );
         }
+        let registry_len = self.registry.len();
         let mut stats = lock(&self.stats);
         *stats = Stats {
             samples: s.samples,
@@ -281,6 +289,7 @@ impl Collector {
             empty_windows: self.empty_windows,
             label_expired: WINDOW.label_expired.get(),
             label_sets_overflowed: WINDOW.label_sets_overflowed.get(),
+            label_sets_overflowed_weight: WINDOW.label_sets_overflowed_weight.get(),
             span_names_overflowed: WINDOW.span_names_overflowed.get(),
             label_keys_removed: WINDOW.label_keys_removed.get(),
             rejected_label_pairs: LABELS.rejected_pairs.get(),
@@ -300,9 +309,70 @@ impl Collector {
             unwind_objects: s.unwind_objects,
             unwind_objects_failed: s.unwind_objects_failed,
             unwind_table_bytes: s.unwind_table_bytes,
+            stacks_truncated: WINDOW.stacks_truncated.get(),
+            empty_samples: WINDOW.samples_empty.get(),
+            label_sets_live: registry_len.live as u64,
+            label_sets_retired: registry_len.retired as u64,
+            sampler: sampler_counts(s),
+            otel: otel_counts(),
+            task_hooks: task_hook_counts(),
             // The writer's fields.
             ..std::mem::take(&mut *stats)
         };
+        writer_counts(&mut stats);
+    }
+}
+
+/// The counts of the writer thread's stages (encoder, symbolizer): process-wide counters.
+fn writer_counts(stats: &mut Stats) {
+    stats.profiles_encoded = ENCODE.pieces_encoded.get();
+    stats.profiles_oversized = ENCODE.pieces_oversized.get();
+    stats.addresses_symbolized = SYMBOLIZE.addresses_symbolized.get();
+    stats.addresses_unresolved = SYMBOLIZE.addresses_unresolved.get();
+}
+
+fn sampler_counts(s: &SamplerStats) -> SamplerCounts {
+    SamplerCounts {
+        leaf_only_samples: s.leaf_only,
+        truncated_stacks: s.truncated_stacks,
+        ignored_foreign_signals: s.ignored_not_timer,
+        ignored_stale_signals: s.ignored_other_session,
+        timers_armed_by_scan: s.armed_by_scan,
+        timers_armed_by_thread: s.armed_by_thread,
+        timers_deleted: s.timers_deleted,
+        arm_failures_eagain: s.arm_failures_eagain,
+        arm_failures_other: s.arm_failures_other,
+        stack_bounds_published: s.bounds_published,
+        stack_bounds_failed: s.bounds_failed,
+        thread_scans: s.scans,
+        handler_cpu: Duration::from_nanos(s.handler_cpu_ns),
+        maintain_cpu: Duration::from_nanos(s.maintain_cpu_ns),
+        drain_cpu: Duration::from_nanos(s.drain_cpu_ns),
+    }
+}
+
+#[cfg(feature = "otel")]
+fn otel_counts() -> OtelCounts {
+    OtelCounts {
+        unknown_spans: crate::otel::OTEL.unknown_spans.get(),
+        unknown_parents: crate::otel::OTEL.unknown_parents.get(),
+        live_spans: crate::otel::span_map_len() as u64,
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+fn otel_counts() -> OtelCounts {
+    OtelCounts::default()
+}
+
+fn task_hook_counts() -> TaskHookCounts {
+    let h = crate::tokio_hooks::state::hook_counters();
+    TaskHookCounts {
+        tasks_labelled: h.tasks_labelled,
+        tasks_released: h.tasks_released,
+        parent_expired: h.parent_expired,
+        unbalanced_polls: h.unbalanced_polls,
+        frames_unavailable: h.frames_unavailable,
     }
 }
 

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub use error::StopError;
-pub use stats::{Dropped, Stats, StopReport, SymbolizerStats};
+pub use stats::{
+    Dropped, OtelCounts, SamplerCounts, Stats, StopReport, SymbolizerStats, TaskHookCounts,
+};
 
 use crate::error::StartError;
 use crate::sync::lock_std as lock;
@@ -76,21 +78,33 @@ impl Profiler {
             return Err(StartError::AlreadyRunning);
         }
         #[cfg(feature = "otel")]
-        {
-            crate::otel::note_application_name(&config.application_name);
-            if let Some(upload) = &config.upload {
-                crate::otel::note_profiler_namespace(upload.service_namespace.as_deref());
-            }
-        }
+        let (application_name, namespace) = (
+            config.application_name.clone(),
+            config
+                .upload
+                .as_ref()
+                .and_then(|u| u.service_namespace.clone()),
+        );
         match collector::spawn(config) {
-            Ok((stop_tx, collector, stats)) => Ok(Profiler {
-                running: Some(Running {
-                    stop_tx,
-                    collector,
-                    stats,
-                }),
-                inert: false,
-            }),
+            Ok((stop_tx, collector, stats)) => {
+                // Grafana's span-to-profile link needs this name to equal the traces'
+                // `service.name`: warns once if a `ProfilingTracerProvider` says otherwise.
+                // Likewise the namespace: Grafana's link selects `service_namespace` too when
+                // the traces' resource has `service.namespace`.
+                #[cfg(feature = "otel")]
+                {
+                    crate::otel::note_application_name(&application_name);
+                    crate::otel::note_profiler_namespace(namespace.as_deref());
+                }
+                Ok(Profiler {
+                    running: Some(Running {
+                        stop_tx,
+                        collector,
+                        stats,
+                    }),
+                    inert: false,
+                })
+            }
             Err(err) => {
                 // Release: pairs with the Acquire in `start`.
                 RUNNING.store(false, Ordering::Release);

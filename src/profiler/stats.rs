@@ -46,6 +46,8 @@ pub struct Stats {
     pub label_expired: u64,
     /// Samples that lost their labels to the per-window label-set cap.
     pub label_sets_overflowed: u64,
+    /// The weight (timer expiries) of those samples; their stacks and weights are kept.
+    pub label_sets_overflowed_weight: u64,
     /// Samples whose `span_name` became `other` under the per-window name cap.
     pub span_names_overflowed: u64,
     /// Label pairs removed because their key was past the per-window key cap.
@@ -64,6 +66,33 @@ pub struct Stats {
     pub handler_replaced: bool,
     /// Samples with at most two frames whose walk did not reach the thread's start.
     pub shallow_samples: u64,
+    /// Samples whose stack was deeper than the server keeps (1000 frames) and was cut to
+    /// its innermost frames when aggregated.
+    pub stacks_truncated: u64,
+    /// Samples with no frame or zero weight, dropped when aggregated (nothing to
+    /// attribute).
+    pub empty_samples: u64,
+    /// Gauge: label sets registered now (held by a span, a wrapper, a task or a guard,
+    /// or waiting out their grace period).
+    pub label_sets_live: u64,
+    /// Gauge: released label ids still inside their grace period.
+    pub label_sets_retired: u64,
+    /// Complete pprof profiles encoded (one per file, or one per upload piece).
+    pub profiles_encoded: u64,
+    /// Profiles larger than the piece limit because one sample did not fit on its own
+    /// (sent whole rather than dropped).
+    pub profiles_oversized: u64,
+    /// Distinct addresses symbolized.
+    pub addresses_symbolized: u64,
+    /// Of those, addresses without a function name (shown as `[file+0xoffset]`).
+    pub addresses_unresolved: u64,
+    /// The sampler's own counters: signals, timers, stack bounds, its CPU time.
+    pub sampler: SamplerCounts,
+    /// OpenTelemetry lookups that found no labels (feature `otel`).
+    pub otel: OtelCounts,
+    /// What the Tokio task hooks did ([`tokio_hooks`](crate::tokio_hooks); needs
+    /// `--cfg tokio_unstable`).
+    pub task_hooks: TaskHookCounts,
     /// Most samples are shallow: the code has neither usable unwind tables nor frame
     /// pointers (keep `.eh_frame`, or build with `-C force-frame-pointers=yes`).
     pub frame_pointers_missing: bool,
@@ -160,6 +189,76 @@ impl From<crate::symbolize::symbolizer::Footprint> for SymbolizerStats {
             dwarf_errors: f.dwarf_errors,
         }
     }
+}
+
+/// The sampler's own counters since the profiler started (part of [`Stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SamplerCounts {
+    /// Samples with only the interrupted PC: the thread's stack bounds were not known yet
+    /// (or its stack pointer was outside them, e.g. on an alternate signal stack).
+    pub leaf_only_samples: u64,
+    /// Samples whose stack walk stopped at the handler's maximum depth.
+    pub truncated_stacks: u64,
+    /// `SIGPROF` signals not sent by a timer (`kill`, `raise`, `setitimer`), ignored.
+    pub ignored_foreign_signals: u64,
+    /// Timer signals of another session, or arriving after stop, ignored.
+    pub ignored_stale_signals: u64,
+    /// Timers created by the thread scans.
+    pub timers_armed_by_scan: u64,
+    /// Timers created by threads themselves, on their first label.
+    pub timers_armed_by_thread: u64,
+    /// Timers deleted because their thread exited.
+    pub timers_deleted: u64,
+    /// `timer_create` failures with `EAGAIN` (`RLIMIT_SIGPENDING` exhausted).
+    pub arm_failures_eagain: u64,
+    /// Other timer failures.
+    pub arm_failures_other: u64,
+    /// Thread stack bounds published for the handler.
+    pub stack_bounds_published: u64,
+    /// Threads whose stack bounds could not be published.
+    pub stack_bounds_failed: u64,
+    /// Thread scans of `/proc/self/task`.
+    pub thread_scans: u64,
+    /// CPU time inside the signal handler (zero unless measured; benches do).
+    pub handler_cpu: Duration,
+    /// CPU time of thread scans and timer upkeep on the collector thread.
+    pub maintain_cpu: Duration,
+    /// CPU time of draining the sample buffer on the collector thread.
+    pub drain_cpu: Duration,
+}
+
+/// OpenTelemetry counters (part of [`Stats`]; zero without the `otel` feature).
+/// Process-wide: they count from the process's start, not the profiler's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OtelCounts {
+    /// `.profiled()`, `.profiled_with()` and guard lookups of a valid span that no live
+    /// `ProfilingSpan` has (ended, remote, or from another provider): no labels.
+    pub unknown_spans: u64,
+    /// Spans started under a local parent that no live `ProfilingSpan` has: their local
+    /// root is unknown, so they got no root labels.
+    pub unknown_parents: u64,
+    /// Gauge: live spans of a `ProfilingTracerProvider`.
+    pub live_spans: u64,
+}
+
+/// Tokio task-hook counters (part of [`Stats`]; they only move on a runtime built with
+/// [`tokio_hooks`](crate::tokio_hooks)). Process-wide, all runtimes together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskHookCounts {
+    /// Tasks that got labels (inherited, or their spawn location).
+    pub tasks_labelled: u64,
+    /// Those tasks that terminated (`tasks_labelled - tasks_released` are alive).
+    pub tasks_released: u64,
+    /// Spawns under a label id that was no longer live: the child got no labels.
+    pub parent_expired: u64,
+    /// After-poll calls that did not match the thread's innermost before-poll.
+    pub unbalanced_polls: u64,
+    /// Polls left unlabelled because the thread's frame stack was unavailable
+    /// (thread-local destruction).
+    pub frames_unavailable: u64,
 }
 
 /// Samples lost, by reason.

@@ -32,17 +32,20 @@ const WRITING: u64 = 1;
 const FULL: u64 = 2;
 const READING: u64 = 3;
 
-/// Record flag: the thread had no published stack bounds (or its SP lay outside them),
-/// so only the leaf PC was recorded; `sp` tells the collector where the stack is.
-pub const FLAG_NO_BOUNDS: u32 = 1;
-/// Record flag: the walk was longer than `MAX_FRAMES` (middle frames dropped).
-pub const FLAG_TRUNCATED: u32 = 2;
-/// Record flag: at least one frame was unwound by call-frame information.
-pub const FLAG_CFI: u32 = 4;
-/// Record flag: a frame without a usable CFI rule took a frame-pointer step.
-pub const FLAG_FP_FALLBACK: u32 = 8;
-/// Record flag: the walk reached the outermost frame.
-pub const FLAG_COMPLETE: u32 = 16;
+// Set by the handler, read by the collector: both only where the sampler runs.
+cfg_sampler! {
+    /// Record flag: the thread had no published stack bounds (or its SP lay outside them),
+    /// so only the leaf PC was recorded; `sp` tells the collector where the stack is.
+    pub(crate) const FLAG_NO_BOUNDS: u32 = 1;
+    /// Record flag: the walk was longer than `MAX_FRAMES` (middle frames dropped).
+    pub(crate) const FLAG_TRUNCATED: u32 = 2;
+    /// Record flag: at least one frame was unwound by call-frame information.
+    pub(crate) const FLAG_CFI: u32 = 4;
+    /// Record flag: a frame without a usable CFI rule took a frame-pointer step.
+    pub(crate) const FLAG_FP_FALLBACK: u32 = 8;
+    /// Record flag: the walk reached the outermost frame.
+    pub(crate) const FLAG_COMPLETE: u32 = 16;
+}
 
 /// One recorded sample, as written by a handler.
 #[derive(Clone, Copy)]
@@ -160,9 +163,11 @@ impl SampleBuffer {
         }
     }
 
-    /// Number of entries.
-    pub fn capacity(&self) -> usize {
-        self.entries.len()
+    cfg_internal! {
+        /// Number of entries.
+        pub fn capacity(&self) -> usize {
+            self.entries.len()
+        }
     }
 
     /// Claims an empty entry for writing, or `None` when none was found (the buffer is

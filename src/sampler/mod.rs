@@ -13,23 +13,30 @@
 //! Supported on Linux x86_64 and aarch64. Elsewhere (and under loom) the crate compiles
 //! and [`Sampler::start`] returns [`StartError::Unsupported`](crate::StartError).
 
-pub mod buffer;
+pub(crate) mod buffer;
 pub(crate) mod slot;
 
 cfg_sampler! {
     mod linux;
-    use linux::{handler, session};
+    use linux::session;
     pub use session::Sampler;
     pub(crate) use linux::armed::arm_current_thread;
     pub(crate) use linux::here::stack_here;
-    /// Test hooks for the allocation-proof test (see `handler`).
-    pub use handler::{in_handler, set_in_handler};
 }
 
 cfg_no_sampler! {
     mod unsupported;
-    pub use unsupported::{in_handler, set_in_handler, Sampler};
-    pub(crate) use unsupported::{arm_current_thread, stack_here};
+    pub(crate) use linux::here::stack_here;
+}
+
+// Test hooks for the allocation-proof test (see `handler`).
+cfg_internal! {
+    cfg_sampler! {
+        pub use linux::handler::{in_handler, set_in_handler};
+    }
+    cfg_no_sampler! {
+        pub use unsupported::{in_handler, set_in_handler};
+    }
 }
 
 use std::sync::atomic::AtomicU64;
@@ -58,7 +65,7 @@ pub(crate) fn check_sample_rate(option: &'static str, hz: u32) -> Result<(), Bui
 }
 
 /// Default number of buffer entries (about 1 KiB each), used by the first start only.
-pub const DEFAULT_BUFFER_ENTRIES: usize = 1024;
+pub(crate) const DEFAULT_BUFFER_ENTRIES: usize = 1024;
 
 /// Sampler options.
 #[derive(Debug, Clone)]
@@ -123,7 +130,8 @@ pub struct DrainedSample<'a> {
     pub weight: u64,
     /// The thread's label id when it was interrupted (0: none).
     pub label_id: u64,
-    /// Kernel thread id.
+    /// Kernel thread id (read by the sampler tests: per-thread accuracy).
+    #[cfg_attr(not(any(test, feature = "__internal")), allow(dead_code))]
     pub tid: i32,
     /// `frames[0]` is the interrupted PC (the leaf); `frames[1..]` are return addresses,
     /// callers in order (symbolize them at `address - 1`).
@@ -214,6 +222,7 @@ pub struct SamplerStats {
     pub drain_cpu_ns: u64,
 }
 
+cfg_internal! {
 impl SamplerStats {
     /// Sampled CPU time: weight times the sampling period, ns.
     pub fn sampled_cpu_ns(&self, sample_rate_hz: u32) -> u64 {
@@ -225,4 +234,5 @@ impl SamplerStats {
     pub fn sampler_cpu_ns(&self) -> u64 {
         self.handler_cpu_ns + self.maintain_cpu_ns + self.drain_cpu_ns
     }
+}
 }

@@ -33,16 +33,18 @@ impl Sampler {
     }
 }
 
-/// Never inside a handler here.
-pub fn in_handler() -> bool {
-    false
+cfg_internal! {
+    /// Never inside a handler here.
+    pub fn in_handler() -> bool {
+        false
+    }
+
+    /// No handler here.
+    pub fn set_in_handler(_value: bool) {}
 }
 
 /// No timers here: nothing to arm.
 pub(crate) fn arm_current_thread(_session: u64) {}
-
-/// No handler here.
-pub fn set_in_handler(_value: bool) {}
 
 /// No unwinder here: allocation samples carry no stack.
 pub(crate) fn stack_here(_out: &mut [usize]) -> usize {

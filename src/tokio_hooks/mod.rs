@@ -2,7 +2,9 @@
 //! as goroutines inherit pprof labels in Go.
 //!
 //! Without the hooks, `tokio::spawn(child)` inside a labelled request loses the labels
-//! unless `child` is wrapped ([`ProfiledExt::with_labels`], `.profiled()`). With them,
+//! unless `child` is wrapped: `tokio::spawn(child.in_current_labels())`
+//! ([`ProfiledExt::in_current_labels`], the shape of tracing's `.in_current_span()`),
+//! or [`ProfiledExt::with_labels`], `.profiled()`. With them,
 //! every task spawned on the runtime remembers the labels in force on the spawning
 //! thread and gets them around each of its polls, on whichever worker runs it; a
 //! wrapper inside the task still overrides them during its own polls, and children,
@@ -77,6 +79,7 @@
 //! the slot (Tokio runs terminate *before* the final after-poll).
 //!
 //! [`ProfiledExt::with_labels`]: crate::ProfiledExt::with_labels
+//! [`ProfiledExt::in_current_labels`]: crate::ProfiledExt::in_current_labels
 
 /// Per-task state, independent of Tokio's unstable API (modelled by loom).
 pub(crate) mod state;

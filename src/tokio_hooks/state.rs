@@ -17,6 +17,13 @@
 //! task's label id until after-poll restores it, and only then is the handle dropped. So
 //! no sample can read an id whose last handle is already gone. Terminate outside a poll
 //! (runtime shutdown, `spawn_blocking` tasks, which have no entry) releases at once.
+//!
+//! Without `--cfg tokio_unstable` no hook runs, so outside the tests only the counters
+//! are used (by `stats()`).
+#![cfg_attr(
+    not(any(tokio_unstable, test, feature = "__internal")),
+    allow(dead_code)
+)]
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};

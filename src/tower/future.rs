@@ -81,10 +81,11 @@ pin_project! {
     }
 }
 
-/// The handler's future as polled: under the request's context, and metered when the
-/// layer asks for task metrics (feature `task-metrics`).
-#[cfg(feature = "task-metrics")]
-type Handler<F> = crate::otel::TaskMetered<WithContext<F>>;
+cfg_task_metrics! {
+    /// The handler's future as polled: under the request's context, and metered when the
+    /// layer asks for task metrics (feature `task-metrics`).
+    type Handler<F> = crate::otel::TaskMetered<WithContext<F>>;
+}
 /// The handler's future as polled: under the request's context.
 #[cfg(not(feature = "task-metrics"))]
 type Handler<F> = WithContext<F>;
@@ -149,7 +150,7 @@ where
 impl<F> std::fmt::Debug for ProfileFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProfileFuture")
-            .field("label_id", &self.inner.label_id())
+            .field("labels", &self.inner.labels())
             .field("grpc", &self.grpc)
             .finish_non_exhaustive()
     }

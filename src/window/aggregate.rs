@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use crate::labels::registry::Registry;
 use crate::labels::set::LabelSet;
 use crate::limits::{FIXED_SERIES_LABELS, MAX_SERIES_LABEL_NAMES, MAX_STACK_DEPTH};
-use crate::window::WINDOW;
+use crate::window::{WindowCounters, WINDOW};
 
 /// Default cap on distinct label sets per window.
 pub(crate) const DEFAULT_MAX_LABEL_SETS: usize = 10_000;
@@ -85,28 +85,6 @@ impl Default for WindowLimits {
     }
 }
 
-/// What the caps did to one window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct WindowStats {
-    /// Samples added (non-empty stack, non-zero weight).
-    pub samples: u64,
-    /// Weight added.
-    pub weight: u64,
-    /// Samples whose label id no longer resolved.
-    pub label_expired: u64,
-    /// Samples put into the overflow bucket, and their weight.
-    pub label_sets_overflowed: u64,
-    pub label_sets_overflowed_weight: u64,
-    /// Samples whose span name became `"other"`.
-    pub span_names_overflowed: u64,
-    /// Samples that lost pairs to the key cap.
-    pub label_keys_removed: u64,
-    /// Samples whose stack was cut to [`MAX_STACK_DEPTH`] frames.
-    pub stacks_truncated: u64,
-    /// Samples dropped for an empty stack or zero weight.
-    pub samples_empty: u64,
-}
-
 /// What one label id resolved to in this window.
 #[derive(Debug, Clone, Copy)]
 struct Resolved {
@@ -135,7 +113,9 @@ pub(crate) struct WindowAggregator {
     kind: ProfileKind,
     /// Allocation windows: values per (stack, label set).
     values: HashMap<(u32, u32), [u64; 4]>,
-    stats: WindowStats,
+    /// Where this window counts what its caps did: [`WINDOW`] (shown by `stats()`),
+    /// or a test's own counters.
+    counters: &'static WindowCounters,
 }
 
 impl std::fmt::Debug for WindowAggregator {
@@ -149,8 +129,17 @@ impl std::fmt::Debug for WindowAggregator {
 }
 
 impl WindowAggregator {
-    /// An empty window that opened at `start`.
+    /// An empty window that opened at `start`, counting into [`WINDOW`].
     pub(crate) fn new(limits: WindowLimits, start: SystemTime) -> Self {
+        Self::counting_into(limits, start, &WINDOW)
+    }
+
+    /// An empty window that counts into `counters`.
+    pub(crate) fn counting_into(
+        limits: WindowLimits,
+        start: SystemTime,
+        counters: &'static WindowCounters,
+    ) -> Self {
         let empty = Arc::new(LabelSet::default());
         Self {
             limits,
@@ -165,7 +154,7 @@ impl WindowAggregator {
             weights: HashMap::new(),
             kind: ProfileKind::Cpu,
             values: HashMap::new(),
-            stats: WindowStats::default(),
+            counters,
         }
     }
 
@@ -208,13 +197,11 @@ impl WindowAggregator {
     /// weight carry nothing to attribute: they are counted and dropped.
     pub(crate) fn add(&mut self, frames: &[usize], label_id: u64, weight: u64) {
         if frames.is_empty() || weight == 0 {
-            self.stats.samples_empty += 1;
-            WINDOW.samples_empty.incr();
+            self.counters.samples_empty.incr();
             return;
         }
         let frames = if frames.len() > MAX_STACK_DEPTH {
-            self.stats.stacks_truncated += 1;
-            WINDOW.stacks_truncated.incr();
+            self.counters.stacks_truncated.incr();
             &frames[..MAX_STACK_DEPTH]
         } else {
             frames
@@ -223,25 +210,17 @@ impl WindowAggregator {
         let resolved = self.labels_of(label_id);
         let labels = resolved.index;
         if labels == OVERFLOW_LABELS {
-            self.stats.label_sets_overflowed += 1;
-            self.stats.label_sets_overflowed_weight += weight;
-            WINDOW.label_sets_overflowed.incr();
-            WINDOW.label_sets_overflowed_weight.add(weight);
+            self.counters.label_sets_overflowed.incr();
+            self.counters.label_sets_overflowed_weight.add(weight);
         } else {
             if resolved.renamed {
-                self.stats.span_names_overflowed += 1;
-                WINDOW.span_names_overflowed.incr();
+                self.counters.span_names_overflowed.incr();
             }
             if resolved.keys_removed {
-                self.stats.label_keys_removed += 1;
-                WINDOW.label_keys_removed.incr();
+                self.counters.label_keys_removed.incr();
             }
         }
         *self.weights.entry((stack, labels)).or_insert(0) += weight;
-        self.stats.samples += 1;
-        self.stats.weight += weight;
-        WINDOW.samples.incr();
-        WINDOW.weight.add(weight);
     }
 
     /// No sample was added since the window opened.
@@ -251,7 +230,6 @@ impl WindowAggregator {
 
     /// Closes the window at `end`: samples sorted by (stack, label set).
     pub(crate) fn close(self, end: SystemTime) -> ClosedWindow {
-        WINDOW.windows_closed.incr();
         let mut samples: Vec<WindowSample> = self
             .weights
             .into_iter()
@@ -280,7 +258,6 @@ impl WindowAggregator {
             stacks: self.stacks,
             label_sets: self.sets,
             samples,
-            stats: self.stats,
         }
     }
 
@@ -320,8 +297,7 @@ impl WindowAggregator {
         match resolved {
             Some(resolved) => resolved,
             None => {
-                self.stats.label_expired += 1;
-                WINDOW.label_expired.incr();
+                self.counters.label_expired.incr();
                 UNLABELLED
             }
         }
@@ -417,14 +393,14 @@ pub(crate) struct ClosedWindow {
     pub(crate) label_sets: Vec<Arc<LabelSet>>,
     /// Sorted by (stack, labels); one entry per distinct pair.
     pub(crate) samples: Vec<WindowSample>,
-    /// What the caps did.
-    pub(crate) stats: WindowStats,
 }
 
-impl ClosedWindow {
-    /// Total weight of the window's samples.
-    pub(crate) fn total_weight(&self) -> u64 {
-        self.samples.iter().map(|s| s.weight).sum()
+cfg_internal! {
+    impl ClosedWindow {
+        /// Total weight of the window's samples.
+        pub(crate) fn total_weight(&self) -> u64 {
+            self.samples.iter().map(|s| s.weight).sum()
+        }
     }
 }
 
@@ -446,8 +422,17 @@ mod tests {
         Registry::global().register(Arc::new(set))
     }
 
+    /// A window counting into its own counters, so that counts are exact while other
+    /// tests run.
     fn window(limits: WindowLimits) -> WindowAggregator {
-        WindowAggregator::new(limits, SystemTime::now())
+        let counters = Box::leak(Box::new(WindowCounters::new()));
+        WindowAggregator::counting_into(limits, SystemTime::now(), counters)
+    }
+
+    /// Closes `w`, also answering the counters it counted into.
+    fn close(w: WindowAggregator) -> (ClosedWindow, &'static WindowCounters) {
+        let counters = w.counters;
+        (w.close(SystemTime::now()), counters)
     }
 
     fn weight_of(w: &ClosedWindow, labels: impl Fn(&LabelSet) -> bool) -> u64 {
@@ -470,7 +455,7 @@ mod tests {
         w.add(&[0x11, 0x20], a.id(), 1);
         w.add(&[0x10, 0x20], 0, 5);
         assert!(!w.is_empty());
-        let c = w.close(SystemTime::now());
+        let (c, n) = close(w);
         assert_eq!(c.stacks.len(), 2);
         assert_eq!(c.samples.len(), 4);
         assert_eq!(c.total_weight(), 12);
@@ -480,7 +465,7 @@ mod tests {
             .find(|s| s.stack == 0 && c.label_sets[s.labels as usize].span_id == Some(1));
         assert_eq!(a_stack0.unwrap().weight, 4);
         assert_eq!(weight_of(&c, |l| l.is_empty()), 5);
-        assert_eq!(c.stats.samples, 5);
+        assert_eq!(n.samples_empty.get(), 0, "all five were aggregated");
     }
 
     #[test]
@@ -499,13 +484,15 @@ mod tests {
     #[test]
     fn an_expired_label_id_keeps_the_sample_without_labels_and_is_counted() {
         let id = register(Some(3), Some("gone"), &[]).id(); // handle dropped: freed (no profiler)
-        let before = WINDOW.label_expired.get();
         let mut w = window(WindowLimits::default());
         w.add(&[1, 2], id, 2);
         w.add(&[1, 2], id, 1);
-        let c = w.close(SystemTime::now());
-        assert_eq!(c.stats.label_expired, 2);
-        assert!(WINDOW.label_expired.get() >= before + 2);
+        let (c, n) = close(w);
+        assert_eq!(n.label_expired.get(), 2);
+        // The profiler's windows count into the process-wide counters `stats()` shows.
+        let before = WINDOW.label_expired.get();
+        WindowAggregator::new(WindowLimits::default(), SystemTime::now()).add(&[1], id, 1);
+        assert!(WINDOW.label_expired.get() > before);
         assert_eq!(c.samples.len(), 1);
         assert_eq!(c.samples[0].labels, NO_LABELS);
         assert_eq!(c.samples[0].weight, 3);
@@ -526,9 +513,10 @@ mod tests {
         }
         w.add(&[2], handles[4].id(), 1);
         w.add(&[2], handles[0].id(), 1);
-        let c = w.close(SystemTime::now());
+        let (c, n) = close(w);
         assert_eq!(
-            c.stats.span_names_overflowed, 3,
+            n.span_names_overflowed.get(),
+            3,
             "route3, route4 and route4 again"
         );
         let names: HashSet<_> = c
@@ -562,7 +550,7 @@ mod tests {
         for (i, h) in handles.iter().enumerate() {
             w.add(&[0x100 + i], h.id(), 2);
         }
-        let c = w.close(SystemTime::now());
+        let (c, n) = close(w);
         let distinct: HashSet<_> = c
             .samples
             .iter()
@@ -570,8 +558,8 @@ mod tests {
             .map(|s| s.labels)
             .collect();
         assert_eq!(distinct.len(), 4);
-        assert_eq!(c.stats.label_sets_overflowed, 6);
-        assert_eq!(c.stats.label_sets_overflowed_weight, 12);
+        assert_eq!(n.label_sets_overflowed.get(), 6);
+        assert_eq!(n.label_sets_overflowed_weight.get(), 12);
         let overflow: Vec<_> = c
             .samples
             .iter()
@@ -594,8 +582,8 @@ mod tests {
         w.add(&[1], a.id(), 1);
         w.add(&[1], b.id(), 1);
         w.add(&[2], b.id(), 1);
-        let c = w.close(SystemTime::now());
-        assert_eq!(c.stats.label_keys_removed, 2);
+        let (c, n) = close(w);
+        assert_eq!(n.label_keys_removed.get(), 2);
         for s in &c.samples {
             let set = &c.label_sets[s.labels as usize];
             assert!(set.pairs.iter().all(|(k, _)| k != "k3"), "{set:?}");
@@ -610,11 +598,11 @@ mod tests {
         w.add(&frames, 0, 1);
         w.add(&[], 0, 1);
         w.add(&[5], 0, 0);
-        let c = w.close(SystemTime::now());
+        let (c, n) = close(w);
         assert_eq!(c.stacks[0].len(), MAX_STACK_DEPTH);
         assert_eq!(c.stacks[0][0], 1, "the leaf is kept");
-        assert_eq!(c.stats.stacks_truncated, 1);
-        assert_eq!(c.stats.samples_empty, 2);
+        assert_eq!(n.stacks_truncated.get(), 1);
+        assert_eq!(n.samples_empty.get(), 2);
         assert_eq!(c.samples.len(), 1);
     }
 

@@ -20,10 +20,6 @@ use crate::counters::Counter;
 /// is the sum of their weights (timer expiries).
 #[derive(Debug)]
 pub(crate) struct WindowCounters {
-    /// Samples added to a window (with non-zero weight and at least one frame).
-    pub(crate) samples: Counter,
-    /// Weight added to windows.
-    pub(crate) weight: Counter,
     /// Samples whose label id no longer resolved (freed after its grace period): kept,
     /// encoded without labels.
     pub(crate) label_expired: Counter,
@@ -43,20 +39,21 @@ pub(crate) struct WindowCounters {
     pub(crate) stacks_truncated: Counter,
     /// Samples dropped because they had no frame or zero weight (nothing to attribute).
     pub(crate) samples_empty: Counter,
-    /// Windows closed.
-    pub(crate) windows_closed: Counter,
 }
 
-/// The process-wide window tallies.
-pub(crate) static WINDOW: WindowCounters = WindowCounters {
-    samples: Counter::new(),
-    weight: Counter::new(),
-    label_expired: Counter::new(),
-    label_sets_overflowed: Counter::new(),
-    label_sets_overflowed_weight: Counter::new(),
-    span_names_overflowed: Counter::new(),
-    label_keys_removed: Counter::new(),
-    stacks_truncated: Counter::new(),
-    samples_empty: Counter::new(),
-    windows_closed: Counter::new(),
-};
+impl WindowCounters {
+    pub(crate) const fn new() -> Self {
+        Self {
+            label_expired: Counter::new(),
+            label_sets_overflowed: Counter::new(),
+            label_sets_overflowed_weight: Counter::new(),
+            span_names_overflowed: Counter::new(),
+            label_keys_removed: Counter::new(),
+            stacks_truncated: Counter::new(),
+            samples_empty: Counter::new(),
+        }
+    }
+}
+
+/// The process-wide window tallies: what every window of the profiler counts into.
+pub(crate) static WINDOW: WindowCounters = WindowCounters::new();

@@ -41,8 +41,6 @@ pub static BUFFER: AtomicPtr<SampleBuffer> = AtomicPtr::new(std::ptr::null_mut()
 
 /// Tallies the handler keeps (process-wide, monotonically increasing).
 pub struct HandlerCounters {
-    /// Samples written into the buffer.
-    pub recorded: Counter,
     /// Samples dropped: no free buffer entry.
     pub dropped_full: Counter,
     /// Samples dropped: no buffer (cannot happen once a session started).
@@ -57,7 +55,6 @@ pub struct HandlerCounters {
 
 /// The handler's tallies.
 pub static COUNTERS: HandlerCounters = HandlerCounters {
-    recorded: Counter::new(),
     dropped_full: Counter::new(),
     dropped_no_buffer: Counter::new(),
     ignored_not_timer: Counter::new(),
@@ -99,14 +96,16 @@ pub fn forget_tid() {
     TID.with(|tid| tid.set(0));
 }
 
-/// Whether the calling thread is inside the SIGPROF handler right now.
-pub fn in_handler() -> bool {
-    IN_HANDLER.with(|flag| flag.get())
-}
+cfg_internal! {
+    /// Whether the calling thread is inside the SIGPROF handler right now.
+    pub fn in_handler() -> bool {
+        IN_HANDLER.with(|flag| flag.get())
+    }
 
-/// Sets the in-handler flag for a scope (tests use it as a positive control).
-pub fn set_in_handler(value: bool) {
-    IN_HANDLER.with(|flag| flag.set(value));
+    /// Sets the in-handler flag for a scope (tests use it as a positive control).
+    pub fn set_in_handler(value: bool) {
+        IN_HANDLER.with(|flag| flag.set(value));
+    }
 }
 
 #[inline(always)]
@@ -232,7 +231,6 @@ unsafe fn sample(info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
         }
     });
     claim.publish();
-    COUNTERS.recorded.incr();
 }
 
 /// The bounds to unwind in: this thread's own range, else the published one, and only

@@ -43,15 +43,38 @@ pub(crate) struct Answer {
 pub(crate) enum TransportError {
     /// No answer within the request timeout.
     Timeout,
+    /// The request could not be built (a header value the HTTP library refused).
+    Request(http::Error),
     /// Connecting, writing or reading failed.
-    Failed(String),
+    Failed(hyper_util::client::legacy::Error),
 }
 
 impl std::fmt::Display for TransportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Timeout => f.write_str("no answer within the request timeout"),
-            Self::Failed(err) => f.write_str(err),
+            Self::Request(err) => write!(f, "building the request: {err}"),
+            // hyper-util's top-level error alone says little ("client error (Connect)"):
+            // the causes go on the same line, for the log.
+            Self::Failed(err) => {
+                write!(f, "{err}")?;
+                let mut source = std::error::Error::source(err);
+                while let Some(cause) = source {
+                    write!(f, ": {cause}")?;
+                    source = cause.source();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Timeout => None,
+            Self::Request(err) => Some(err),
+            Self::Failed(err) => Some(err),
         }
     }
 }
@@ -97,14 +120,14 @@ impl HttpClient {
     pub(crate) async fn send(&self, prepared: &Prepared) -> Result<Answer, TransportError> {
         let mut request = http::Request::post(prepared.uri.clone())
             .body(Full::new(prepared.body.clone()))
-            .map_err(|err| TransportError::Failed(format!("building the request: {err}")))?;
+            .map_err(TransportError::Request)?;
         *request.headers_mut() = prepared.headers.clone();
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|err| TransportError::Failed(describe_client_error(&err)))?;
+                .map_err(TransportError::Failed)?;
             let (parts, body) = response.into_parts();
             let header = |name: http::header::HeaderName| {
                 parts
@@ -136,18 +159,6 @@ impl HttpClient {
     }
 }
 
-/// The error and its causes on one line (hyper-util's top-level error alone says little).
-fn describe_client_error(err: &hyper_util::client::legacy::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(feature = "tls")]
 fn tls_config(extra_roots: &[Vec<u8>]) -> Result<rustls::ClientConfig, StartError> {
     use std::sync::Arc;
@@ -171,4 +182,50 @@ fn tls_config(extra_roots: &[Vec<u8>]) -> Result<rustls::ClientConfig, StartErro
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection refused on loopback: the error keeps hyper's error as its source and
+    /// its message names the cause.
+    #[test]
+    fn a_refused_connection_keeps_its_cause_as_the_source() {
+        // A port nothing listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = crate::Profiler::builder()
+            .application_name("client-test")
+            .server_address(format!("http://127.0.0.1:{port}"))
+            .validate()
+            .unwrap()
+            .upload
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(async {
+            let client = HttpClient::new(&config).unwrap();
+            let prepared = Prepared {
+                uri: format!("http://127.0.0.1:{port}/push.v1.PusherService/Push")
+                    .parse()
+                    .unwrap(),
+                headers: http::HeaderMap::new(),
+                body: Bytes::from_static(b""),
+            };
+            client.send(&prepared).await.unwrap_err()
+        });
+        assert!(matches!(err, TransportError::Failed(_)), "{err:?}");
+        let source = std::error::Error::source(&err).expect("hyper's error is the source");
+        assert!(source.source().is_some(), "and its cause below it: {err:?}");
+        assert!(
+            err.to_string().to_lowercase().contains("refused"),
+            "the message names the cause: {err}"
+        );
+    }
 }

@@ -70,9 +70,11 @@ impl UploadWindow {
         self.pieces.len()
     }
 
-    /// When the window began (the profiles' `time_nanos`).
-    pub fn start(&self) -> SystemTime {
-        self.start
+    cfg_internal! {
+        /// When the window began (the profiles' `time_nanos`).
+        pub fn start(&self) -> SystemTime {
+            self.start
+        }
     }
 
     /// True for a window without pieces.
@@ -469,7 +471,7 @@ impl Worker {
                         TransportError::Timeout => {
                             "did not answer within the request timeout".into()
                         }
-                        TransportError::Failed(why) => format!("could not be reached: {why}"),
+                        err => format!("could not be reached: {err}"),
                     });
                     None
                 }
