@@ -7,11 +7,12 @@
 //! (countdown, stack walk, record buffer, live table) never calls it, so it can never
 //! re-enter the wrapped allocator.
 
+#[macro_use]
+mod interpose;
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
-use std::ffi::c_void;
 use std::time::Duration;
 
 use span_profiler::alloc::ProfiledAllocator;
@@ -19,14 +20,6 @@ use span_profiler::{Labels, ProfiledExt, Profiler};
 
 #[global_allocator]
 static ALLOC: ProfiledAllocator = ProfiledAllocator::system();
-
-extern "C" {
-    fn __libc_malloc(size: usize) -> *mut c_void;
-    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
-    fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
-    fn __libc_free(ptr: *mut c_void);
-    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
-}
 
 thread_local! {
     /// Calls of the interposed functions made by this thread.
@@ -42,74 +35,7 @@ fn calls() -> u64 {
     CALLS.with(Cell::get)
 }
 
-/// # Safety
-/// The C `malloc` contract.
-#[no_mangle]
-pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_malloc(size) }
-}
-
-/// # Safety
-/// The C `calloc` contract.
-#[no_mangle]
-pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_calloc(n, size) }
-}
-
-/// # Safety
-/// The C `realloc` contract.
-#[no_mangle]
-pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_realloc(ptr, size) }
-}
-
-/// # Safety
-/// The C `free` contract.
-#[no_mangle]
-pub unsafe extern "C" fn free(ptr: *mut c_void) {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_free(ptr) }
-}
-
-/// # Safety
-/// The C `posix_memalign` contract.
-#[no_mangle]
-pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-    note();
-    // SAFETY: forwards the caller's contract.
-    let ptr = unsafe { __libc_memalign(align, size) };
-    if ptr.is_null() {
-        return libc::ENOMEM;
-    }
-    // SAFETY: `out` is writable per the caller's contract.
-    unsafe { *out = ptr };
-    0
-}
-
-/// # Safety
-/// The C `aligned_alloc` contract.
-#[no_mangle]
-pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_memalign(align, size) }
-}
-
-/// # Safety
-/// The C `memalign` contract.
-#[no_mangle]
-pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_memalign(align, size) }
-}
+interpose_c_allocator!(note);
 
 /// Runs `f` and returns how many C allocator calls this thread made meanwhile.
 fn c_calls(f: impl FnOnce()) -> u64 {

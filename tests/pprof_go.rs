@@ -8,9 +8,12 @@
 //! Without `go` on the PATH the tests print a skip message, unless
 //! `SPAN_PROFILER_REQUIRE_TOOLS=1`, when they fail.
 
+mod tools;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
+use tools::go;
 
 use span_profiler::__private::label_id_of;
 use span_profiler::__private::pprof::{decode, encode_window, samples, validate};
@@ -51,25 +54,6 @@ fn search_handler(n: u64) -> u64 {
 /// (the encoder looks callers up at return address - 1, still inside `caller`).
 fn stack(leaf: usize, caller: usize) -> Vec<usize> {
     vec![leaf + 4, caller + 8]
-}
-
-/// `go` when it is installed; `None` (after printing why) when it is not and tools are
-/// not required; a test failure when they are.
-fn go() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("go"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let required = std::env::var("SPAN_PROFILER_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "`go` is not on PATH and SPAN_PROFILER_REQUIRE_TOOLS=1: install golang-go"
-        );
-        eprintln!("skipped: `go` is not on PATH (install golang-go, or set SPAN_PROFILER_REQUIRE_TOOLS=1 to fail)");
-    }
-    found
 }
 
 fn pprof(go: &Path, args: &[&str], file: &Path) -> String {

@@ -4,9 +4,10 @@
 //! is inside the SIGPROF handler. Allocation-heavy labelled work is sampled at 1 kHz.
 //! (Proof 2, `sampler_no_alloc_disasm.rs`, checks the machine code.)
 
+#[macro_use]
+mod interpose;
 mod sampler_common;
 
-use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -15,14 +16,6 @@ use span_profiler::__private::{in_sampler_handler, set_in_sampler_handler, Sampl
 use span_profiler::{Labels, ProfiledExt};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-
-extern "C" {
-    fn __libc_malloc(size: usize) -> *mut c_void;
-    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
-    fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
-    fn __libc_free(ptr: *mut c_void);
-    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
-}
 
 /// Every call to an interposed function.
 static CALLS: AtomicUsize = AtomicUsize::new(0);
@@ -37,74 +30,7 @@ fn note() {
     }
 }
 
-/// # Safety
-/// The C `malloc` contract.
-#[no_mangle]
-pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_malloc(size) }
-}
-
-/// # Safety
-/// The C `calloc` contract.
-#[no_mangle]
-pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_calloc(n, size) }
-}
-
-/// # Safety
-/// The C `realloc` contract.
-#[no_mangle]
-pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_realloc(ptr, size) }
-}
-
-/// # Safety
-/// The C `free` contract.
-#[no_mangle]
-pub unsafe extern "C" fn free(ptr: *mut c_void) {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_free(ptr) }
-}
-
-/// # Safety
-/// The C `posix_memalign` contract.
-#[no_mangle]
-pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-    note();
-    // SAFETY: forwards the caller's contract.
-    let ptr = unsafe { __libc_memalign(align, size) };
-    if ptr.is_null() {
-        return libc::ENOMEM;
-    }
-    // SAFETY: `out` is the caller's valid out-pointer.
-    unsafe { *out = ptr };
-    0
-}
-
-/// # Safety
-/// The C `aligned_alloc` contract.
-#[no_mangle]
-pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_memalign(align, size) }
-}
-
-/// # Safety
-/// The C `memalign` contract.
-#[no_mangle]
-pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: forwards the caller's contract.
-    unsafe { __libc_memalign(align, size) }
-}
+interpose_c_allocator!(note);
 
 #[inline(never)]
 fn churn(seed: u64) -> usize {

@@ -14,11 +14,14 @@
 //! checks the same on the debug build's full debug info. A custom harness: the binary is
 //! also the child.
 
+mod tools;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
+use tools::go;
 
 use axum::extract::Path as UrlPath;
 use axum::routing::get;
@@ -193,23 +196,6 @@ fn profile_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-/// `go`, or `None` (skip, said on stderr) unless `SPAN_PROFILER_REQUIRE_TOOLS=1`.
-fn go() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("go"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("SPAN_PROFILER_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "`go` is required (SPAN_PROFILER_REQUIRE_TOOLS=1) but not on PATH: install golang-go"
-        );
-        eprintln!("SKIPPED the name check: `go` is not on PATH (install golang-go)");
-    }
-    found
 }
 
 /// One location line of `go tool pprof -raw`: its mapping and function name.
