@@ -10,6 +10,7 @@
 //! the callback allocates.
 
 use std::ffi::CStr;
+use std::ops::ControlFlow;
 use std::os::raw::{c_int, c_void};
 use std::path::PathBuf;
 
@@ -55,18 +56,95 @@ impl Module {
     }
 }
 
+/// One object as the dynamic loader lists it, lent to a [`for_each_object`] visitor
+/// while the loader's lock is held: its segments stay mapped (a concurrent `dlclose`
+/// waits) until the visitor returns.
+pub(crate) struct LoadedObject<'a> {
+    /// Its program headers.
+    pub(crate) phdrs: &'a [libc::Elf64_Phdr],
+    /// Its name as the loader has it (empty for the main program).
+    pub(crate) name: &'a CStr,
+    /// Load bias: run-time address minus the address in the ELF file.
+    pub(crate) bias: usize,
+    /// The loader's counts of objects added and removed since the process started
+    /// (`dlpi_adds`, `dlpi_subs`), when the loader reports them.
+    pub(crate) generation: Option<(u64, u64)>,
+}
+
+/// Calls `visit` for every loaded object, main program first (the loader's order), with
+/// the loader's lock held, until it returns `Break`. The crate's one caller of
+/// `dl_iterate_phdr`. Never call it from a signal handler: the loader's lock, and
+/// visitors allocate.
+pub(crate) fn for_each_object(mut visit: impl FnMut(&LoadedObject<'_>) -> ControlFlow<()>) {
+    let mut visit: &mut dyn FnMut(&LoadedObject<'_>) -> ControlFlow<()> = &mut visit;
+    // SAFETY: 1. `trampoline` matches the callback type `dl_iterate_phdr` expects.
+    //         2. `data` points to `visit`, which outlives the call; the callback is only
+    //            invoked during this call, on this thread, and is its only user.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(trampoline),
+            (&mut visit as *mut &mut dyn FnMut(&LoadedObject<'_>) -> ControlFlow<()>)
+                .cast::<c_void>(),
+        );
+    }
+}
+
+/// `dl_iterate_phdr` callback of [`for_each_object`].
+///
+/// # Safety
+/// `info` must point to a valid `dl_phdr_info` of `size` bytes whose `dlpi_phdr` array
+/// has `dlpi_phnum` entries, and `data` to the visitor of `for_each_object` (both hold
+/// for the loader calling it from there).
+unsafe extern "C" fn trampoline(
+    info: *mut libc::dl_phdr_info,
+    size: usize,
+    data: *mut c_void,
+) -> c_int {
+    // SAFETY: the loader passes a valid `dl_phdr_info` for the duration of the call.
+    let info = unsafe { &*info };
+    // SAFETY: `data` is the visitor passed by `for_each_object`, used by no one else
+    // during the iteration.
+    let visit =
+        unsafe { &mut *data.cast::<&mut dyn FnMut(&LoadedObject<'_>) -> ControlFlow<()>>() };
+    let name = if info.dlpi_name.is_null() {
+        c""
+    } else {
+        // SAFETY: a non-null `dlpi_name` is a NUL-terminated string owned by the loader,
+        // valid during the callback (the borrow ends with it).
+        unsafe { CStr::from_ptr(info.dlpi_name) }
+    };
+    let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() || info.dlpi_phnum == 0 {
+        &[]
+    } else {
+        // SAFETY: the loader guarantees `dlpi_phdr` points to `dlpi_phnum` program headers
+        // that stay mapped while the object is loaded (at least for this callback).
+        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+    };
+    // Old loaders pass a shorter struct without the counters.
+    let needed = std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8;
+    let object = LoadedObject {
+        phdrs,
+        name,
+        bias: info.dlpi_addr as usize,
+        generation: (size >= needed).then_some((info.dlpi_adds, info.dlpi_subs)),
+    };
+    match visit(&object) {
+        ControlFlow::Continue(()) => 0,
+        ControlFlow::Break(()) => 1,
+    }
+}
+
 /// Every module the dynamic loader knows now, main program first (the loader's order).
 pub(crate) fn loaded_modules() -> Vec<Module> {
     let mut out: Vec<Module> = Vec::new();
-    // SAFETY: 1. `collect_module` matches the callback type `dl_iterate_phdr` expects.
-    //         2. `data` points to `out`, which outlives the call; the callback is only
-    //            invoked during this call, on this thread, and is the only user of it.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(collect_module),
-            (&mut out as *mut Vec<Module>).cast::<c_void>(),
-        );
-    }
+    let mut first = true;
+    for_each_object(|object| {
+        let is_main = std::mem::take(&mut first) && object.name.is_empty();
+        if let Some(module) = module_of(object, is_main) {
+            out.push(module);
+        }
+        ControlFlow::Continue(())
+    });
     out
 }
 
@@ -79,40 +157,13 @@ pub(crate) fn in_main_program(addr: usize) -> bool {
         .any(|m| m.is_main && m.segment_of(addr).is_some())
 }
 
-/// `dl_iterate_phdr` callback: copies one object's name, bias and executable segments.
-///
-/// # Safety
-/// `info` must point to a valid `dl_phdr_info` whose `dlpi_phdr` array has `dlpi_phnum`
-/// entries, and `data` must point to a `Vec<Module>` not otherwise in use (both hold for
-/// the loader calling it from [`loaded_modules`]).
-unsafe extern "C" fn collect_module(
-    info: *mut libc::dl_phdr_info,
-    _size: usize,
-    data: *mut c_void,
-) -> c_int {
-    // SAFETY: the caller passes a valid `dl_phdr_info` for the duration of the call.
-    let info = unsafe { &*info };
-    // SAFETY: `data` is the `&mut Vec<Module>` passed by `loaded_modules`, used by no one
-    // else during the iteration.
-    let out = unsafe { &mut *data.cast::<Vec<Module>>() };
-    let name = if info.dlpi_name.is_null() {
-        String::new()
-    } else {
-        // SAFETY: a non-null `dlpi_name` is a NUL-terminated string owned by the loader,
-        // valid during the callback; we copy it before returning.
-        unsafe { CStr::from_ptr(info.dlpi_name) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() || info.dlpi_phnum == 0 {
-        &[]
-    } else {
-        // SAFETY: the loader guarantees `dlpi_phdr` points to `dlpi_phnum` program headers
-        // that stay mapped while the object is loaded (at least for this callback).
-        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
-    };
-    let bias = info.dlpi_addr as usize;
-    let segments: Vec<Segment> = phdrs
+/// What the symbolizer keeps of one object: its file, bias and executable segments
+/// (`None` for an object without executable segments).
+fn module_of(object: &LoadedObject<'_>, is_main: bool) -> Option<Module> {
+    let name = object.name.to_string_lossy().into_owned();
+    let bias = object.bias;
+    let segments: Vec<Segment> = object
+        .phdrs
         .iter()
         .filter(|p| p.p_type == PT_LOAD && p.p_flags & PF_X != 0 && p.p_memsz > 0)
         .map(|p| {
@@ -124,8 +175,6 @@ unsafe extern "C" fn collect_module(
             }
         })
         .collect();
-    // The first object is the main program, whose loader name is empty.
-    let is_main = out.is_empty() && name.is_empty();
     let (path, name) = if is_main {
         let path = std::fs::read_link("/proc/self/exe").ok();
         let shown = path
@@ -139,75 +188,32 @@ unsafe extern "C" fn collect_module(
         // The vDSO ("linux-vdso.so.1") and other objects without a file on disk.
         (None, name)
     };
-    if !segments.is_empty() {
-        out.push(Module {
-            path,
-            name,
-            is_main,
-            bias,
-            segments,
-        });
-    }
-    0
+    (!segments.is_empty()).then_some(Module {
+        path,
+        name,
+        is_main,
+        bias,
+        segments,
+    })
 }
 
-/// Walks this thread's frame-pointer chain from the caller's frame: real return addresses
-/// for the symbolizer's tests (what the sampler records, without a signal).
-///
-/// Stops at the first frame pointer that is null, misaligned, not strictly above the
-/// previous one or outside this thread's stack, or after `max` frames.
+/// The return addresses of this thread's stack from the caller's frame on (the first is
+/// inside the caller): what the sampler records, without a signal, for the symbolizer's
+/// and encoder's tests. Walked by glibc's `backtrace` (the unwinder the handler may not
+/// use, fine in a test), so it works with and without frame pointers.
 #[cfg(test)]
 #[inline(never)]
-pub(crate) fn frame_pointer_backtrace(max: usize) -> Vec<usize> {
-    let (low, high) = current_stack_bounds();
-    let mut fp: usize;
-    // SAFETY: reads the frame-pointer register into a local; no memory is touched.
-    unsafe {
-        #[cfg(target_arch = "x86_64")]
-        std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
-        #[cfg(target_arch = "aarch64")]
-        std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
-    let word = std::mem::size_of::<usize>();
-    let mut out = Vec::new();
-    let mut prev = 0usize;
-    while out.len() < max {
-        if fp == 0 || fp % word != 0 || fp <= prev || fp < low || fp + 2 * word > high {
-            break;
-        }
-        // SAFETY: `fp` and `fp + word` lie inside this thread's stack mapping (checked
-        // above), which stays mapped while this function runs; both are aligned.
-        let (next, ret) = unsafe { (*(fp as *const usize), *((fp + word) as *const usize)) };
-        if ret == 0 {
-            break;
-        }
-        out.push(ret);
-        prev = fp;
-        fp = next;
-    }
-    out
-}
-
-/// `[low, high)` of the calling thread's stack (tests only: allocates).
-#[cfg(test)]
-fn current_stack_bounds() -> (usize, usize) {
-    let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
-    let mut addr: *mut c_void = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: 1. `pthread_getattr_np` initialises `attr` for the calling thread on success.
-    //         2. `pthread_attr_getstack` only writes the two out-pointers.
-    //         3. `attr` is destroyed exactly once, after a successful init.
-    unsafe {
-        if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
-            return (0, 0);
-        }
-        let ok = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
-        libc::pthread_attr_destroy(attr.as_mut_ptr());
-        if !ok {
-            return (0, 0);
-        }
-    }
-    (addr as usize, addr as usize + size)
+pub(crate) fn return_addresses_here(max: usize) -> Vec<usize> {
+    let mut buf = vec![std::ptr::null_mut::<c_void>(); max + 1];
+    let len = c_int::try_from(buf.len()).unwrap_or(c_int::MAX);
+    // SAFETY: `buf` holds `len` writable pointers.
+    let n = unsafe { libc::backtrace(buf.as_mut_ptr(), len) };
+    // Entry 0 is inside this function.
+    buf.iter()
+        .take(usize::try_from(n).unwrap_or(0))
+        .skip(1)
+        .map(|&p| p as usize)
+        .collect()
 }
 
 #[cfg(test)]
@@ -250,8 +256,8 @@ mod tests {
     }
 
     #[test]
-    fn frame_pointer_backtrace_returns_addresses_inside_our_code() {
-        let frames = frame_pointer_backtrace(4);
+    fn return_addresses_here_returns_addresses_inside_our_code() {
+        let frames = return_addresses_here(4);
         assert!(!frames.is_empty());
         let main = &loaded_modules()[0];
         assert!(main.segment_of(frames[0]).is_some());

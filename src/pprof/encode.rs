@@ -625,7 +625,7 @@ mod tests {
     use super::*;
     use crate::labels::registry::{LabelHandle, Registry};
     use crate::labels::set::LabelSet;
-    use crate::modules::frame_pointer_backtrace;
+    use crate::modules::return_addresses_here;
     use crate::pprof::validate::{decode, samples, validate};
     use crate::window::{WindowAggregator, WindowLimits};
 
@@ -650,7 +650,7 @@ mod tests {
     #[inline(never)]
     fn encoder_test_leaf() -> Vec<usize> {
         // A real captured stack: this function's return address into the caller, etc.
-        let mut frames = frame_pointer_backtrace(3);
+        let mut frames = return_addresses_here(3);
         frames.insert(0, encoder_test_leaf as *const () as usize + 1);
         frames
     }

@@ -562,7 +562,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modules::frame_pointer_backtrace;
+    use crate::modules::return_addresses_here;
     use crate::symbolize::symbolization::DEFAULT_SYMBOLIZER_BUDGET;
 
     #[inline(never)]
@@ -572,7 +572,7 @@ mod tests {
 
     #[inline(never)]
     fn innermost_caller() -> (Vec<usize>, u32) {
-        let (frames, line) = (frame_pointer_backtrace(3), line!());
+        let (frames, line) = (return_addresses_here(3), line!());
         std::hint::black_box(&frames);
         (frames, line)
     }
@@ -586,7 +586,7 @@ mod tests {
 
     #[inline(always)]
     fn inlined_helper() -> (Vec<usize>, u32) {
-        let (frames, line) = (frame_pointer_backtrace(1), line!());
+        let (frames, line) = (return_addresses_here(1), line!());
         (frames, line)
     }
 

@@ -1,22 +1,23 @@
 //! Finds each loaded object's CFI in this process's memory (`PT_GNU_EH_FRAME` ->
 //! `.eh_frame_hdr` -> `.eh_frame`, the vDSO included) and compiles it, reusing the
-//! tables of objects that are still loaded. Collector thread only: `dl_iterate_phdr`
-//! takes the loader's lock and the callback allocates.
+//! tables of objects that are still loaded. Collector thread only: the loader's list is
+//! walked with the loader's lock held (`modules::for_each_object`), and building
+//! allocates.
 //!
-//! Tables are built inside the `dl_iterate_phdr` callback, while the loader's lock is
-//! held: no `dlclose` can unmap an object we are reading. (Other threads' `dlopen`,
+//! Tables are built inside that walk, while the loader's lock is held: no `dlclose` can
+//! unmap an object we are reading. (Other threads' `dlopen`,
 //! `dlclose` and `dl_iterate_phdr` wait meanwhile; only objects new since the last
 //! build are compiled.)
 
 use std::collections::HashMap;
-use std::ffi::CStr;
-use std::os::raw::{c_int, c_void};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use gimli::{EhFrameHdr, NativeEndian};
 
 use super::build::{self, BuildError, Source};
 use super::table::ModuleTable;
+use crate::modules::{for_each_object, LoadedObject};
 
 /// `PF_X` / `PF_R` segment flags (elf.h).
 const PF_X: u32 = 1;
@@ -25,26 +26,11 @@ const PF_R: u32 = 4;
 /// The loader's counters of objects added and removed since the process started.
 /// They change exactly when the set of loaded objects changes.
 pub(crate) fn generation() -> (u64, u64) {
-    unsafe extern "C" fn first(
-        info: *mut libc::dl_phdr_info,
-        size: libc::size_t,
-        data: *mut c_void,
-    ) -> c_int {
-        // SAFETY: `data` is the `(u64, u64)` passed below, alive during the iteration.
-        let out = unsafe { &mut *data.cast::<(u64, u64)>() };
-        let needed = std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8;
-        if size >= needed {
-            // SAFETY: the loader passes a valid `dl_phdr_info` of `size` bytes, which
-            // covers both counters (checked above).
-            let info = unsafe { &*info };
-            *out = (info.dlpi_adds, info.dlpi_subs);
-        }
-        1
-    }
-    let mut out = (0u64, 0u64);
-    // SAFETY: `first` matches the callback type and only writes `out`, which outlives
-    // the call.
-    unsafe { libc::dl_iterate_phdr(Some(first), (&mut out as *mut (u64, u64)).cast()) };
+    let mut out = (0, 0);
+    for_each_object(|object| {
+        out = object.generation.unwrap_or_default();
+        ControlFlow::Break(())
+    });
     out
 }
 
@@ -85,37 +71,17 @@ pub(crate) struct Refresh {
 impl Loaded {
     /// Lists the loaded objects and compiles those not seen before.
     pub(crate) fn refresh(&mut self) -> Refresh {
-        struct Walk<'a> {
-            old: &'a mut HashMap<Key, Built>,
-            new: HashMap<Key, Built>,
-            refresh: Refresh,
-        }
-        unsafe extern "C" fn visit(
-            info: *mut libc::dl_phdr_info,
-            _size: libc::size_t,
-            data: *mut c_void,
-        ) -> c_int {
-            // SAFETY: `data` is the `Walk` passed by `refresh`, used by nobody else
-            // during the iteration.
-            let walk = unsafe { &mut *data.cast::<Walk<'_>>() };
-            // SAFETY: the loader passes a valid `dl_phdr_info` for the callback.
-            let info = unsafe { &*info };
-            // SAFETY: as above; the loader's lock is held for the whole callback, so
-            // the object's segments stay mapped.
-            unsafe { visit_object(info, walk.old, &mut walk.new, &mut walk.refresh) };
-            0
-        }
-        let mut walk = Walk {
-            old: &mut self.cache,
-            new: HashMap::new(),
-            refresh: Refresh::default(),
-        };
-        // SAFETY: `visit` matches the callback type; `walk` outlives the call and is
-        // only touched by the callback, on this thread.
-        unsafe { libc::dl_iterate_phdr(Some(visit), (&mut walk as *mut Walk<'_>).cast()) };
-        let Walk {
-            new, mut refresh, ..
-        } = walk;
+        let old = &mut self.cache;
+        let mut new = HashMap::new();
+        let mut refresh = Refresh::default();
+        let mut first = true;
+        for_each_object(|object| {
+            let main = std::mem::take(&mut first);
+            // SAFETY: `for_each_object` holds the loader's lock while this runs, so the
+            // object's segments stay mapped.
+            unsafe { visit_object(object, main, old, &mut new, &mut refresh) };
+            ControlFlow::Continue(())
+        });
         refresh.tables = new
             .values()
             .filter_map(|b| b.as_ref().ok().cloned())
@@ -135,33 +101,21 @@ impl Loaded {
 /// One object: reuse its table or compile it.
 ///
 /// # Safety
-/// `info` is the loader's, inside a `dl_iterate_phdr` callback (segments mapped).
+/// `object`'s segments are mapped for the call (the loader's lock is held).
 unsafe fn visit_object(
-    info: &libc::dl_phdr_info,
+    object: &LoadedObject<'_>,
+    main: bool,
     old: &mut HashMap<Key, Built>,
     new: &mut HashMap<Key, Built>,
     refresh: &mut Refresh,
 ) {
-    let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() || info.dlpi_phnum == 0 {
-        &[]
-    } else {
-        // SAFETY: the loader guarantees `dlpi_phdr` points to `dlpi_phnum` headers.
-        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
-    };
-    let name = if info.dlpi_name.is_null() {
-        String::new()
-    } else {
-        // SAFETY: a non-null `dlpi_name` is a NUL-terminated string owned by the loader.
-        unsafe { CStr::from_ptr(info.dlpi_name) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    let name = if name.is_empty() && new.is_empty() {
+    let phdrs = object.phdrs;
+    let name = if main && object.name.is_empty() {
         "[main program]".to_string()
     } else {
-        name
+        object.name.to_string_lossy().into_owned()
     };
-    let bias = info.dlpi_addr as usize;
+    let bias = object.bias;
     let Some(hdr) = phdrs.iter().find(|p| p.p_type == libc::PT_GNU_EH_FRAME) else {
         refresh.without_cfi += 1;
         return;
@@ -253,18 +207,9 @@ unsafe fn build_object(
 /// address, `.eh_frame_hdr`'s address and the executable segments (tests fuzz it).
 #[cfg(test)]
 pub(crate) fn main_program_cfi() -> (Vec<u8>, u64, u64, Vec<(usize, usize)>) {
-    type Out = Option<(Vec<u8>, u64, u64, Vec<(usize, usize)>)>;
-    unsafe extern "C" fn first(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut c_void,
-    ) -> c_int {
-        // SAFETY: `data` is the `Out` passed below; `info` is the loader's.
-        let (out, info) = unsafe { (&mut *data.cast::<Out>(), &*info) };
-        // SAFETY: `dlpi_phdr` points to `dlpi_phnum` headers.
-        let phdrs =
-            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
-        let bias = info.dlpi_addr as usize;
+    let mut out = None;
+    for_each_object(|object| {
+        let (phdrs, bias) = (object.phdrs, object.bias);
         let hdr = phdrs
             .iter()
             .find(|p| p.p_type == libc::PT_GNU_EH_FRAME)
@@ -298,11 +243,8 @@ pub(crate) fn main_program_cfi() -> (Vec<u8>, u64, u64, Vec<(usize, usize)>) {
             .filter(|s| s.2)
             .map(|s| (s.0, s.1))
             .collect();
-        *out = Some((bytes.to_vec(), eh_frame as u64, hdr_addr as u64, text));
-        1
-    }
-    let mut out: Out = None;
-    // SAFETY: `first` matches the callback type and only writes `out`.
-    unsafe { libc::dl_iterate_phdr(Some(first), (&mut out as *mut Out).cast()) };
+        out = Some((bytes.to_vec(), eh_frame as u64, hdr_addr as u64, text));
+        ControlFlow::Break(())
+    });
     out.expect("the loader lists the main program")
 }
