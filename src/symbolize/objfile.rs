@@ -231,7 +231,7 @@ fn separate_debug_file(build_id: &[u8]) -> Option<PathBuf> {
     let (first, rest) = build_id.split_first()?;
     let path = PathBuf::from(format!(
         "/usr/lib/debug/.build-id/{first:02x}/{}.debug",
-        super::symbolizer::hex(rest)
+        hex(rest)
     ));
     path.exists().then_some(path)
 }
@@ -287,4 +287,14 @@ fn read_symbols(file: &object::File<'_>, base: &[u8]) -> Vec<SymbolEntry> {
     symbols.dedup_by_key(|s| s.addr);
     symbols.shrink_to_fit();
     symbols
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }

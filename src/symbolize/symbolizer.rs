@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::modules::{loaded_modules, Module};
 use crate::symbolize::dwarf::{DwarfUnits, ParseCount};
 use crate::symbolize::names;
-use crate::symbolize::objfile::ObjectFile;
+use crate::symbolize::objfile::{hex, ObjectFile};
 use crate::symbolize::symbolization::{SymbolDetail, Symbolization};
 use crate::symbolize::SYMBOLIZE;
 
@@ -547,16 +547,6 @@ impl Symbolizer {
         self.strings.insert(arc.clone());
         arc
     }
-}
-
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }
 
 #[cfg(test)]
