@@ -24,8 +24,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
 
 use super::bounds::{self, StackBounds};
-use super::cfi;
-use super::unwind::{registers, Registers};
+use super::regs::{registers, Registers};
+use super::unwind;
 use crate::counters::Counter;
 use crate::sampler::buffer::{
     SampleBuffer, FLAG_CFI, FLAG_COMPLETE, FLAG_FP_FALLBACK, FLAG_NO_BOUNDS, FLAG_TRUNCATED,
@@ -206,7 +206,7 @@ unsafe fn sample(info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
                 // live stack mapping (its own range, or the mapping the collector found
                 // for an SP of this very thread, removed before the tid could be reused);
                 // it stays mapped while this thread is stopped in its handler.
-                let walk = unsafe { cfi::unwind(&regs, bounds, &mut record.frames) };
+                let walk = unsafe { unwind::unwind(&regs, bounds, &mut record.frames) };
                 record.len = walk.len;
                 let mut flags = 0;
                 if walk.truncated {

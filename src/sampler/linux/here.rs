@@ -5,7 +5,8 @@
 //! first (its tid is cached), reentrant (a SIGPROF may interrupt it and walk too).
 
 use super::bounds;
-use super::cfi;
+use super::regs::current_registers;
+use super::unwind::unwind;
 use super::handler::current_tid;
 
 /// Writes the calling thread's stack into `out`, leaf first, and returns how many frames
@@ -16,7 +17,7 @@ pub(crate) fn stack_here(out: &mut [usize]) -> usize {
     if out.is_empty() {
         return 0;
     }
-    let regs = cfi::current_registers();
+    let regs = current_registers();
     let bounds = match bounds::own() {
         Some(own) => Some(own),
         None => bounds::TABLE.get(current_tid()),
@@ -26,7 +27,7 @@ pub(crate) fn stack_here(out: &mut [usize]) -> usize {
             // SAFETY: `b` holds this thread's current SP, so it is this thread's live
             // stack mapping (its own range, or the one the collector published for it,
             // removed only after the thread exited); it stays mapped during the call.
-            unsafe { cfi::unwind(&regs, b, out) }.len
+            unsafe { unwind(&regs, b, out) }.len
         }
         _ => {
             out[0] = regs.pc;

@@ -20,6 +20,7 @@ pub(super) mod fork;
 pub(super) mod handler;
 pub(crate) mod here;
 pub(super) mod procfs;
+pub(super) mod regs;
 pub(super) mod scan;
 pub(super) mod session;
 pub(super) mod timers;

@@ -6,20 +6,7 @@
 
 use super::bounds::StackBounds;
 use super::cfi::{self, Walk, WalkMode};
-
-/// The interrupted thread's registers, taken from the handler's `ucontext`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Registers {
-    /// Program counter (the leaf).
-    pub pc: usize,
-    /// Stack pointer.
-    pub sp: usize,
-    /// Frame pointer (`rbp` / `x29`).
-    pub fp: usize,
-    /// Link register (aarch64 `x30`; 0 on x86_64): the return address of a leaf whose
-    /// CFI says it has not saved it yet.
-    pub lr: usize,
-}
+use super::regs::Registers;
 
 /// Walks a stack from interrupted registers.
 pub trait Unwinder {
@@ -43,12 +30,6 @@ pub struct DwarfUnwinder {
     /// Frame-pointer steps for frames without CFI.
     pub fallback: bool,
 }
-
-/// Alignment of a frame record.
-#[cfg(target_arch = "aarch64")]
-pub(crate) const FRAME_ALIGN: usize = 16;
-#[cfg(not(target_arch = "aarch64"))]
-pub(crate) const FRAME_ALIGN: usize = 8;
 
 impl Unwinder for FramePointerUnwinder {
     #[inline(always)]
@@ -75,39 +56,21 @@ impl Unwinder for DwarfUnwinder {
     }
 }
 
-/// Reads the interrupted registers out of the handler's third argument.
+/// Walks the stack from `regs` with the unwinder the session chose. Signal-safe: no
+/// allocation, no lock, no system call; stateless and reentrant.
 ///
 /// # Safety
-/// `ucontext` must be the `ucontext_t` the kernel passed to an `SA_SIGINFO` handler.
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+/// `bounds` must be mapped and readable for the whole call.
 #[inline(always)]
-pub unsafe fn registers(ucontext: *const libc::ucontext_t) -> Registers {
-    // SAFETY: the caller guarantees `ucontext` is the kernel's; the indices are
-    // constants inside `gregs` (23 entries).
-    let gregs = unsafe { &(*ucontext).uc_mcontext.gregs };
-    Registers {
-        pc: gregs[libc::REG_RIP as usize] as usize,
-        sp: gregs[libc::REG_RSP as usize] as usize,
-        fp: gregs[libc::REG_RBP as usize] as usize,
-        lr: 0,
-    }
-}
-
-/// Reads the interrupted registers out of the handler's third argument.
-///
-/// # Safety
-/// `ucontext` must be the `ucontext_t` the kernel passed to an `SA_SIGINFO` handler.
-#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
-#[inline(always)]
-pub unsafe fn registers(ucontext: *const libc::ucontext_t) -> Registers {
-    // SAFETY: the caller guarantees `ucontext` is the kernel's; 29 and 30 are inside
-    // `regs` (31 entries).
-    let mc = unsafe { &(*ucontext).uc_mcontext };
-    Registers {
-        pc: mc.pc as usize,
-        sp: mc.sp as usize,
-        fp: mc.regs[29] as usize,
-        lr: mc.regs[30] as usize,
+pub(crate) unsafe fn unwind(regs: &Registers, bounds: StackBounds, out: &mut [usize]) -> Walk {
+    // (A match, not a `dyn`: the handler makes no indirect calls.)
+    match cfi::mode() {
+        // SAFETY: the caller guarantees `bounds`.
+        0 => unsafe { FramePointerUnwinder.unwind(regs, bounds, out) },
+        // SAFETY: as above.
+        1 => unsafe { DwarfUnwinder { fallback: true }.unwind(regs, bounds, out) },
+        // SAFETY: as above.
+        _ => unsafe { DwarfUnwinder { fallback: false }.unwind(regs, bounds, out) },
     }
 }
 

@@ -27,8 +27,6 @@ use std::time::Instant;
 pub(crate) use publish::with_tables;
 pub(crate) use walk::{unwind as walk, Mode as WalkMode, Walk};
 
-use super::bounds::StackBounds;
-use super::unwind::{DwarfUnwinder, FramePointerUnwinder, Registers, Unwinder as _};
 use crate::counters::LogOnce;
 use crate::sampler::Unwinder;
 use crate::sync::lock_std as lock;
@@ -54,62 +52,12 @@ fn uses_tables() -> bool {
     MODE.load(Relaxed) != 0
 }
 
-/// Walks the stack from `regs` with the unwinder the session chose. Signal-safe: no
-/// allocation, no lock, no system call; stateless and reentrant.
-///
-/// # Safety
-/// `bounds` must be mapped and readable for the whole call.
+/// The handler's mode ([`set_mode`]): 0 frame pointers, 1 CFI then frame pointers, 2 CFI
+/// only. Signal-safe (one relaxed load).
 #[inline(always)]
-pub(crate) unsafe fn unwind(regs: &Registers, bounds: StackBounds, out: &mut [usize]) -> Walk {
+pub(crate) fn mode() -> u8 {
     // Relaxed: see `set_mode`.
-    // (A match, not a `dyn`: the handler makes no indirect calls.)
-    match MODE.load(Relaxed) {
-        // SAFETY: the caller guarantees `bounds`.
-        0 => unsafe { FramePointerUnwinder.unwind(regs, bounds, out) },
-        // SAFETY: as above.
-        1 => unsafe { DwarfUnwinder { fallback: true }.unwind(regs, bounds, out) },
-        // SAFETY: as above.
-        _ => unsafe { DwarfUnwinder { fallback: false }.unwind(regs, bounds, out) },
-    }
-}
-
-/// The registers of the calling function at this point: walk from here with
-/// [`unwind`] (the allocation profiler's entry point).
-#[inline(always)]
-#[allow(dead_code)]
-pub(crate) fn current_registers() -> Registers {
-    let (pc, sp, fp, lr): (usize, usize, usize, usize);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: reads the instruction pointer, stack pointer and frame pointer into
-    // registers; no memory access, no stack change.
-    unsafe {
-        std::arch::asm!(
-            "lea {pc}, [rip]",
-            "mov {sp}, rsp",
-            "mov {fp}, rbp",
-            pc = out(reg) pc,
-            sp = out(reg) sp,
-            fp = out(reg) fp,
-            options(nomem, nostack, preserves_flags)
-        );
-        lr = 0;
-    }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: as above (aarch64: `adr` for the PC, x29, x30).
-    unsafe {
-        std::arch::asm!(
-            "adr {pc}, .",
-            "mov {sp}, sp",
-            "mov {fp}, x29",
-            "mov {lr}, x30",
-            pc = out(reg) pc,
-            sp = out(reg) sp,
-            fp = out(reg) fp,
-            lr = out(reg) lr,
-            options(nomem, nostack, preserves_flags)
-        );
-    }
-    Registers { pc, sp, fp, lr }
+    MODE.load(Relaxed)
 }
 
 /// What the table maintenance did (counters since the process started, gauges now).

@@ -1,6 +1,8 @@
 //! The real thing: this test process's own tables, and walks of this thread's stack.
 
 use super::*;
+use crate::sampler::linux::bounds::StackBounds;
+use crate::sampler::linux::regs::current_registers;
 
 /// This thread's stack range (normal context: `pthread_getattr_np` may allocate).
 fn own_bounds() -> StackBounds {

@@ -10,7 +10,7 @@
 //! hand-written assembly, objects with malformed CFI), unless the mode forbids it.
 
 use super::super::bounds::StackBounds;
-use super::super::unwind::{Registers, FRAME_ALIGN};
+use super::super::regs::{Registers, FRAME_ALIGN};
 use super::table::{Kind, Rule, Tables, WORD};
 
 /// How frames are walked.
