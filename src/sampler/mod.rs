@@ -26,7 +26,8 @@ cfg_sampler! {
 
 cfg_no_sampler! {
     mod unsupported;
-    pub(crate) use linux::here::stack_here;
+    pub use unsupported::Sampler;
+    pub(crate) use unsupported::{arm_current_thread, stack_here};
 }
 
 // Test hooks for the allocation-proof test (see `handler`).
