@@ -188,6 +188,22 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
+// Checked in the build with every feature (CI's clippy, docs.rs): a feature that is off
+// drops the re-exports of its items (and `__internal` those of the test-support paths),
+// which would then be reported as unreachable although they are `pub` on purpose.
+#![cfg_attr(
+    all(
+        feature = "upload",
+        feature = "tls",
+        feature = "otel",
+        feature = "tower",
+        feature = "tracing",
+        feature = "flamegraph",
+        feature = "task-metrics",
+        feature = "__internal"
+    ),
+    warn(unreachable_pub)
+)]
 
 // The modules follow the data flow: label sources write the slot, the sampler reads it
 // per sample, windows aggregate samples, the symbolizer names their frames, the encoder

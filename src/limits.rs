@@ -31,7 +31,7 @@ pub const MAX_PROFILE_BYTES: usize = 4 << 20;
 /// Uncompressed pprof per request that stays clear of the default ingestion rate
 /// limit's 2 MB burst (`IngestionBurstSizeMB`): larger requests can be refused with 429
 /// on every retry.
-pub const SAFE_REQUEST_BYTES: usize = 1 << 20;
+pub(crate) const SAFE_REQUEST_BYTES: usize = 1 << 20;
 
 /// How old a profile's `time_nanos` may be (`RejectOlderThan`, default 1 h).
 pub const MAX_PROFILE_AGE: Duration = Duration::from_secs(3600);
@@ -42,7 +42,7 @@ pub const MAX_PROFILE_AHEAD: Duration = Duration::from_secs(600);
 /// Series label names every upload carries besides the user's tags, in the order they
 /// are sent: the required `__name__`, the service, and what the official SDKs add
 /// (pyroscope-go / pyroscope-rs).
-pub const FIXED_SERIES_LABELS: [&str; 6] = [
+pub(crate) const FIXED_SERIES_LABELS: [&str; 6] = [
     "__name__",
     "service_name",
     "otel.scope.name",
@@ -55,28 +55,29 @@ pub const FIXED_SERIES_LABELS: [&str; 6] = [
 /// server decodes `span_id` into a column and keeps `trace_id` out of series labels
 /// (v2.1, `pkg/model/pprofsplit`); `span_name` becomes a series label; `profile_id` is
 /// silently renamed to `span_id` (`pkg/pprof`).
-pub const RESERVED_SAMPLE_KEYS: [&str; 4] = ["span_id", "trace_id", "span_name", "profile_id"];
+pub(crate) const RESERVED_SAMPLE_KEYS: [&str; 4] =
+    ["span_id", "trace_id", "span_name", "profile_id"];
 
 /// Prefix of the server's own label names (`__name__`, `__delta__`, ...): users may not
 /// send others.
-pub const RESERVED_PREFIX: &str = "__";
+pub(crate) const RESERVED_PREFIX: &str = "__";
 
 /// The series label Grafana's traces-to-profiles link selects besides `service_name`
 /// when the traces' resource has `service.namespace` (grafana/grafana
 /// `createSpanLink.tsx`, `defaultProfilingKeys`: `service.name -> service_name`,
 /// `service.namespace -> service_namespace`).
-pub const SERVICE_NAMESPACE_LABEL: &str = "service_namespace";
+pub(crate) const SERVICE_NAMESPACE_LABEL: &str = "service_namespace";
 
 /// Series label names the server itself gives an `/ingest` upload besides the name's
 /// labels (`pkg/og/convert/pprof/profile.go` `createLabels`, v1.21.0 to v2.2.1):
 /// `__name__`, `__delta__`, `pyroscope_spy` and `service_name`.
-pub const INGEST_SERIES_LABELS: [&str; 4] =
+pub(crate) const INGEST_SERIES_LABELS: [&str; 4] =
     ["__name__", "__delta__", "pyroscope_spy", "service_name"];
 
 /// Most user tags: the fixed series labels, `service_namespace` (when set) and
 /// `span_name` take the rest of the 30 label names. The Push API's six fixed names are
 /// the larger set (`/ingest` has four), so this bound holds for both protocols.
-pub const MAX_TAGS: usize = MAX_SERIES_LABEL_NAMES - FIXED_SERIES_LABELS.len() - 2;
+pub(crate) const MAX_TAGS: usize = MAX_SERIES_LABEL_NAMES - FIXED_SERIES_LABELS.len() - 2;
 
 /// Series label names an upload carries besides the user's tags: the protocol's fixed
 /// names and `service_namespace` when it is sent.

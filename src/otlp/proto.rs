@@ -10,7 +10,7 @@
 
 /// `opentelemetry.proto.collector.profiles.v1development.ExportProfilesServiceRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ExportProfilesServiceRequest {
+pub(crate) struct ExportProfilesServiceRequest {
     /// One resource here (this process).
     #[prost(message, repeated, tag = "1")]
     pub resource_profiles: Vec<ResourceProfiles>,
@@ -21,7 +21,7 @@ pub struct ExportProfilesServiceRequest {
 
 /// `opentelemetry.proto.profiles.v1development.ProfilesDictionary`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ProfilesDictionary {
+pub(crate) struct ProfilesDictionary {
     /// Mappings (loaded objects).
     #[prost(message, repeated, tag = "1")]
     pub mapping_table: Vec<Mapping>,
@@ -47,7 +47,7 @@ pub struct ProfilesDictionary {
 
 /// `opentelemetry.proto.profiles.v1development.ResourceProfiles`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ResourceProfiles {
+pub(crate) struct ResourceProfiles {
     /// The process's resource.
     #[prost(message, optional, tag = "1")]
     pub resource: Option<Resource>,
@@ -61,7 +61,7 @@ pub struct ResourceProfiles {
 
 /// `opentelemetry.proto.resource.v1.Resource`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Resource {
+pub(crate) struct Resource {
     /// `service.name`, `process.*`, `telemetry.sdk.*`, ...
     #[prost(message, repeated, tag = "1")]
     pub attributes: Vec<KeyValue>,
@@ -69,7 +69,7 @@ pub struct Resource {
 
 /// `opentelemetry.proto.profiles.v1development.ScopeProfiles`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ScopeProfiles {
+pub(crate) struct ScopeProfiles {
     /// The instrumentation scope (this crate).
     #[prost(message, optional, tag = "1")]
     pub scope: Option<InstrumentationScope>,
@@ -83,7 +83,7 @@ pub struct ScopeProfiles {
 
 /// `opentelemetry.proto.common.v1.InstrumentationScope`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct InstrumentationScope {
+pub(crate) struct InstrumentationScope {
     /// Scope name.
     #[prost(string, tag = "1")]
     pub name: String,
@@ -94,7 +94,7 @@ pub struct InstrumentationScope {
 
 /// `opentelemetry.proto.common.v1.KeyValue` (inline key, for resource attributes).
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct KeyValue {
+pub(crate) struct KeyValue {
     /// Attribute key.
     #[prost(string, tag = "1")]
     pub key: String,
@@ -105,17 +105,17 @@ pub struct KeyValue {
 
 /// `opentelemetry.proto.common.v1.AnyValue` (the two kinds written here).
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct AnyValue {
+pub(crate) struct AnyValue {
     /// The value.
     #[prost(oneof = "any_value::Value", tags = "1, 3")]
     pub value: Option<any_value::Value>,
 }
 
 /// The `value` oneof of [`AnyValue`].
-pub mod any_value {
+pub(crate) mod any_value {
     /// `AnyValue.value`.
     #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Value {
+    pub(crate) enum Value {
         /// `string_value`.
         #[prost(string, tag = "1")]
         StringValue(String),
@@ -127,7 +127,7 @@ pub mod any_value {
 
 /// `opentelemetry.proto.profiles.v1development.Profile`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Profile {
+pub(crate) struct Profile {
     /// What the values count: `samples/count` here.
     #[prost(message, optional, tag = "1")]
     pub sample_type: Option<ValueType>,
@@ -153,7 +153,7 @@ pub struct Profile {
 
 /// `opentelemetry.proto.profiles.v1development.Link`.
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
-pub struct Link {
+pub(crate) struct Link {
     /// 16 bytes.
     #[prost(bytes = "vec", tag = "1")]
     pub trace_id: Vec<u8>,
@@ -164,7 +164,7 @@ pub struct Link {
 
 /// `opentelemetry.proto.profiles.v1development.ValueType`.
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
-pub struct ValueType {
+pub(crate) struct ValueType {
     /// Index into the string table.
     #[prost(int32, tag = "1")]
     pub type_strindex: i32,
@@ -175,7 +175,7 @@ pub struct ValueType {
 
 /// `opentelemetry.proto.profiles.v1development.Sample`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Index into the stack table.
     #[prost(int32, tag = "1")]
     pub stack_index: i32,
@@ -192,7 +192,7 @@ pub struct Sample {
 
 /// `opentelemetry.proto.profiles.v1development.Mapping`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Mapping {
+pub(crate) struct Mapping {
     /// Start address.
     #[prost(uint64, tag = "1")]
     pub memory_start: u64,
@@ -212,7 +212,7 @@ pub struct Mapping {
 
 /// `opentelemetry.proto.profiles.v1development.Stack`.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct Stack {
+pub(crate) struct Stack {
     /// Indices into the location table, leaf first.
     #[prost(int32, repeated, tag = "1")]
     pub location_indices: Vec<i32>,
@@ -220,7 +220,7 @@ pub struct Stack {
 
 /// `opentelemetry.proto.profiles.v1development.Location`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Location {
+pub(crate) struct Location {
     /// Index into the mapping table (0: unknown).
     #[prost(int32, tag = "1")]
     pub mapping_index: i32,
@@ -234,7 +234,7 @@ pub struct Location {
 
 /// `opentelemetry.proto.profiles.v1development.Line`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Line {
+pub(crate) struct Line {
     /// Index into the function table.
     #[prost(int32, tag = "1")]
     pub function_index: i32,
@@ -245,7 +245,7 @@ pub struct Line {
 
 /// `opentelemetry.proto.profiles.v1development.Function`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Function {
+pub(crate) struct Function {
     /// Index into the string table: the demangled name.
     #[prost(int32, tag = "1")]
     pub name_strindex: i32,
@@ -262,7 +262,7 @@ pub struct Function {
 
 /// `opentelemetry.proto.profiles.v1development.KeyValueAndUnit`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct KeyValueAndUnit {
+pub(crate) struct KeyValueAndUnit {
     /// Index into the string table.
     #[prost(int32, tag = "1")]
     pub key_strindex: i32,

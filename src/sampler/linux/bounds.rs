@@ -18,7 +18,7 @@ use std::sync::atomic::{fence, AtomicI32, AtomicU64, AtomicUsize, Ordering::*};
 
 /// A thread's stack range: frames must lie in `[lo, hi)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StackBounds {
+pub(crate) struct StackBounds {
     /// Lowest address of the stack mapping.
     pub lo: usize,
     /// One past the highest address.
@@ -40,12 +40,12 @@ struct Entry {
 }
 
 /// The published table. Written only by the collector of the running session.
-pub struct BoundsTable {
+pub(crate) struct BoundsTable {
     entries: [Entry; TABLE_LEN],
 }
 
 /// The process-wide table (128 KiB of zero pages until used).
-pub static TABLE: BoundsTable = BoundsTable {
+pub(crate) static TABLE: BoundsTable = BoundsTable {
     entries: [const {
         Entry {
             seq: AtomicU64::new(0),
@@ -65,7 +65,7 @@ fn home(tid: i32) -> usize {
 impl BoundsTable {
     /// Looks up `tid`. Signal-safe: atomics only, bounded probes, never waits.
     #[inline]
-    pub fn get(&self, tid: i32) -> Option<StackBounds> {
+    pub(crate) fn get(&self, tid: i32) -> Option<StackBounds> {
         let start = home(tid);
         for i in 0..MAX_PROBES {
             let entry = self.entries.get((start + i) & (TABLE_LEN - 1))?;
@@ -116,7 +116,7 @@ impl BoundsTable {
     }
 
     /// Publishes `bounds` for `tid`. Collector only. False when the probe window is full.
-    pub fn publish(&self, tid: i32, bounds: StackBounds) -> bool {
+    pub(crate) fn publish(&self, tid: i32, bounds: StackBounds) -> bool {
         let start = home(tid);
         let mut free = None;
         for i in 0..MAX_PROBES {
@@ -144,7 +144,7 @@ impl BoundsTable {
     }
 
     /// Removes `tid`'s entry, if any. Collector only.
-    pub fn remove(&self, tid: i32) {
+    pub(crate) fn remove(&self, tid: i32) {
         let start = home(tid);
         for i in 0..MAX_PROBES {
             let index = (start + i) & (TABLE_LEN - 1);
@@ -161,7 +161,7 @@ impl BoundsTable {
     }
 
     /// Empties the table (at session start: threads may have died since the last one).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         for index in 0..TABLE_LEN {
             // Relaxed: the collector is the only writer.
             if self.entries[index].tid.load(Relaxed) != EMPTY {
@@ -181,7 +181,7 @@ thread_local! {
 }
 
 /// Records the calling thread's stack range for its own handler.
-pub fn set_own(bounds: StackBounds) {
+pub(crate) fn set_own(bounds: StackBounds) {
     OWN_HI.with(|hi| hi.set(bounds.hi));
     std::sync::atomic::compiler_fence(SeqCst);
     OWN_LO.with(|lo| lo.set(bounds.lo));
@@ -189,7 +189,7 @@ pub fn set_own(bounds: StackBounds) {
 
 /// The calling thread's own range, if it set one. Signal-safe.
 #[inline(always)]
-pub fn own() -> Option<StackBounds> {
+pub(crate) fn own() -> Option<StackBounds> {
     // Trivial closures keep `LocalKey::with` inlined (see `handler::current_tid`). No
     // fence needed here: nothing changes while this thread's handler runs.
     let lo = OWN_LO.with(Cell::get);
@@ -202,7 +202,7 @@ pub fn own() -> Option<StackBounds> {
 }
 
 /// Whether the calling thread already has its own range.
-pub fn has_own() -> bool {
+pub(crate) fn has_own() -> bool {
     own().is_some()
 }
 

@@ -33,14 +33,14 @@ use crate::sampler::buffer::{
 use crate::sampler::SESSION_COOKIE;
 
 /// Whether the running session records samples.
-pub static ENABLED: AtomicBool = AtomicBool::new(false);
+pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Whether the handler measures its own CPU time (two `clock_gettime` calls).
-pub static MEASURE_CPU: AtomicBool = AtomicBool::new(false);
+pub(crate) static MEASURE_CPU: AtomicBool = AtomicBool::new(false);
 /// The process's one sample buffer, set once and never freed.
-pub static BUFFER: AtomicPtr<SampleBuffer> = AtomicPtr::new(std::ptr::null_mut());
+pub(crate) static BUFFER: AtomicPtr<SampleBuffer> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Tallies the handler keeps (process-wide, monotonically increasing).
-pub struct HandlerCounters {
+pub(crate) struct HandlerCounters {
     /// Samples dropped: no free buffer entry.
     pub dropped_full: Counter,
     /// Samples dropped: no buffer (cannot happen once a session started).
@@ -54,7 +54,7 @@ pub struct HandlerCounters {
 }
 
 /// The handler's tallies.
-pub static COUNTERS: HandlerCounters = HandlerCounters {
+pub(crate) static COUNTERS: HandlerCounters = HandlerCounters {
     dropped_full: Counter::new(),
     dropped_no_buffer: Counter::new(),
     ignored_not_timer: Counter::new(),
@@ -78,7 +78,7 @@ const MAX_OVERRUN: i32 = 1_000_000;
 
 /// The calling thread's kernel tid. Signal-safe (a raw syscall once per thread).
 #[inline]
-pub fn current_tid() -> i32 {
+pub(crate) fn current_tid() -> i32 {
     // Trivial closures only: they keep `LocalKey::with` inlined, so the thread-local is
     // a direct `%fs`-relative access (checked by `tests/sampler_no_alloc_disasm.rs`).
     let cached = TID.with(Cell::get);
@@ -92,7 +92,7 @@ pub fn current_tid() -> i32 {
 }
 
 /// Forgets the cached tid (in a forked child, whose one thread has a new tid).
-pub fn forget_tid() {
+pub(crate) fn forget_tid() {
     TID.with(|tid| tid.set(0));
 }
 
@@ -109,7 +109,7 @@ cfg_internal! {
 }
 
 #[inline(always)]
-pub fn thread_cpu_ns() -> u64 {
+pub(crate) fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -125,7 +125,7 @@ pub fn thread_cpu_ns() -> u64 {
 ///
 /// # Safety
 /// Called by the kernel only, with the `siginfo_t` and `ucontext_t` of the signal.
-pub unsafe extern "C" fn on_sigprof(
+pub(crate) unsafe extern "C" fn on_sigprof(
     _signo: libc::c_int,
     info: *mut libc::siginfo_t,
     ucontext: *mut libc::c_void,

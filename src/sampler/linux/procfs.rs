@@ -10,7 +10,7 @@ use super::bounds::StackBounds;
 
 /// A thread's identity: tids are reused quickly, `(tid, starttime)` is not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ThreadKey {
+pub(crate) struct ThreadKey {
     /// Kernel thread id.
     pub tid: i32,
     /// Field 22 of `/proc/self/task/<tid>/stat` (clock ticks since boot).
@@ -36,7 +36,7 @@ pub fn threads(buf: &mut Vec<u8>) -> std::io::Result<Vec<ThreadKey>> {
 ///
 /// A tid that was reused since `known` was taken (one thread exited, another got its tid)
 /// keeps its old start time here; callers pass an empty map now and then to catch that.
-pub fn threads_since(
+pub(crate) fn threads_since(
     known: &std::collections::HashMap<i32, u64>,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Vec<ThreadKey>> {
@@ -70,7 +70,7 @@ pub fn threads_since(
 
 /// Field 22 of a `stat` line. `comm` (field 2) is in parentheses and may hold spaces
 /// and `)`, so fields are counted after the *last* `)`.
-pub fn parse_starttime(stat: &[u8]) -> Option<u64> {
+pub(crate) fn parse_starttime(stat: &[u8]) -> Option<u64> {
     let close = stat.iter().rposition(|b| *b == b')')?;
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
     // After `)`: field 3 (state) is the first token, so field 22 is token 19 (0-based).
@@ -78,13 +78,13 @@ pub fn parse_starttime(stat: &[u8]) -> Option<u64> {
 }
 
 /// Whether `tid` has SIGPROF blocked (`SigBlk:` of its `status`). `None`: unreadable.
-pub fn sigprof_blocked(tid: i32, buf: &mut Vec<u8>) -> Option<bool> {
+pub(crate) fn sigprof_blocked(tid: i32, buf: &mut Vec<u8>) -> Option<bool> {
     read_into(&format!("/proc/self/task/{tid}/status"), buf).ok()?;
     parse_sigprof_blocked(buf)
 }
 
 /// Reads bit `SIGPROF - 1` of the `SigBlk:` mask.
-pub fn parse_sigprof_blocked(status: &[u8]) -> Option<bool> {
+pub(crate) fn parse_sigprof_blocked(status: &[u8]) -> Option<bool> {
     let text = std::str::from_utf8(status).ok()?;
     let line = text.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
     let mask = u64::from_str_radix(line.trim(), 16).ok()?;
@@ -93,20 +93,20 @@ pub fn parse_sigprof_blocked(status: &[u8]) -> Option<bool> {
 
 /// One line of `/proc/self/maps` that may be a thread stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StackMapping {
+pub(crate) struct StackMapping {
     /// The mapping's range.
     pub bounds: StackBounds,
 }
 
 /// Readable, writable, private mappings that are anonymous or `[stack]`: the only kinds
 /// a thread stack can be. Sorted by address, as the kernel lists them.
-pub fn stack_mappings(buf: &mut Vec<u8>) -> std::io::Result<Vec<StackMapping>> {
+pub(crate) fn stack_mappings(buf: &mut Vec<u8>) -> std::io::Result<Vec<StackMapping>> {
     read_into("/proc/self/maps", buf)?;
     Ok(parse_stack_mappings(buf))
 }
 
 /// See [`stack_mappings`].
-pub fn parse_stack_mappings(maps: &[u8]) -> Vec<StackMapping> {
+pub(crate) fn parse_stack_mappings(maps: &[u8]) -> Vec<StackMapping> {
     let Ok(text) = std::str::from_utf8(maps) else {
         return Vec::new();
     };
@@ -141,7 +141,7 @@ pub fn parse_stack_mappings(maps: &[u8]) -> Vec<StackMapping> {
 }
 
 /// The mapping that contains `sp`, if any (`mappings` sorted by address).
-pub fn mapping_containing(mappings: &[StackMapping], sp: usize) -> Option<StackBounds> {
+pub(crate) fn mapping_containing(mappings: &[StackMapping], sp: usize) -> Option<StackBounds> {
     let i = mappings.partition_point(|m| m.bounds.hi <= sp);
     let m = mappings.get(i)?;
     (m.bounds.lo <= sp && sp < m.bounds.hi).then_some(m.bounds)

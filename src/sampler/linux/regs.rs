@@ -3,7 +3,7 @@
 
 /// The interrupted thread's registers, taken from the handler's `ucontext`.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Registers {
+pub(crate) struct Registers {
     /// Program counter (the leaf).
     pub pc: usize,
     /// Stack pointer.
@@ -27,7 +27,7 @@ pub(crate) const FRAME_ALIGN: usize = 8;
 /// `ucontext` must be the `ucontext_t` the kernel passed to an `SA_SIGINFO` handler.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[inline(always)]
-pub unsafe fn registers(ucontext: *const libc::ucontext_t) -> Registers {
+pub(crate) unsafe fn registers(ucontext: *const libc::ucontext_t) -> Registers {
     // SAFETY: the caller guarantees `ucontext` is the kernel's; the indices are
     // constants inside `gregs` (23 entries).
     let gregs = unsafe { &(*ucontext).uc_mcontext.gregs };

@@ -4,11 +4,11 @@ use std::io;
 
 /// A POSIX timer id (`timer_t`), kept as an integer so it can cross threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimerId(usize);
+pub(crate) struct TimerId(usize);
 
 /// Why arming failed.
 #[derive(Debug)]
-pub enum ArmError {
+pub(crate) enum ArmError {
     /// `EINVAL`: the thread already exited (normal under churn).
     Gone,
     /// `EAGAIN`: RLIMIT_SIGPENDING is exhausted.
@@ -18,13 +18,13 @@ pub enum ArmError {
 }
 
 /// The CPU clock of thread `tid` of this process (CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD).
-pub fn thread_cpu_clock(tid: i32) -> libc::clockid_t {
+pub(crate) fn thread_cpu_clock(tid: i32) -> libc::clockid_t {
     ((!(tid as libc::clockid_t)) << 3) | 6
 }
 
 /// Creates a timer on `tid`'s CPU clock that sends SIGPROF to `tid` with `cookie` every
 /// `interval_ns` of that thread's CPU time.
-pub fn arm(tid: i32, cookie: u64, interval_ns: u64) -> Result<TimerId, ArmError> {
+pub(crate) fn arm(tid: i32, cookie: u64, interval_ns: u64) -> Result<TimerId, ArmError> {
     // SAFETY: `sigevent` is plain data; all-zero is a valid value before we fill it.
     let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
     sev.sigev_notify = libc::SIGEV_THREAD_ID;
@@ -63,14 +63,14 @@ pub fn arm(tid: i32, cookie: u64, interval_ns: u64) -> Result<TimerId, ArmError>
 
 /// Deletes a timer (also one whose thread exited). A signal already queued may still be
 /// delivered afterwards; the handler ignores it by cookie once the session ends.
-pub fn delete(timer: TimerId) {
+pub(crate) fn delete(timer: TimerId) {
     // SAFETY: `timer` came from `timer_create` and is deleted once (the owner forgets it).
     unsafe { libc::timer_delete(timer.0 as libc::timer_t) };
 }
 
 /// What SIGPROF is set to now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Disposition {
+pub(crate) enum Disposition {
     /// `SIG_DFL` or `SIG_IGN`: free to take.
     Default,
     /// Our handler.
@@ -84,7 +84,7 @@ fn our_handler() -> usize {
 }
 
 /// Reads the SIGPROF disposition.
-pub fn disposition() -> io::Result<Disposition> {
+pub(crate) fn disposition() -> io::Result<Disposition> {
     // SAFETY: `sigaction` is plain data; zero is a valid value.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: a null new action only reads the current one into `old`.
@@ -99,7 +99,7 @@ pub fn disposition() -> io::Result<Disposition> {
 }
 
 /// Installs our handler with `SA_SIGINFO | SA_RESTART | SA_ONSTACK`, nothing masked.
-pub fn install() -> io::Result<()> {
+pub(crate) fn install() -> io::Result<()> {
     // SAFETY: `sigaction` is plain data; zero is a valid value.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = our_handler();

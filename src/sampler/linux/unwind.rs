@@ -9,7 +9,7 @@ use super::cfi::{self, Walk, WalkMode};
 use super::regs::Registers;
 
 /// Walks a stack from interrupted registers.
-pub trait Unwinder {
+pub(crate) trait Unwinder {
     /// Writes the leaf PC and then return addresses (callers in order) into `out`.
     /// Reads memory only inside `bounds`. Signal-safe, reentrant.
     ///
@@ -22,11 +22,11 @@ pub trait Unwinder {
 /// Frame-pointer unwinding: `[fp]` is the caller's frame pointer, `[fp + 8]` the return
 /// address (x86_64 and aarch64 frame records alike). Each record must be aligned,
 /// inside the bounds and above the previous one.
-pub struct FramePointerUnwinder;
+pub(crate) struct FramePointerUnwinder;
 
 /// DWARF CFI unwinding over the published tables; frames without a usable rule take a
 /// frame-pointer step when `fallback` is set, and end the walk otherwise.
-pub struct DwarfUnwinder {
+pub(crate) struct DwarfUnwinder {
     /// Frame-pointer steps for frames without CFI.
     pub fallback: bool,
 }

@@ -16,12 +16,12 @@ use super::table::{Kind, ModuleTable, Rule};
 #[cfg(target_arch = "x86_64")]
 mod regs {
     use gimli::Register;
-    pub const SP: Register = gimli::X86_64::RSP;
-    pub const FP: Register = gimli::X86_64::RBP;
-    pub const RA: Register = gimli::X86_64::RA;
+    pub(super) const SP: Register = gimli::X86_64::RSP;
+    pub(super) const FP: Register = gimli::X86_64::RBP;
+    pub(super) const RA: Register = gimli::X86_64::RA;
     /// Where the return address is when a row does not say (x86_64: the `call` pushed
     /// it just below the CFA).
-    pub const RA_DEFAULT: Option<i64> = Some(-8);
+    pub(super) const RA_DEFAULT: Option<i64> = Some(-8);
 }
 
 #[cfg(target_arch = "aarch64")]
