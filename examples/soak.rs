@@ -2,15 +2,22 @@
 //! printing resident memory, so a leak shows as a rising curve.
 //!
 //! Every request gets a fresh span id (new label sets all the time, as in production),
-//! some spawn child tasks, some run on the blocking pool; the profiler samples at 100 Hz
-//! and writes 10 s windows to a temporary directory with a 20-file retention cap.
+//! some spawn child tasks, some run on the blocking pool, every request allocates; the
+//! profiler samples CPU at 100 Hz and allocations through [`ProfiledAllocator`], and writes
+//! 10 s windows to a temporary directory with a 20-file retention cap.
 //!
-//! Run: `cargo run --release --example soak` (`SOAK_SECONDS`, default 600; the RSS line
-//! every `SOAK_REPORT_SECONDS`, default 30).
+//! Run: `cargo run --release --example soak` (`SOAK_SECONDS`, default 1800; a line every
+//! `SOAK_REPORT_SECONDS`, default 60). The columns `rss_anon_kib` (anonymous memory: heap
+//! and tables, not the mapped binary) and `hwm_kib` (peak RSS) are the ones to watch: after
+//! the second minute `rss_anon_kib` should stay flat.
 
 use std::time::{Duration, Instant};
 
+use span_profiler::alloc::ProfiledAllocator;
 use span_profiler::{Labels, ProfiledExt, Profiler};
+
+#[global_allocator]
+static ALLOC: ProfiledAllocator = ProfiledAllocator::system();
 
 fn env_secs(name: &str, default: u64) -> Duration {
     Duration::from_secs(
@@ -21,12 +28,13 @@ fn env_secs(name: &str, default: u64) -> Duration {
     )
 }
 
-fn rss_kib() -> u64 {
+/// One `/proc/self/status` field in KiB (`VmRSS`, `RssAnon`, `VmHWM`), 0 if absent.
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
@@ -40,7 +48,9 @@ fn soak_work(n: u64) -> u64 {
 }
 
 async fn request(i: u64) -> u64 {
-    let mut total = soak_work(20_000);
+    // Some garbage per request (a few KiB to a few hundred), freed at the end.
+    let scratch: Vec<u8> = vec![(i & 0xff) as u8; 4096 << (i % 7)];
+    let mut total = soak_work(20_000) + u64::from(scratch[scratch.len() / 2]);
     if i % 5 == 0 {
         let child = tokio::spawn(async { soak_work(10_000) }.with_labels(Labels::current()));
         total += child.await.unwrap_or(0);
@@ -55,8 +65,8 @@ async fn request(i: u64) -> u64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let run = env_secs("SOAK_SECONDS", 600);
-    let every = env_secs("SOAK_REPORT_SECONDS", 30);
+    let run = env_secs("SOAK_SECONDS", 1800);
+    let every = env_secs("SOAK_REPORT_SECONDS", 60);
     let dir = std::env::temp_dir().join(format!("span-profiler-soak-{}", std::process::id()));
     let profiler = Profiler::builder()
         .application_name("soak")
@@ -67,7 +77,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    println!("elapsed_s  rss_kib  requests  samples  files_written  files_deleted  dropped");
+    println!(
+        "elapsed_s  rss_kib  rss_anon_kib  hwm_kib  requests  samples  alloc_sampled  files_written  files_deleted  dropped"
+    );
     let started = Instant::now();
     rt.block_on(async {
         let mut next_report = started;
@@ -87,11 +99,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if Instant::now() >= next_report {
                 let s = profiler.stats();
                 println!(
-                    "{:>9}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>7}",
+                    "{:>9}  {:>7}  {:>12}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>13}  {:>7}",
                     started.elapsed().as_secs(),
-                    rss_kib(),
+                    status_kib("VmRSS"),
+                    status_kib("RssAnon"),
+                    status_kib("VmHWM"),
                     i,
                     s.samples,
+                    s.alloc.sampled,
                     s.files_written,
                     s.files_deleted,
                     s.dropped.buffer_full + s.dropped.other
@@ -102,10 +117,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let report = profiler.stop()?;
     println!(
-        "done: {} windows, {} files written, final RSS {} KiB",
+        "done: {} windows, {} files written, final RSS {} KiB, RssAnon {} KiB, peak {} KiB",
         report.windows,
         report.files_written,
-        rss_kib()
+        status_kib("VmRSS"),
+        status_kib("RssAnon"),
+        status_kib("VmHWM")
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
