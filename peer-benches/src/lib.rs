@@ -126,11 +126,16 @@ pub fn cpu_by_tid() -> HashMap<i32, (String, u64)> {
 
 /// Resident set size, KiB.
 pub fn rss_kib() -> u64 {
+    status_kib("VmRSS")
+}
+
+/// One `/proc/self/status` field in KiB (`VmRSS`, `RssAnon`, `VmHWM`, ...), 0 if absent.
+pub fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
@@ -170,6 +175,10 @@ fn capture(report: Report) -> Report {
     report
 }
 
+fn pass(report: Report) -> Report {
+    report
+}
+
 /// Takes the reports captured so far.
 pub fn take_captured() -> Vec<Report> {
     std::mem::take(&mut *CAPTURED.lock().unwrap())
@@ -181,6 +190,16 @@ pub fn take_captured() -> Vec<Report> {
 pub fn start_pyroscope(
     rate_hz: u32,
     upload_interval: Duration,
+) -> PyroscopeAgent<PyroscopeAgentRunning> {
+    start_pyroscope_with(rate_hz, upload_interval, true)
+}
+
+/// [`start_pyroscope`], with `capture = false` keeping no reports (for memory readings:
+/// captured reports would count against pyroscope-rs).
+pub fn start_pyroscope_with(
+    rate_hz: u32,
+    upload_interval: Duration,
+    capture_reports: bool,
 ) -> PyroscopeAgent<PyroscopeAgentRunning> {
     let backend = pprof_backend(
         PprofConfig {
@@ -197,7 +216,7 @@ pub fn start_pyroscope(
         backend,
     )
     .upload_interval(upload_interval)
-    .func(capture)
+    .func(if capture_reports { capture } else { pass })
     .build()
     .expect("pyroscope agent builds")
     .start()

@@ -12,15 +12,23 @@
 //! the profiler stopped and the workload run 5 s more. The written files give the
 //! distinct stacks per window.
 //!
+//! `PEER_MEM_PROFILER=pyroscope` runs the same workload under pyroscope-rs (pprof-rs
+//! backend, same rate and window, each span's task tagged `span_name` around every poll,
+//! the only way its thread tags follow a task; uploads go to a closed loopback port and no
+//! report is kept) instead of span-profiler, for the table beside it.
+//!
 //! Run: `CARGO_TARGET_DIR=target/peer cargo run --release -p span-profiler-peer-benches
 //! --bin memory`.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use peer_benches::{load, rss_kib, runtime, spin_units, units_per_us};
+use peer_benches::{
+    load, rss_kib, runtime, spin_units, start_pyroscope_with, status_kib, stop_pyroscope, tag_fns,
+    units_per_us, TagFn, TagPerPoll,
+};
 use span_profiler::__private::pprof::decode;
 use span_profiler::{Labels, ProfiledExt, Profiler};
 
@@ -63,6 +71,9 @@ const NAMES: [&str; 50] = [
     "n39", "n40", "n41", "n42", "n43", "n44", "n45", "n46", "n47", "n48", "n49",
 ];
 
+/// pyroscope-rs's tag functions, once its agent runs (`PEER_MEM_PROFILER=pyroscope`).
+static PYRO_TAGS: OnceLock<(TagFn, TagFn)> = OnceLock::new();
+
 /// Spawns 1,000 spans per second until `stop`; counts them.
 fn start_load(rt: &tokio::runtime::Runtime, stop: Arc<AtomicBool>, spans: Arc<AtomicU64>) {
     let span_us = std::env::var("PEER_MEM_SPAN_US")
@@ -97,13 +108,19 @@ fn start_load(rt: &tokio::runtime::Runtime, stop: Arc<AtomicBool>, spans: Arc<At
             id += 1;
             let path = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48;
             let spans = spans.clone();
-            tokio::spawn(
-                async move {
-                    std::hint::black_box(descend(0, path, units));
-                    spans.fetch_add(1, Relaxed);
+            let name = NAMES[(id % 50) as usize];
+            let work = async move {
+                std::hint::black_box(descend(0, path, units));
+                spans.fetch_add(1, Relaxed);
+            };
+            match PYRO_TAGS.get() {
+                Some(tags) => {
+                    tokio::spawn(TagPerPoll::new(work, "span_name", name, tags));
                 }
-                .with_labels(Labels::span(id, NAMES[(id % 50) as usize])),
-            );
+                None => {
+                    tokio::spawn(work.with_labels(Labels::span(id, name)));
+                }
+            }
         }
     });
 }
@@ -122,18 +139,27 @@ fn main() {
 
     std::thread::sleep(base_secs);
     let base = rss_kib();
+    let base_anon = status_kib("RssAnon");
     eprintln!("baseline (no profiler): RSS {base} KiB, load {}", load());
 
+    let pyroscope = std::env::var("PEER_MEM_PROFILER").is_ok_and(|p| p == "pyroscope");
     let spans0 = spans.load(Relaxed);
     let t0 = Instant::now();
-    let profiler = Profiler::builder()
-        .application_name("peer-bench")
-        .sample_rate(1000)
-        .upload_interval(window)
-        .output_dir(&dir)
-        .max_files(100)
-        .start()
-        .expect("profiler starts");
+    let (profiler, agent) = if pyroscope {
+        let agent = start_pyroscope_with(1000, window, false);
+        let _ = PYRO_TAGS.set(tag_fns(&agent));
+        (None, Some(agent))
+    } else {
+        let profiler = Profiler::builder()
+            .application_name("peer-bench")
+            .sample_rate(1000)
+            .upload_interval(window)
+            .output_dir(&dir)
+            .max_files(100)
+            .start()
+            .expect("profiler starts");
+        (Some(profiler), None)
+    };
     let mut during = Vec::new();
     while t0.elapsed() < run_secs {
         std::thread::sleep(Duration::from_secs(5));
@@ -147,17 +173,24 @@ fn main() {
         );
     }
     let spans_per_sec = (spans.load(Relaxed) - spans0) as f64 / t0.elapsed().as_secs_f64();
-    let stats = profiler.stats();
-    let report = profiler.stop().expect("profiler stops");
+    let hwm = status_kib("VmHWM");
+    let anon = status_kib("RssAnon");
+    let ours = profiler.map(|profiler| {
+        let stats = profiler.stats();
+        (stats, profiler.stop().expect("profiler stops"))
+    });
+    if let Some(agent) = agent {
+        let _ = stop_pyroscope(agent);
+    }
     std::thread::sleep(Duration::from_secs(5));
     let after = rss_kib();
     stop.store(true, Relaxed);
 
     let mut windows = Vec::new();
+    // pyroscope-rs writes no files (its uploads fail): no windows to list then.
     let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("profile dir")
-        .map(|e| e.unwrap().path())
-        .collect();
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
     files.sort();
     for path in files {
         let profile = decode(&std::fs::read(&path).unwrap()).expect("decodes");
@@ -179,7 +212,8 @@ fn main() {
         .collect();
     let steady_avg = steady.iter().sum::<u64>() / steady.len().max(1) as u64;
     println!(
-        "\n## Memory — 2 workers, 1 kHz, {window:?} windows, {spans_per_sec:.0} spans/s, load {load_start} -> {}",
+        "\n## Memory of {} — 2 workers, 1 kHz, {window:?} windows, {spans_per_sec:.0} spans/s, load {load_start} -> {}",
+        if pyroscope { "pyroscope-rs" } else { "span-profiler" },
         load()
     );
     println!("| phase | RSS | over baseline |");
@@ -201,6 +235,16 @@ fn main() {
         (peak as i64 - base as i64) / 1024
     );
     println!(
+        "| peak (VmHWM) before stop | {} MiB | +{} MiB |",
+        hwm / 1024,
+        (hwm as i64 - base as i64) / 1024
+    );
+    println!(
+        "| anonymous (RssAnon) before stop | {} MiB | +{} MiB |",
+        anon / 1024,
+        (anon as i64 - base_anon as i64) / 1024
+    );
+    println!(
         "| 5 s after stop | {} MiB | +{} MiB |",
         after / 1024,
         (after as i64 - base as i64) / 1024
@@ -213,12 +257,14 @@ fn main() {
             .map(|(t, r)| (t.as_secs(), *r))
             .collect::<Vec<_>>()
     );
-    println!(
-        "profiler: {} windows, {} samples, weight {}, coverage {:?}, dropped {:?}",
-        report.windows,
-        stats.samples,
-        stats.sample_weight,
-        stats.coverage(),
-        report.stats.dropped
-    );
+    if let Some((stats, report)) = ours {
+        println!(
+            "profiler: {} windows, {} samples, weight {}, coverage {:?}, dropped {:?}",
+            report.windows,
+            stats.samples,
+            stats.sample_weight,
+            stats.coverage(),
+            report.stats.dropped
+        );
+    }
 }

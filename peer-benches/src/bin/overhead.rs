@@ -22,7 +22,9 @@
 //! 10 s windows and each run is shorter (see `benches/encode.rs` for ours).
 //!
 //! Run: `CARGO_TARGET_DIR=target/peer cargo run --release -p span-profiler-peer-benches
-//! --bin overhead` (`PEER_ONLY_OURS=1`: without the pyroscope-rs configurations).
+//! --bin overhead` (`PEER_ONLY_OURS=1`: without the pyroscope-rs configurations;
+//! `PEER_CONFIGS=none,ours-100,sampler-100,pyro-request-100,pyro-poll-100` (and `-1000`):
+//! only those; `PEER_SHAPES=long` or `short`: one workload).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -48,6 +50,17 @@ enum Config {
 }
 
 impl Config {
+    /// The configuration's key in `PEER_CONFIGS`.
+    fn key(self) -> String {
+        match self {
+            Config::None => "none".into(),
+            Config::Ours(hz) => format!("ours-{hz}"),
+            Config::OursSampler(hz) => format!("sampler-{hz}"),
+            Config::PyroRequest(hz) => format!("pyro-request-{hz}"),
+            Config::PyroPoll(hz) => format!("pyro-poll-{hz}"),
+        }
+    }
+
     fn name(self) -> String {
         match self {
             Config::None => "no profiler".into(),
@@ -201,12 +214,23 @@ fn main() {
             configs.extend([Config::PyroRequest(hz), Config::PyroPoll(hz)]);
         }
     }
+    // `PEER_CONFIGS=none,ours-100` keeps only the named configurations (for `perf`).
+    if let Ok(keep) = std::env::var("PEER_CONFIGS") {
+        let keep: Vec<&str> = keep.split(',').map(str::trim).collect();
+        configs.retain(|c| keep.contains(&c.key().as_str()));
+    }
     eprintln!(
         "overhead: {} configs x {rounds} rounds x 2 workloads x {secs:?}, load {}",
         configs.len(),
         load()
     );
-    for shape in [LONG, SHORT] {
+    let shapes: Vec<_> = [LONG, SHORT]
+        .into_iter()
+        .filter(|s| {
+            std::env::var("PEER_SHAPES").map_or(true, |want| s.name.starts_with(want.as_str()))
+        })
+        .collect();
+    for shape in shapes {
         // Per config: ratios to the round's baseline, thread fractions, handler fractions.
         let mut ratios: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
         let mut cpu_ratios: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
@@ -237,9 +261,13 @@ fn main() {
                 );
                 results.insert(config, outcome);
             }
-            let base = results[&Config::None].units_per_sec;
-            let cpu_base = results[&Config::None].units_per_cpu_sec;
-            polls_per_sec.push(results[&Config::None].polls as f64 / secs.as_secs_f64());
+            // Without the baseline (`PEER_CONFIGS` left it out) the ratios are raw rates.
+            let none = results.get(&Config::None);
+            let base = none.map_or(1.0, |o| o.units_per_sec);
+            let cpu_base = none.map_or(1.0, |o| o.units_per_cpu_sec);
+            if let Some(none) = none {
+                polls_per_sec.push(none.polls as f64 / secs.as_secs_f64());
+            }
             for (config, o) in &results {
                 ratios
                     .entry(*config)
