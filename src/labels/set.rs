@@ -106,6 +106,7 @@ pub(crate) fn bounded_value(mut value: String) -> String {
 
 /// [`bounded_value`] for a value that may be borrowed: a value within the limit stays
 /// as it is (borrowed values are not copied).
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 pub(crate) fn bounded_cow(value: Cow<'static, str>) -> Cow<'static, str> {
     match cut_at(&value) {
         None => value,
