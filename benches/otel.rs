@@ -8,13 +8,18 @@
 //!   both (`.profiled_in_context(cx)`).
 //! - `span`: starting and ending a root span and a child span with the SDK tracer bare
 //!   and wrapped by `ProfilingTracerProvider`.
+//! - `span_4_threads`: the same root and child spans started and ended on 4 threads at
+//!   once (time per span per thread), so that contention on shared state (the span-id
+//!   map, the label registry, the SDK's own) shows.
 //!
 //! Run: `cargo bench --bench otel`.
 
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::{pin, Pin};
+use std::sync::Barrier;
 use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use opentelemetry::context::FutureExt as _;
@@ -115,5 +120,67 @@ fn span(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, create, per_poll, span);
+/// Threads of the `span_4_threads` group.
+const THREADS: usize = 4;
+
+/// Runs `work` `iters` times on each of [`THREADS`] threads started together, and returns
+/// the wall time of the slowest thread (so the result is the time per span per thread).
+fn on_threads(iters: u64, work: impl Fn() + Sync) -> Duration {
+    let barrier = Barrier::new(THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        work();
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+fn span_4_threads(c: &mut Criterion) {
+    let sdk = SdkTracerProvider::builder().build();
+    let bare_tracer = sdk.tracer("bench");
+    let profiling = ProfilingTracerProvider::new(sdk.clone());
+    let profiling_tracer = profiling.tracer("bench");
+    let bare_root = Context::current_with_span(bare_tracer.start("root"));
+    let profiling_root = Context::current_with_span(profiling_tracer.start("root"));
+
+    let mut group = c.benchmark_group("span_4_threads");
+    group.bench_function("sdk_root", |b| {
+        b.iter_custom(|iters| on_threads(iters, || bare_tracer.start("GET /bench").end()))
+    });
+    group.bench_function("profiling_root", |b| {
+        b.iter_custom(|iters| on_threads(iters, || profiling_tracer.start("GET /bench").end()))
+    });
+    group.bench_function("sdk_child", |b| {
+        b.iter_custom(|iters| {
+            on_threads(iters, || {
+                bare_tracer.start_with_context("child", &bare_root).end()
+            })
+        })
+    });
+    group.bench_function("profiling_child", |b| {
+        b.iter_custom(|iters| {
+            on_threads(iters, || {
+                profiling_tracer
+                    .start_with_context("child", &profiling_root)
+                    .end()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, create, per_poll, span, span_4_threads);
 criterion_main!(benches);

@@ -84,7 +84,7 @@ mod tests {
 
     fn register(name: &str) -> LabelHandle {
         Registry::global().register(Arc::new(LabelSet {
-            span_name: Some(name.into()),
+            span_name: Some(name.to_owned().into()),
             ..LabelSet::default()
         }))
     }

@@ -1,4 +1,4 @@
-//! One hasher for the crate's maps keyed by ids (span ids, Tokio task ids).
+//! One hasher for the crate's maps keyed by ids (span ids, label ids, Tokio task ids).
 //!
 //! Ids need no protection against chosen collisions, but they may count up (Tokio's task
 //! ids, custom span-id generators), so every `u64` written is mixed by a multiplication
@@ -39,7 +39,6 @@ pub(crate) type IdHashBuilder = BuildHasherDefault<IdHasher>;
 
 /// Index of the shard (of `shards`, a power of two) for `id`: the top bits of its mix,
 /// the best-mixed ones.
-#[cfg(feature = "otel")]
 #[inline]
 pub(crate) fn shard_index(id: u64, shards: usize) -> usize {
     debug_assert!(shards.is_power_of_two());
@@ -52,7 +51,6 @@ mod tests {
     use super::*;
     use std::hash::BuildHasher;
 
-    #[cfg(feature = "otel")]
     #[test]
     fn sequential_ids_spread_over_every_shard() {
         let mut seen = [0usize; 64];

@@ -107,3 +107,65 @@ fn an_id_read_before_its_release_resolves_when_drained() {
         }
     });
 }
+
+/// Two handles whose ids fall in different shards (ids 1 and 2 of a two-shard registry)
+/// are released on two threads while the collector drains and closes a window: the grace
+/// rule holds in each shard, so every id the collector drains still resolves, and once
+/// the grace is over both entries are freed.
+#[test]
+fn releases_in_two_shards_racing_the_collector_keep_their_grace() {
+    loom::model(|| {
+        let reg = Registry::with_shards(2);
+        reg.set_profiling(true);
+        let buffer = Arc::new(AtomicU64::new(0));
+
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let handle = reg.register(set());
+                let (reg_w, buffer_w) = (reg.clone(), buffer.clone());
+                thread::spawn(move || {
+                    // Release: publishes the sample; pairs with the collector's Acquire
+                    // swap. A full cell is a dropped sample, as in the real buffer.
+                    let _ = buffer_w.compare_exchange(
+                        0,
+                        handle.id(),
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    );
+                    drop(handle);
+                    drop(reg_w);
+                })
+            })
+            .collect();
+
+        for round in 0..2 {
+            // Acquire: pairs with a worker's Release publication of its sample.
+            let id = buffer.swap(0, Ordering::Acquire);
+            if id != 0 {
+                assert!(
+                    reg.resolve(id).is_some(),
+                    "drained id {id} was freed too early"
+                );
+            }
+            if round == 0 {
+                reg.on_window_closed();
+            }
+            reg.on_drain();
+        }
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        let id = buffer.swap(0, Ordering::Acquire);
+        if id != 0 {
+            assert!(
+                reg.resolve(id).is_some(),
+                "drained id {id} was freed too early"
+            );
+        }
+        // Both released by now: two more drains after a window close end every grace.
+        reg.on_window_closed();
+        reg.on_drain();
+        reg.on_drain();
+        assert_eq!(reg.len(), RegistryLen::default(), "both entries freed");
+    });
+}

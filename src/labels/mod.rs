@@ -89,7 +89,7 @@ impl Labels {
         let span_name = span_name.into();
         Self::from_set(LabelSet {
             span_id: Some(span_id),
-            span_name: (!span_name.is_empty()).then(|| bounded_value(span_name)),
+            span_name: (!span_name.is_empty()).then(|| bounded_value(span_name).into()),
             ..LabelSet::default()
         })
     }

@@ -10,26 +10,44 @@
 //! When no profiler runs, entries are freed at their last release, so an installed tracer
 //! provider with the profiler off never grows the registry.
 //!
-//! Synchronisation: the maps live under one mutex. A handle's reference count is an
-//! atomic in the shared entry so that cloning a handle (once per wrapper or spawned task)
-//! takes no lock; only the 1 -> 0 transition and lookups by id lock the map, and the
-//! release re-checks the count under the lock, because a lookup may have revived the
-//! entry in between.
+//! Synchronisation: the entries are split into shards by id, each a mutex over its live
+//! map, its retired queue and its own copy of the collector's state (profiling or not,
+//! windows closed, drains done). Registering and releasing lock only the entry's shard, so
+//! threads starting and ending spans meet on one lock only when their ids share a shard;
+//! the collector's calls (`on_drain`, `on_window_closed`, `set_profiling`) visit every
+//! shard in turn. The grace rule holds per shard exactly as it would under one lock: an
+//! entry's release and each collector call are ordered by its shard's mutex, and the
+//! collector finishes a call on every shard before it begins its next drain.
+//!
+//! A handle's reference count is an atomic in the shared entry so that cloning a handle
+//! (once per wrapper or spawned task) takes no lock; only the 1 -> 0 transition and
+//! lookups by id lock a shard, and the release re-checks the count under the lock,
+//! because a lookup may have revived the entry in between.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::sync::OnceLock;
 
+use crate::id_hash::{shard_index, IdHashBuilder};
 use crate::labels::set::LabelSet;
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex};
+
+/// Shards of a registry: enough that threads registering and releasing label sets at
+/// once (one per request) seldom share a lock. A power of two. Loom models use two, so
+/// that a model still crosses shards without exploring 64 mutexes.
+#[cfg(not(span_profiler_loom))]
+pub const DEFAULT_SHARDS: usize = 64;
+/// Shards of a registry (loom models: two, see the non-loom constant).
+#[cfg(span_profiler_loom)]
+pub const DEFAULT_SHARDS: usize = 2;
 
 /// One registered label set.
 struct Entry {
     id: u64,
     set: std::sync::Arc<LabelSet>,
     /// Number of live [`LabelHandle`]s. Only changed by handle clone/drop and, under the
-    /// registry lock, by lookups that revive an entry; the entry is retired only when it
+    /// shard lock, by lookups that revive an entry; the entry is retired only when it
     /// is 0 under the lock.
     refs: AtomicUsize,
 }
@@ -38,15 +56,19 @@ struct Entry {
 struct Retired {
     id: u64,
     set: std::sync::Arc<LabelSet>,
-    /// `windows` when the entry was released.
+    /// The shard's `windows` when the entry was released.
     windows_at_release: u64,
-    /// `drains` when the entry was released.
+    /// The shard's `drains` when the entry was released.
     drains_at_release: u64,
 }
 
+/// One shard: the entries whose id maps to it, and the collector's state as this shard
+/// has seen it (every collector call updates every shard).
 #[derive(Default)]
-struct Maps {
-    live: HashMap<u64, Arc<Entry>>,
+struct Shard {
+    live: HashMap<u64, Arc<Entry>, IdHashBuilder>,
+    /// Released entries in release order (so in `windows_at_release`,
+    /// `drains_at_release` order).
     retired: VecDeque<Retired>,
     /// Whether a profiler is running (releases retire instead of freeing).
     profiling: bool,
@@ -60,21 +82,61 @@ struct Maps {
 /// registry.
 #[derive(Clone)]
 pub struct Registry {
-    shared: Arc<Shared>,
+    shared: SharedRef,
+}
+
+/// How a registry (and each of its handles) reaches its state. The global registry's
+/// state lives for the whole process, so its handles hold a plain reference and creating
+/// or dropping one touches no shared reference count (one cache line that every thread
+/// making spans would otherwise write).
+#[derive(Clone)]
+enum SharedRef {
+    Global(&'static Shared),
+    Counted(Arc<Shared>),
+}
+
+impl std::ops::Deref for SharedRef {
+    type Target = Shared;
+
+    #[inline]
+    fn deref(&self) -> &Shared {
+        match self {
+            SharedRef::Global(shared) => shared,
+            SharedRef::Counted(shared) => shared,
+        }
+    }
 }
 
 struct Shared {
     /// Next id to hand out; starts at 1, only ever incremented.
     next_id: AtomicU64,
-    maps: Mutex<Maps>,
+    /// Invariant: a power of two, at least one; entry `id` lives in
+    /// `shards[shard_index(id, shards.len())]` only.
+    shards: Box<[Mutex<Shard>]>,
+}
+
+impl Shared {
+    fn new(shards: usize) -> Self {
+        let shards = shards.max(1).next_power_of_two();
+        Self {
+            next_id: AtomicU64::new(1),
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+        }
+    }
+
+    #[inline]
+    fn shard(&self, id: u64) -> &Mutex<Shard> {
+        &self.shards[shard_index(id, self.shards.len())]
+    }
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let maps = lock(&self.shared.maps);
+        let len = self.len();
         f.debug_struct("Registry")
-            .field("live", &maps.live.len())
-            .field("retired", &maps.retired.len())
+            .field("live", &len.live)
+            .field("retired", &len.retired)
+            .field("shards", &self.shared.shards.len())
             .finish()
     }
 }
@@ -95,21 +157,26 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// An empty registry (tests; the profiler uses [`Registry::global`]).
+    /// An empty registry with [`DEFAULT_SHARDS`] shards (tests; the profiler uses
+    /// [`Registry::global`]).
     pub fn new() -> Self {
-        let shared = Shared {
-            next_id: AtomicU64::new(1),
-            maps: Mutex::new(Maps::default()),
-        };
+        Self::with_shards(DEFAULT_SHARDS)
+    }
+
+    /// An empty registry with `shards` locks (rounded up to a power of two, at least one).
+    pub fn with_shards(shards: usize) -> Self {
         Self {
-            shared: Arc::new(shared),
+            shared: SharedRef::Counted(Arc::new(Shared::new(shards))),
         }
     }
 
     /// The process-global registry.
     pub fn global() -> &'static Registry {
+        static SHARED: OnceLock<Shared> = OnceLock::new();
         static GLOBAL: OnceLock<Registry> = OnceLock::new();
-        GLOBAL.get_or_init(Registry::new)
+        GLOBAL.get_or_init(|| Registry {
+            shared: SharedRef::Global(SHARED.get_or_init(|| Shared::new(DEFAULT_SHARDS))),
+        })
     }
 
     /// Registers `set` under a fresh id and returns the first handle to it.
@@ -121,7 +188,7 @@ impl Registry {
             set,
             refs: AtomicUsize::new(1),
         });
-        lock(&self.shared.maps).live.insert(id, entry.clone());
+        lock(self.shared.shard(id)).live.insert(id, entry.clone());
         LabelHandle {
             entry,
             registry: self.clone(),
@@ -130,12 +197,12 @@ impl Registry {
 
     /// A new handle to the live entry `id`, if it is live.
     pub fn acquire(&self, id: u64) -> Option<LabelHandle> {
-        let maps = lock(&self.shared.maps);
-        let entry = maps.live.get(&id)?.clone();
-        // Relaxed: the increment happens under the registry lock, which orders it with
-        // the release's re-check of `refs` (also under the lock).
+        let shard = lock(self.shared.shard(id));
+        let entry = shard.live.get(&id)?.clone();
+        // Relaxed: the increment happens under the shard lock, which orders it with
+        // the release's re-check of `refs` (also under that lock).
         entry.refs.fetch_add(1, Relaxed);
-        drop(maps);
+        drop(shard);
         Some(LabelHandle {
             entry,
             registry: self.clone(),
@@ -144,11 +211,12 @@ impl Registry {
 
     /// The set behind `id`, live or retired (the collector's lookup).
     pub fn resolve(&self, id: u64) -> Option<std::sync::Arc<LabelSet>> {
-        let maps = lock(&self.shared.maps);
-        if let Some(entry) = maps.live.get(&id) {
+        let shard = lock(self.shared.shard(id));
+        if let Some(entry) = shard.live.get(&id) {
             return Some(entry.set.clone());
         }
-        maps.retired
+        shard
+            .retired
             .iter()
             .find(|r| r.id == id)
             .map(|r| r.set.clone())
@@ -156,35 +224,41 @@ impl Registry {
 
     /// Called when a handle's count went 1 -> 0.
     fn release(&self, id: u64) {
-        let mut maps = lock(&self.shared.maps);
-        let Some(entry) = maps.live.get(&id) else {
+        let mut shard = lock(self.shared.shard(id));
+        let std::collections::hash_map::Entry::Occupied(slot) = shard.live.entry(id) else {
             return;
         };
         // Relaxed: read under the lock that every revival (`acquire`) also holds.
-        if entry.refs.load(Relaxed) != 0 {
+        if slot.get().refs.load(Relaxed) != 0 {
             return; // revived by `acquire` after the count reached 0
         }
-        let Some(entry) = maps.live.remove(&id) else {
-            return;
-        };
-        if maps.profiling {
+        let entry = slot.remove();
+        if shard.profiling {
             let retired = Retired {
                 id,
                 set: entry.set.clone(),
-                windows_at_release: maps.windows,
-                drains_at_release: maps.drains,
+                windows_at_release: shard.windows,
+                drains_at_release: shard.drains,
             };
-            maps.retired.push_back(retired);
+            shard.retired.push_back(retired);
         }
+        // Freed after the shard is unlocked.
+        drop(shard);
+        drop(entry);
     }
 
     /// Switches between "profiling" (releases retire) and "idle" (releases free). Going
     /// idle frees every retired entry: the caller has drained and closed its last window.
     pub fn set_profiling(&self, on: bool) {
-        let mut maps = lock(&self.shared.maps);
-        maps.profiling = on;
-        if !on {
-            maps.retired.clear();
+        for shard in self.shared.shards.iter() {
+            let mut shard = lock(shard);
+            shard.profiling = on;
+            if !on {
+                // Dropped after the shard is unlocked.
+                let retired = std::mem::take(&mut shard.retired);
+                drop(shard);
+                drop(retired);
+            }
         }
     }
 
@@ -192,33 +266,43 @@ impl Registry {
     /// it found: frees retired entries whose grace (a window close, and a whole drain
     /// that began after their release) is over.
     pub fn on_drain(&self) {
-        let mut maps = lock(&self.shared.maps);
-        maps.drains += 1;
-        let (windows, drains) = (maps.windows, maps.drains);
-        // Entries retire in order, so expired ones are at the front.
-        while let Some(front) = maps.retired.front() {
-            // `drains_at_release + 1` ended a drain that may have begun before the
-            // release; `+ 2` ended one that began after it.
-            if windows > front.windows_at_release && drains >= front.drains_at_release + 2 {
-                maps.retired.pop_front();
-            } else {
-                break;
+        for shard in self.shared.shards.iter() {
+            let mut shard = lock(shard);
+            shard.drains += 1;
+            let (windows, drains) = (shard.windows, shard.drains);
+            // Entries retire in order, so expired ones are at the front.
+            while let Some(front) = shard.retired.front() {
+                // `drains_at_release + 1` ended a drain that may have begun before the
+                // release; `+ 2` ended one that began after it.
+                if windows > front.windows_at_release && drains >= front.drains_at_release + 2 {
+                    shard.retired.pop_front();
+                } else {
+                    break;
+                }
             }
         }
     }
 
     /// The collector closed a window and resolved every label id in it.
     pub fn on_window_closed(&self) {
-        lock(&self.shared.maps).windows += 1;
+        for shard in self.shared.shards.iter() {
+            lock(shard).windows += 1;
+        }
     }
 
-    /// How many label sets are live and retired.
+    /// How many label sets are live and retired (summed shard by shard: exact when
+    /// nothing registers or releases meanwhile).
     pub fn len(&self) -> RegistryLen {
-        let maps = lock(&self.shared.maps);
-        RegistryLen {
-            live: maps.live.len(),
-            retired: maps.retired.len(),
-        }
+        self.shared
+            .shards
+            .iter()
+            .fold(RegistryLen::default(), |acc, shard| {
+                let shard = lock(shard);
+                RegistryLen {
+                    live: acc.live + shard.live.len(),
+                    retired: acc.retired + shard.retired.len(),
+                }
+            })
     }
 }
 
@@ -277,7 +361,7 @@ mod tests {
 
     fn set(name: &str) -> std::sync::Arc<LabelSet> {
         std::sync::Arc::new(LabelSet {
-            span_name: Some(name.into()),
+            span_name: Some(name.to_owned().into()),
             ..LabelSet::default()
         })
     }

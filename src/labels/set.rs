@@ -1,5 +1,6 @@
 //! The immutable label set and the rules its keys and values follow.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::counters::{LogOnce, LABELS};
@@ -97,13 +98,37 @@ pub(crate) fn validate_key(key: &str) -> Result<(), LabelError> {
 
 /// Cuts `value` to [`MAX_LABEL_VALUE_BYTES`] on a UTF-8 boundary, counting cuts.
 pub(crate) fn bounded_value(mut value: String) -> String {
+    if let Some(end) = cut_at(&value) {
+        value.truncate(end);
+    }
+    value
+}
+
+/// [`bounded_value`] for a value that may be borrowed: a value within the limit stays
+/// as it is (borrowed values are not copied).
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
+pub(crate) fn bounded_cow(value: Cow<'static, str>) -> Cow<'static, str> {
+    match cut_at(&value) {
+        None => value,
+        Some(end) => match value {
+            Cow::Borrowed(s) => Cow::Borrowed(&s[..end]),
+            Cow::Owned(mut s) => {
+                s.truncate(end);
+                Cow::Owned(s)
+            }
+        },
+    }
+}
+
+/// Where `value` must be cut to fit [`MAX_LABEL_VALUE_BYTES`] (a UTF-8 boundary), if it
+/// must; the cut is counted and logged once.
+fn cut_at(value: &str) -> Option<usize> {
     static LOGGED: LogOnce = LogOnce::new();
     if value.len() > MAX_LABEL_VALUE_BYTES {
         let mut end = MAX_LABEL_VALUE_BYTES;
         while !value.is_char_boundary(end) {
             end -= 1;
         }
-        value.truncate(end);
         LABELS.truncated_values.incr();
         if LOGGED.first() {
             log::warn!(
@@ -112,8 +137,9 @@ pub(crate) fn bounded_value(mut value: String) -> String {
                  further cuts are only counted (stats: truncated_label_values)"
             );
         }
+        return Some(end);
     }
-    value
+    None
 }
 
 /// An immutable set of labels: what one label id in the registry stands for.
@@ -121,8 +147,10 @@ pub(crate) fn bounded_value(mut value: String) -> String {
 pub struct LabelSet {
     /// Id of the (local root) span, written as 16 lowercase hex digits.
     pub(crate) span_id: Option<u64>,
-    /// Name of the (local root) span; becomes a series label on the server.
-    pub(crate) span_name: Option<String>,
+    /// Name of the (local root) span; becomes a series label on the server. Borrowed
+    /// when the span was named by a `&'static str` (the usual case: a route template), so
+    /// that labelling a span copies no name.
+    pub(crate) span_name: Option<Cow<'static, str>>,
     /// Trace id, written as 32 lowercase hex digits (off unless asked for).
     pub(crate) trace_id: Option<u128>,
     /// Extra string pairs, keys validated, unique, in insertion order.
@@ -147,14 +175,41 @@ impl LabelSet {
     }
 }
 
-/// Formats a span id exactly as OpenTelemetry's `SpanId` prints it.
-pub(crate) fn span_id_hex(id: u64) -> String {
-    format!("{id:016x}")
+/// Lowercase hex digits, by value.
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `id` as 16 lowercase hex digits (big-endian, zero-padded) into `out`.
+fn write_hex(id: u64, out: &mut [u8; 16]) {
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = HEX_DIGITS[((id >> (60 - 4 * i)) & 0xf) as usize];
+    }
 }
 
-/// Formats a trace id exactly as OpenTelemetry's `TraceId` prints it.
+/// Formats a span id exactly as OpenTelemetry's `SpanId` prints it (16 lowercase hex
+/// digits). Written by hand rather than with `format!`: the tracer formats one per local
+/// root span (the `pyroscope.profile.id` attribute), and the formatting machinery cost
+/// more than the rest of the attribute. The string's capacity is exactly 16, so turning
+/// it into the attribute's `Box<str>` does not reallocate.
+pub(crate) fn span_id_hex(id: u64) -> String {
+    let mut digits = [0u8; 16];
+    write_hex(id, &mut digits);
+    hex_string(digits.to_vec())
+}
+
+/// `digits` (ASCII hex digits) as a `String` of the same capacity.
+fn hex_string(digits: Vec<u8>) -> String {
+    // Every byte is an ASCII hex digit, so the check passes; checking 16 or 32 bytes at
+    // once costs less than pushing them one `char` at a time.
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+/// Formats a trace id exactly as OpenTelemetry's `TraceId` prints it (32 lowercase hex
+/// digits).
 pub(crate) fn trace_id_hex(id: u128) -> String {
-    format!("{id:032x}")
+    let (mut high, mut low) = ([0u8; 16], [0u8; 16]);
+    write_hex((id >> 64) as u64, &mut high);
+    write_hex(id as u64, &mut low);
+    hex_string([high, low].concat())
 }
 
 #[cfg(test)]
@@ -213,15 +268,51 @@ mod tests {
         assert_eq!(cut.len(), 2046);
         assert!(LABELS.truncated_values.get() >= before + 2);
         assert_eq!(bounded_value("short".into()), "short");
+        // Borrowed values within the limit stay borrowed; longer ones are cut the same way.
+        assert!(matches!(
+            bounded_cow(Cow::Borrowed("short")),
+            Cow::Borrowed("short")
+        ));
+        let long: &'static str = "é".repeat(1025).leak();
+        let cut = bounded_cow(Cow::Borrowed(long));
+        assert!(matches!(cut, Cow::Borrowed(_)));
+        assert_eq!(cut.len(), 2048);
+        assert_eq!(bounded_cow(Cow::Owned("é".repeat(1025))).len(), 2048);
     }
 
     #[test]
     fn ids_are_written_like_opentelemetry() {
         assert_eq!(span_id_hex(0x00f0_67aa_0ba9_02b7), "00f067aa0ba902b7");
         assert_eq!(span_id_hex(1), "0000000000000001");
+        assert_eq!(span_id_hex(u64::MAX), "ffffffffffffffff");
+        assert_eq!(span_id_hex(0), "0000000000000000");
+        for id in [
+            0x0123_4567_89ab_cdef_u64,
+            0xfedc_ba98_7654_3210,
+            0x8000_0000_0000_000a,
+        ] {
+            let otel = opentelemetry_span_id_display(id);
+            assert_eq!(span_id_hex(id), otel);
+            assert_eq!(
+                span_id_hex(id).capacity(),
+                16,
+                "no reallocation into Box<str>"
+            );
+        }
+        assert_eq!(trace_id_hex(1), format!("{:032x}", 1));
+        assert_eq!(trace_id_hex(u128::MAX), "f".repeat(32));
         assert_eq!(
             trace_id_hex(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
+    }
+
+    /// How OpenTelemetry prints a span id (its `Display`), where the crate has it; the
+    /// `format!` spelling otherwise (same rule: 16 lowercase hex digits).
+    fn opentelemetry_span_id_display(id: u64) -> String {
+        #[cfg(feature = "otel")]
+        return opentelemetry::trace::SpanId::from_bytes(id.to_be_bytes()).to_string();
+        #[cfg(not(feature = "otel"))]
+        return format!("{id:016x}");
     }
 }

@@ -1,10 +1,12 @@
 //! The options a provider hands to its tracers, and the labels they give a span.
 
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::map::Root;
-use crate::labels::set::{bounded_value, LabelSet};
-use crate::labels::Labels;
+use crate::labels::registry::{LabelHandle, Registry};
+use crate::labels::set::{bounded_cow, LabelSet};
 
 /// Which spans a label is taken from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -30,6 +32,14 @@ pub(crate) struct Config {
     pub(crate) trace_id: bool,
 }
 
+/// Set once any provider in the process was configured with a [`LabelScope::AllSpans`]
+/// scope: its children build their own labels from their local root's id, name and
+/// sampling, so from then on every provider keeps that for its roots (a child may sit
+/// under a root of another provider). Relaxed: a flag that only ever goes from false to
+/// true, read when a root is built; a root built before it was set has no record, and
+/// its children are labelled as under an unknown root.
+static ROOTS_READ_BY_CHILDREN: AtomicBool = AtomicBool::new(false);
+
 impl Config {
     /// With local-root (or no) scopes for both labels and no per-span part, a child's
     /// labels are exactly its parent's: share the parent's handle.
@@ -37,15 +47,33 @@ impl Config {
         self.span_id != LabelScope::AllSpans && self.span_name != LabelScope::AllSpans
     }
 
-    /// The labels of work directly under a span with id `span_id`.
-    pub(super) fn labels(
+    /// Notes a provider's configuration (see [`ROOTS_READ_BY_CHILDREN`]).
+    pub(super) fn note(&self) {
+        if !self.child_shares_parent_labels() {
+            ROOTS_READ_BY_CHILDREN.store(true, Relaxed);
+        }
+    }
+
+    /// Whether a local root must keep its [`Root`] record: some child may build its own
+    /// labels from it, or (feature `task-metrics`) its task metrics are recorded on it.
+    /// Otherwise nothing reads it, and a request saves its allocation.
+    pub(super) fn keep_roots(&self) -> bool {
+        cfg!(feature = "task-metrics")
+            || !self.child_shares_parent_labels()
+            || ROOTS_READ_BY_CHILDREN.load(Relaxed)
+    }
+
+    /// The labels of work directly under a span with id `span_id`, registered (`None`
+    /// for an empty set, which is label id 0). A span name that is a `&'static str`
+    /// (`Cow::Borrowed`) is shared, not copied.
+    pub(super) fn handle(
         &self,
         span_id: u64,
         sampled: bool,
-        name: Option<String>,
-        root: Option<&Arc<Root>>,
+        name: Option<Cow<'static, str>>,
+        root: Option<&Root>,
         trace_id: Option<u128>,
-    ) -> Labels {
+    ) -> Option<LabelHandle> {
         let id = match self.span_id {
             LabelScope::Off => None,
             LabelScope::LocalRoot => root.filter(|r| r.sampled).map(|r| r.span_id),
@@ -58,11 +86,12 @@ impl Config {
         };
         let set = LabelSet {
             span_id: id,
-            span_name: name.filter(|n| !n.is_empty()).map(bounded_value),
+            span_name: name.filter(|n| !n.is_empty()).map(bounded_cow),
             // A trace id alone would make a label set for every unsampled trace.
             trace_id: trace_id.filter(|_| id.is_some()),
             ..LabelSet::default()
         };
-        Labels::from_set(set)
+        // What `Labels::from_set(set).into_handle()` does, without the detour.
+        (!set.is_empty()).then(|| Registry::global().register(Arc::new(set)))
     }
 }

@@ -14,6 +14,8 @@
 //! lock is taken while a shard is held, and values are dropped after the shard is
 //! released (dropping a `LabelHandle` may lock the label registry).
 
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -26,8 +28,9 @@ use crate::sync::lock;
 pub(crate) struct Root {
     /// The local root's span id.
     pub(crate) span_id: u64,
-    /// The local root's name when it was built.
-    pub(crate) name: String,
+    /// The local root's name when it was built (borrowed when the span was named by a
+    /// `&'static str`).
+    pub(crate) name: Cow<'static, str>,
     /// Whether the local root was sampled (only sampled roots give a `span_id` label).
     pub(crate) sampled: bool,
     /// The monitor of the futures metered under this root (feature `task-metrics`): set
@@ -42,7 +45,7 @@ pub(crate) struct Root {
 }
 
 impl Root {
-    pub(crate) fn new(span_id: u64, name: String, sampled: bool) -> Self {
+    pub(crate) fn new(span_id: u64, name: Cow<'static, str>, sampled: bool) -> Self {
         Self {
             span_id,
             name,
@@ -68,7 +71,8 @@ pub(crate) type RootLink = ();
 pub(crate) struct Node {
     /// The labels of work under this span (`None`: no labels).
     pub(crate) handle: Option<LabelHandle>,
-    /// The span's local root (`None` when the span's parent was not known to this map).
+    /// The span's local root (`None` when the span's parent was not known to this map,
+    /// and when nothing reads it: see `Config::keep_roots`).
     pub(crate) root: Option<Arc<Root>>,
 }
 
@@ -92,12 +96,14 @@ fn shard(span_id: u64) -> &'static Shard {
 /// no-op tracer does).
 pub(crate) fn insert(span_id: u64, node: Node) -> bool {
     let mut map = lock(shard(span_id));
-    if map.contains_key(&span_id) {
-        drop(map);
-        return false;
+    if let Entry::Vacant(slot) = map.entry(span_id) {
+        slot.insert(node);
+        return true;
     }
-    map.insert(span_id, node);
-    true
+    drop(map);
+    // `node` (and its handle) is released after the shard is unlocked.
+    drop(node);
+    false
 }
 
 /// Removes the entry of `span_id`; its handle is released after the shard is unlocked.

@@ -111,12 +111,14 @@ impl<P> ProfilingTracerProvider<P> {
     /// Default [`LabelScope::LocalRoot`].
     pub fn with_span_id_scope(mut self, scope: LabelScope) -> Self {
         Arc::make_mut(&mut self.config).span_id = scope;
+        self.config.note();
         self
     }
 
     /// Which spans give the `span_name` label. Default [`LabelScope::LocalRoot`].
     pub fn with_span_name_scope(mut self, scope: LabelScope) -> Self {
         Arc::make_mut(&mut self.config).span_name = scope;
+        self.config.note();
         self
     }
 

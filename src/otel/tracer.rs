@@ -52,10 +52,11 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
         let local_root = is_local_root(parent);
         let parent_id = span_id_u64(parent);
         let config = &*self.config;
-        // The name is only needed when a label takes it.
+        // The name is only needed when a label takes it. A `&'static str` name (the
+        // `Cow::Borrowed` every `tracer.start("GET /route")` makes) is shared, not copied.
         let name = (config.span_name == LabelScope::AllSpans
             || (local_root && config.span_name == LabelScope::LocalRoot))
-            .then(|| builder.name.to_string());
+            .then(|| builder.name.clone());
 
         let mut span = self.inner.build_with_context(builder, parent_cx);
         let sc = span.span_context();
@@ -70,15 +71,12 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
             .then(|| u128::from_be_bytes(sc.trace_id().to_bytes()));
 
         let node = if local_root {
-            let root = Arc::new(Root::new(
-                span_id,
-                name.clone().unwrap_or_default(),
-                sampled,
-            ));
-            let labels = config.labels(span_id, sampled, name, Some(&root), trace_id);
+            let root = Root::new(span_id, name.clone().unwrap_or_default(), sampled);
             Node {
-                handle: labels.into_handle(),
-                root: Some(root),
+                handle: config.handle(span_id, sampled, name, Some(&root), trace_id),
+                // Kept only where something may read it (one allocation less per
+                // request otherwise): children that build their own labels, task metrics.
+                root: config.keep_roots().then(|| Arc::new(root)),
             }
         } else {
             match map::get(parent_id) {
@@ -86,15 +84,15 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
                     if config.child_shares_parent_labels() {
                         parent_node
                     } else {
-                        let labels = config.labels(
+                        let handle = config.handle(
                             span_id,
                             sampled,
                             name,
-                            parent_node.root.as_ref(),
+                            parent_node.root.as_deref(),
                             trace_id,
                         );
                         Node {
-                            handle: labels.into_handle(),
+                            handle,
                             root: parent_node.root,
                         }
                     }
@@ -103,9 +101,8 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
                     // A local parent this tracer did not build (another provider) or that
                     // already ended: the local root is unknown.
                     OTEL.unknown_parents.incr();
-                    let labels = config.labels(span_id, sampled, name, None, trace_id);
                     Node {
-                        handle: labels.into_handle(),
+                        handle: config.handle(span_id, sampled, name, None, trace_id),
                         root: None,
                     }
                 }

@@ -637,7 +637,7 @@ mod tests {
     ) -> LabelHandle {
         let set = LabelSet {
             span_id: Some(span_id),
-            span_name: Some(name.to_owned()),
+            span_name: Some(name.to_owned().into()),
             trace_id,
             pairs: pairs
                 .iter()

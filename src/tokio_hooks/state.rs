@@ -423,7 +423,7 @@ mod tests {
 
     fn span(registry: &Registry, name: &str) -> LabelHandle {
         let set = LabelSet {
-            span_name: Some(name.into()),
+            span_name: Some(name.to_owned().into()),
             ..LabelSet::default()
         };
         registry.register(std::sync::Arc::new(set))

@@ -317,13 +317,13 @@ impl WindowAggregator {
         let mut keys_removed = false;
         let mut capped: Option<LabelSet> = None;
         if let Some(name) = &set.span_name {
-            if !self.span_names.contains(name) {
+            if !self.span_names.contains(name.as_ref()) {
                 if self.span_names.len() < self.limits.max_span_names {
-                    self.span_names.insert(name.clone());
+                    self.span_names.insert(name.to_string());
                 } else {
                     renamed = true;
                     capped.get_or_insert_with(|| (*set).clone()).span_name =
-                        Some(OTHER_SPAN_NAME.to_owned());
+                        Some(OTHER_SPAN_NAME.into());
                 }
             }
         }
@@ -412,7 +412,7 @@ mod tests {
     fn register(span_id: Option<u64>, name: Option<&str>, pairs: &[(&str, &str)]) -> LabelHandle {
         let set = LabelSet {
             span_id,
-            span_name: name.map(str::to_owned),
+            span_name: name.map(|n| n.to_owned().into()),
             trace_id: None,
             pairs: pairs
                 .iter()

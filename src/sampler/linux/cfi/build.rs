@@ -80,6 +80,11 @@ pub(crate) struct Source<'a> {
 pub(crate) struct BuildCounts {
     /// FDEs whose range lies outside every executable segment (ignored).
     pub(crate) fdes_outside_text: u64,
+    /// Rows starting outside their own FDE's range (ignored): only malformed CFI makes
+    /// them (`DW_CFA_set_loc` or an advance past the FDE's end), and such a row would
+    /// otherwise override the "uncovered" mark at the FDE's end, or land between
+    /// executable segments.
+    pub(crate) rows_outside_fde: u64,
 }
 
 /// Compiles `source` into a table.
@@ -116,6 +121,10 @@ pub(crate) fn build(source: &Source<'_>) -> Result<(ModuleTable, BuildCounts), B
         let trampoline = fde.is_signal_trampoline();
         let mut table = fde.rows(&eh_frame, &bases, &mut ctx)?;
         while let Some(row) = table.next_row()? {
+            if !(start..end).contains(&row.start_address()) {
+                counts.rows_outside_fde += 1;
+                continue;
+            }
             let rule = if trampoline || ra_register != regs::RA {
                 Rule::INEXPRESSIBLE
             } else {

@@ -66,6 +66,8 @@ pub(crate) struct Refresh {
     pub(crate) failed: Vec<(String, String)>,
     /// FDEs ignored because they lie outside their object's executable segments.
     pub(crate) fdes_outside_text: u64,
+    /// Rows ignored because they start outside their own FDE (malformed CFI).
+    pub(crate) rows_outside_fde: u64,
 }
 
 impl Loaded {
@@ -149,6 +151,7 @@ unsafe fn visit_object(
     let built = match built {
         Ok((table, counts)) => {
             refresh.fdes_outside_text += counts.fdes_outside_text;
+            refresh.rows_outside_fde += counts.rows_outside_fde;
             Ok(Arc::new(table))
         }
         Err(err) => Err(err),

@@ -50,6 +50,7 @@ fn the_test_binary_compiles_into_a_table_covering_this_function() {
         table.rules.len()
     );
     assert_eq!(counts.fdes_outside_text, 0);
+    assert_eq!(counts.rows_outside_fde, 0, "real CFI keeps every row inside its FDE");
 }
 
 /// xorshift64: the same pseudo-random bytes on every run.
