@@ -55,7 +55,6 @@ struct Entry {
 /// Where an entry released while profiling waits before it is freed.
 struct Retired {
     id: u64,
-    set: std::sync::Arc<LabelSet>,
     /// The shard's `windows` when the entry was released.
     windows_at_release: u64,
     /// The shard's `drains` when the entry was released.
@@ -70,6 +69,10 @@ struct Shard {
     /// Released entries in release order (so in `windows_at_release`,
     /// `drains_at_release` order).
     retired: VecDeque<Retired>,
+    /// The sets of the entries in `retired`, by id: the collector looks retired ids up
+    /// (tens of thousands wait at once on a busy service, and a scan of the queue per
+    /// lookup made resolving a window quadratic).
+    retired_sets: HashMap<u64, std::sync::Arc<LabelSet>, IdHashBuilder>,
     /// Whether a profiler is running (releases retire instead of freeing).
     profiling: bool,
     /// Windows closed since the registry was created.
@@ -215,11 +218,7 @@ impl Registry {
         if let Some(entry) = shard.live.get(&id) {
             return Some(entry.set.clone());
         }
-        shard
-            .retired
-            .iter()
-            .find(|r| r.id == id)
-            .map(|r| r.set.clone())
+        shard.retired_sets.get(&id).cloned()
     }
 
     /// Called when a handle's count went 1 -> 0.
@@ -236,11 +235,11 @@ impl Registry {
         if shard.profiling {
             let retired = Retired {
                 id,
-                set: entry.set.clone(),
                 windows_at_release: shard.windows,
                 drains_at_release: shard.drains,
             };
             shard.retired.push_back(retired);
+            shard.retired_sets.insert(id, entry.set.clone());
         }
         // Freed after the shard is unlocked.
         drop(shard);
@@ -255,7 +254,8 @@ impl Registry {
             shard.profiling = on;
             if !on {
                 // Dropped after the shard is unlocked.
-                let retired = std::mem::take(&mut shard.retired);
+                shard.retired.clear();
+                let retired = std::mem::take(&mut shard.retired_sets);
                 drop(shard);
                 drop(retired);
             }
@@ -275,7 +275,9 @@ impl Registry {
                 // `drains_at_release + 1` ended a drain that may have begun before the
                 // release; `+ 2` ended one that began after it.
                 if windows > front.windows_at_release && drains >= front.drains_at_release + 2 {
+                    let id = front.id;
                     shard.retired.pop_front();
+                    shard.retired_sets.remove(&id);
                 } else {
                     break;
                 }
