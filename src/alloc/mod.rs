@@ -152,12 +152,15 @@ pub(crate) struct AllocCounters {
     pub(crate) dropped: Counter,
     /// Sampled allocations not tracked as live (their table neighbourhood was full).
     pub(crate) untracked: Counter,
+    /// Allocation windows not uploaded because the profiler exports OTLP.
+    pub(crate) not_exported: Counter,
 }
 
 pub(crate) static COUNTERS: AllocCounters = AllocCounters {
     sampled: Counter::new(),
     dropped: Counter::new(),
     untracked: Counter::new(),
+    not_exported: Counter::new(),
 };
 
 /// What the profiled allocator did (in [`Stats::alloc`](crate::Stats::alloc)). Counters
@@ -177,6 +180,11 @@ pub struct AllocStats {
     pub live_pointers: u64,
     /// Capacity of the live-pointer table.
     pub table_size: u64,
+    /// Allocation windows not uploaded because the profiler exports OTLP
+    /// ([`Protocol::Otlp`](crate::Protocol::Otlp) carries CPU profiles only); they are
+    /// still written as files when an output directory is set. The Push API and
+    /// `/ingest` upload every allocation window.
+    pub windows_not_exported: u64,
 }
 
 impl AllocStats {
@@ -188,6 +196,7 @@ impl AllocStats {
             untracked: COUNTERS.untracked.get(),
             live_pointers: live::live(),
             table_size: live::CAPACITY as u64,
+            windows_not_exported: COUNTERS.not_exported.get(),
         }
     }
 }

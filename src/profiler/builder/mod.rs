@@ -77,7 +77,7 @@ pub const MAX_REQUEST_BYTES_LIMIT: usize = limits::MAX_PROFILE_BYTES;
 /// Smallest accepted `max_request_bytes`.
 pub const MIN_REQUEST_BYTES: usize = 16 * 1024;
 
-/// Most tags (series labels) per profiler: with the Push API's 6 fixed series labels,
+/// Most tags (series labels) per profiler: with the Push API's 7 fixed series labels,
 /// `service_namespace` and `span_name` they fill the server's 30 label names. Without a
 /// [`service_namespace`](ProfilerBuilder::service_namespace) one more tag fits, and
 /// `/ingest` (whose server adds 4 names: `__name__`, `__delta__`, `pyroscope_spy`,
