@@ -21,6 +21,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With a server address the allocation profiles are uploaded like the CPU profiles
+//! (Push API or `/ingest`), as Pyroscope's `memory` profile types
+//! (`memory:alloc_space:bytes:space:bytes` and siblings); OTLP export carries CPU profiles
+//! only and counts the allocation windows it leaves out
+//! ([`AllocStats::windows_not_exported`]).
+//!
 //! How it works (see ARCHITECTURE.md, "Allocation profiles"):
 //! - `countdown`: a per-thread byte countdown drawn from an exponential distribution
 //!   (Go's sampling); the fast path is one subtraction and one branch.

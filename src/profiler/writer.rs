@@ -290,8 +290,7 @@ impl Writer {
                 ProfileKind::Cpu => SeriesKind::Cpu,
                 ProfileKind::Alloc { .. } => SeriesKind::Memory,
             };
-            uploader
-                .enqueue(UploadWindow::new(pieces, window.start, window.end).with_kind(kind));
+            uploader.enqueue(UploadWindow::new(pieces, window.start, window.end).with_kind(kind));
         }
     }
 

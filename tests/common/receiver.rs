@@ -1003,7 +1003,12 @@ mod self_tests {
             l
         };
         let cpu = profile_of(&["samples", "cpu"]);
-        let heap = profile_of(&["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"]);
+        let heap = profile_of(&[
+            "alloc_objects",
+            "alloc_space",
+            "inuse_objects",
+            "inuse_space",
+        ]);
         let inuse = profile_of(&["inuse_objects", "inuse_space"]);
         assert_eq!(metric_name(&cpu), "process_cpu");
         assert_eq!(metric_name(&heap), "memory");
@@ -1011,9 +1016,8 @@ mod self_tests {
         assert!(check_push_name_and_delta(&labels("process_cpu", Some("false")), &cpu).is_ok());
         assert!(check_push_name_and_delta(&labels("memory", Some("false")), &heap).is_ok());
         assert!(check_push_name_and_delta(&labels("memory", None), &inuse).is_ok());
-        let err = |l: Vec<(String, String)>, p: &Profile| {
-            check_push_name_and_delta(&l, p).unwrap_err().1
-        };
+        let err =
+            |l: Vec<(String, String)>, p: &Profile| check_push_name_and_delta(&l, p).unwrap_err().1;
         assert!(err(labels("process_cpu", Some("false")), &heap).contains("make it memory"));
         assert!(err(labels("memory", None), &cpu).contains("make it process_cpu"));
         assert!(err(labels("memory", None), &heap).contains("__delta__=false"));

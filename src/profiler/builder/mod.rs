@@ -271,7 +271,8 @@ impl ProfilerBuilder {
     /// average (default [`DEFAULT_ALLOC_SAMPLE_BYTES`](crate::alloc::DEFAULT_ALLOC_SAMPLE_BYTES),
     /// 512 KiB; 0 turns them off). Takes effect only with
     /// [`ProfiledAllocator`](crate::alloc::ProfiledAllocator) as the global allocator;
-    /// each window then also yields `<app>-<pid>-<ms>.alloc.pb.gz`.
+    /// each window then also yields `<app>-<pid>-<ms>.alloc.pb.gz`, and with a server
+    /// address a `memory` profile upload (Push API or `/ingest`; not OTLP).
     pub fn alloc_sample_bytes(mut self, bytes: u64) -> Self {
         self.alloc_sample_bytes = bytes;
         self

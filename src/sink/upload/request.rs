@@ -495,7 +495,10 @@ mod tests {
         for (c, m) in cpu.iter().zip(&memory) {
             assert_eq!(c.name, m.name);
             match c.name.as_str() {
-                "__name__" => assert_eq!((c.value.as_str(), m.value.as_str()), ("process_cpu", "memory")),
+                "__name__" => assert_eq!(
+                    (c.value.as_str(), m.value.as_str()),
+                    ("process_cpu", "memory")
+                ),
                 "__delta__" => assert_eq!((c.value.as_str(), m.value.as_str()), ("false", "false")),
                 _ => assert_eq!(c.value, m.value),
             }
