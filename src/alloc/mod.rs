@@ -1,6 +1,6 @@
 //! Allocation profiles per span: which request allocated what.
 //!
-//! Install [`ProfiledAllocator`] as the global allocator and every window of a running
+//! Install [`ProfiledAllocator`](crate::alloc::ProfiledAllocator) as the global allocator and every window of a running
 //! [`Profiler`](crate::Profiler) also yields an allocation profile with Go's heap sample
 //! types (`alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`) and the same
 //! `span_id` / `span_name` labels as the CPU profile:
@@ -25,7 +25,7 @@
 //! (Push API or `/ingest`), as Pyroscope's `memory` profile types
 //! (`memory:alloc_space:bytes:space:bytes` and siblings); OTLP export carries CPU profiles
 //! only and counts the allocation windows it leaves out
-//! ([`AllocStats::windows_not_exported`]).
+//! ([`AllocStats::windows_not_exported`](crate::alloc::AllocStats::windows_not_exported)).
 //!
 //! How it works (see ARCHITECTURE.md, "Allocation profiles"):
 //! - `countdown`: a per-thread byte countdown drawn from an exponential distribution

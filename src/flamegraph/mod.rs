@@ -26,9 +26,11 @@
 //! Frames are drawn root at the bottom, with inlined functions as their own frames;
 //! locations without symbols show as `[file+0xoffset]` of their mapping. Widths are CPU
 //! time (the `cpu/nanoseconds` value) when the profile has it, else the last sample type,
-//! or the sample type chosen with [`FlameGraph::sample_type`] (e.g. `alloc_space` of the
-//! allocation profiles, `*.alloc.pb.gz`); [`summarize_allocations`] sums their bytes per
-//! span name.
+//! or the sample type chosen with
+//! [`FlameGraph::sample_type`](crate::flamegraph::FlameGraph::sample_type) (e.g.
+//! `alloc_space` of the allocation profiles, `*.alloc.pb.gz`);
+//! [`summarize_allocations`](crate::flamegraph::summarize_allocations) sums their bytes
+//! per span name.
 
 /// `summarize_allocations`: bytes allocated per span name.
 mod alloc_summary;
