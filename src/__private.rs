@@ -210,7 +210,8 @@ pub mod pprof {
 pub mod upload {
     pub use crate::sink::upload::request::{LabelPair, PushRequest, RawProfileSeries, RawSample};
     pub use crate::sink::upload::{
-        Protocol, UploadConfig, UploadCounts, UploadDropped, UploadReport, UploadWindow, Uploader,
+        Protocol, SeriesKind, UploadConfig, UploadCounts, UploadDropped, UploadReport,
+        UploadWindow, Uploader,
     };
 
     /// The upload configuration `start()` would use: the builder's real validation.

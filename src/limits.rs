@@ -39,11 +39,15 @@ pub const MAX_PROFILE_AGE: Duration = Duration::from_secs(3600);
 /// How far in the future `time_nanos` may be (`CreationGracePeriod`, default 10 min).
 pub const MAX_PROFILE_AHEAD: Duration = Duration::from_secs(600);
 
-/// Series label names every upload carries besides the user's tags, in the order they
-/// are sent: the required `__name__`, the service, and what the official SDKs add
-/// (pyroscope-go / pyroscope-rs).
-pub(crate) const FIXED_SERIES_LABELS: [&str; 6] = [
+/// Series label names every Push upload carries besides the user's tags, in the order
+/// they are sent: the required `__name__` (`process_cpu` or `memory`), `__delta__=false`
+/// (every profile sent is already a window's delta or a snapshot: without it the server
+/// would subtract consecutive `memory` `alloc_*` profiles once more, `pkg/phlaredb/head.go`
+/// `isDeltaSupported`, and drop each series' first one), the service, and what the
+/// official SDKs add (pyroscope-go / pyroscope-rs).
+pub(crate) const FIXED_SERIES_LABELS: [&str; 7] = [
     "__name__",
+    "__delta__",
     "service_name",
     "otel.scope.name",
     "otel.scope.version",
@@ -75,7 +79,7 @@ pub(crate) const INGEST_SERIES_LABELS: [&str; 4] =
     ["__name__", "__delta__", "pyroscope_spy", "service_name"];
 
 /// Most user tags: the fixed series labels, `service_namespace` (when set) and
-/// `span_name` take the rest of the 30 label names. The Push API's six fixed names are
+/// `span_name` take the rest of the 30 label names. The Push API's seven fixed names are
 /// the larger set (`/ingest` has four), so this bound holds for both protocols.
 pub(crate) const MAX_TAGS: usize = MAX_SERIES_LABEL_NAMES - FIXED_SERIES_LABELS.len() - 2;
 

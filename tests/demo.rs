@@ -1,7 +1,8 @@
 //! The demo (`examples/demo`) in its short mode, in this test process: a real axum
 //! service on 127.0.0.1 under load, profiled into files, then its flame graphs and table
 //! data. Checks what a newcomer would look at: files and SVGs exist, every route is there
-//! by its span name, and the CPU-heavy route's hottest function is the one it burns in.
+//! by its span name, the CPU-heavy route's hottest function is the one it burns in, and
+//! the allocation table shows the allocation-heavy route allocating the most per request.
 
 mod common;
 
@@ -98,6 +99,61 @@ fn the_demo_profiles_every_route_and_draws_its_flame_graphs() {
     assert!(
         fanout.contains("checksum_part") && !fanout.contains("render_report"),
         "spawned tasks carry their request's labels, and only those"
+    );
+
+    // Allocations: the demo's global allocator is `ProfiledAllocator`, so each window
+    // also wrote an allocation profile, summarized per route with a flame graph each.
+    assert!(
+        !outcome.alloc_files.is_empty(),
+        "allocation profiles written"
+    );
+    let (allocs, graphs) = report
+        .allocations
+        .as_ref()
+        .expect("allocation table and flame graphs");
+    assert_eq!(graphs.len(), allocs.spans.len());
+    let per_request = |route: &str| -> f64 {
+        let bytes = allocs
+            .spans
+            .iter()
+            .find(|s| s.span_name == route)
+            .map_or(0, |s| s.bytes);
+        let served = served.iter().find(|(r, _)| *r == route).unwrap().1;
+        bytes as f64 / served as f64
+    };
+    // `GET /report/{id}` lays out 512 KiB of pages per request; `GET /search` allocates a
+    // 4 KiB result list, `GET /health` only its response.
+    let report_bytes = per_request("GET /report/{id}");
+    assert!(
+        (256.0 * 1024.0..2048.0 * 1024.0).contains(&report_bytes),
+        "GET /report/{{id}} allocates ~512 KiB per request, estimated {report_bytes:.0} B: {allocs:#?}"
+    );
+    for route in ["GET /health", "GET /search", "GET /fanout"] {
+        let other = per_request(route);
+        assert!(
+            report_bytes > 4.0 * other,
+            "{route} allocates {other:.0} B per request, GET /report/{{id}} {report_bytes:.0} B"
+        );
+    }
+    let report_allocs = allocs
+        .spans
+        .iter()
+        .find(|s| s.span_name == "GET /report/{id}")
+        .unwrap();
+    let top = report_allocs.top_allocator.as_deref().unwrap_or_default();
+    assert!(
+        top.ends_with(&format!("::{}", app::ALLOCATING_FUNCTION)),
+        "top allocating function of GET /report/{{id}} is `{top}`"
+    );
+    let report_graph = graphs
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with("alloc-GET_report_id.svg"))
+        .expect("GET /report/{id} has an allocation flame graph");
+    let svg = std::fs::read_to_string(report_graph).unwrap();
+    assert!(
+        svg.contains(app::ALLOCATING_FUNCTION) && svg.contains("alloc_space (bytes)"),
+        "{}",
+        report_graph.display()
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

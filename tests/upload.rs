@@ -58,7 +58,8 @@ fn push_requests_carry_the_series_labels_on(version: ServerVersion) {
     assert!(r
         .label("process.runtime.version")
         .is_some_and(|v| v.starts_with("1.")));
-    assert_eq!(r.series_labels.len(), 8);
+    assert_eq!(r.label("__delta__"), Some("false"));
+    assert_eq!(r.series_labels.len(), 9);
     let p = &r.profiles[0];
     assert_eq!(p.sample.len(), 60);
     let keys: std::collections::BTreeSet<&str> = p

@@ -1,7 +1,8 @@
 //! The demo's service, load generator and run: an axum service with four routes of
-//! different CPU character, each request an OpenTelemetry server span whose labels the
-//! profiler puts on every sample, driven over loopback by an in-process load generator.
-//! `main.rs` and `tests/demo.rs` both call [`run`].
+//! different CPU and allocation character, each request an OpenTelemetry server span
+//! whose labels the profiler puts on every CPU sample and every sampled allocation
+//! (`ProfiledAllocator` is this program's global allocator), driven over loopback by an
+//! in-process load generator. `main.rs` and `tests/demo.rs` both call [`run`].
 
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
@@ -18,7 +19,17 @@ use hyper_util::rt::TokioIo;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
+use span_profiler::alloc::ProfiledAllocator;
 use span_profiler::{Labels, ProfileLayer, ProfiledExt, Profiler, ProfilingTracerProvider};
+
+/// Every allocation of the demo goes through the profiled allocator: a per-thread byte
+/// countdown picks samples, each recorded with the request's labels and its stack.
+#[global_allocator]
+static ALLOC: ProfiledAllocator = ProfiledAllocator::system();
+
+/// Mean bytes between sampled allocations (the default is 512 KiB; the demo's runs are
+/// short, so it samples finer for tighter per-route numbers).
+pub const ALLOC_SAMPLE_BYTES: u64 = 64 * 1024;
 
 /// The application name (Pyroscope `service_name`, OpenTelemetry `service.name`) unless
 /// `PYROSCOPE_APPLICATION_NAME` or `OTEL_SERVICE_NAME` says otherwise.
@@ -35,6 +46,11 @@ pub const ROUTES: [&str; 4] = [
 /// What the CPU-heavy route (`GET /report/{id}`) burns its CPU in.
 #[allow(dead_code)] // read by tests/demo.rs
 pub const HEAVY_FUNCTION: &str = "render_report";
+
+/// What the allocation-heavy route (`GET /report/{id}`, 512 KiB of pages per request)
+/// allocates in.
+#[allow(dead_code)] // read by tests/demo.rs
+pub const ALLOCATING_FUNCTION: &str = "paginate_report";
 
 /// How a run is set up.
 #[derive(Debug, Clone)]
@@ -118,8 +134,10 @@ pub struct Outcome {
     pub responses: [u64; 4],
     /// Failed requests (transport errors or non-200 statuses).
     pub errors: u64,
-    /// Profile files written by this run (files mode).
+    /// CPU profile files written by this run (files mode).
     pub files: Vec<PathBuf>,
+    /// Allocation profile files (`*.alloc.pb.gz`) written by this run (files mode).
+    pub alloc_files: Vec<PathBuf>,
     /// CPU the profiler's samples covered, of the process CPU time (when known).
     pub coverage: Option<f64>,
     /// Upload mode: profiles delivered and lost.
@@ -160,7 +178,9 @@ pub fn run(config: &Config) -> Result<Outcome, Box<dyn std::error::Error>> {
         true => span_profiler::ProfilerBuilder::from_env(),
         false => Profiler::builder(),
     };
-    builder = builder.application_name(&app_name);
+    builder = builder
+        .application_name(&app_name)
+        .alloc_sample_bytes(ALLOC_SAMPLE_BYTES);
     if env("PYROSCOPE_SAMPLE_RATE").is_none() || !config.use_env {
         builder = builder.sample_rate(config.sample_rate);
     }
@@ -222,8 +242,8 @@ pub fn run(config: &Config) -> Result<Outcome, Box<dyn std::error::Error>> {
     }
     let uploads = stopped.upload.as_ref().map(|u| (u.delivered, u.lost));
 
-    let files = match server {
-        Some(_) => Vec::new(),
+    let (files, alloc_files) = match server {
+        Some(_) => (Vec::new(), Vec::new()),
         None => own_files(config, &app_name)?,
     };
     Ok(Outcome {
@@ -233,39 +253,49 @@ pub fn run(config: &Config) -> Result<Outcome, Box<dyn std::error::Error>> {
         responses: std::array::from_fn(|i| load.responses[i].load(Relaxed)),
         errors: load.errors.load(Relaxed),
         files,
+        alloc_files,
         coverage,
         uploads,
     })
 }
 
-/// The profile files this process wrote (`<app>-<pid>-<ms>.pb.gz`): earlier runs' files
-/// in the same directory are left alone and not counted.
-fn own_files(config: &Config, app_name: &str) -> std::io::Result<Vec<PathBuf>> {
+/// The profile files this process wrote: CPU (`<app>-<pid>-<ms>.pb.gz`) and allocations
+/// (`<app>-<pid>-<ms>.alloc.pb.gz`). Earlier runs' files in the same directory are left
+/// alone and not counted.
+fn own_files(config: &Config, app_name: &str) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let prefix = format!("{}-{}-", app_name.replace('/', "_"), std::process::id());
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&config.out_dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".pb.gz"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
+    let (mut cpu, mut alloc) = (Vec::new(), Vec::new());
+    for path in std::fs::read_dir(&config.out_dir)?.filter_map(|e| e.ok().map(|e| e.path())) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        if name.ends_with(".alloc.pb.gz") {
+            alloc.push(path);
+        } else if name.ends_with(".pb.gz") {
+            cpu.push(path);
+        }
+    }
+    cpu.sort();
+    alloc.sort();
+    Ok((cpu, alloc))
 }
 
 // ---------------------------------------------------------------------------------------
 // The routes. Each burns CPU in its own `#[inline(never)]` function, so the flame graphs
 // and the table can tell them apart.
 
-/// Cheap: a quick dependency check (about 200 µs of CPU).
+/// Cheap: a quick dependency check (about 200 µs of CPU, no allocation but the response).
 async fn health() -> String {
     format!("ok {}\n", check_dependencies() % 10)
 }
 
-/// CPU-heavy: renders a report for about 8 ms of CPU. With `?size=large&cpu_ms=N` (the
-/// load generator's large reports) it takes `N` ms of CPU, on the blocking pool
-/// (`span_profiler::spawn_blocking` carries the request's labels there).
+/// CPU-heavy and allocation-heavy: renders a report for about 8 ms of CPU and lays it
+/// out in 512 KiB of pages. With `?size=large&cpu_ms=N` (the load generator's large
+/// reports) it takes `N` ms of CPU, on the blocking pool (`span_profiler::spawn_blocking`
+/// carries the request's labels there).
 async fn report(Path(id): Path<u64>, RawQuery(query): RawQuery) -> String {
     let query = query.unwrap_or_default();
     let large_ms = query
@@ -281,7 +311,8 @@ async fn report(Path(id): Path<u64>, RawQuery(query): RawQuery) -> String {
         }
         None => render_report(id, Duration::from_millis(8)),
     };
-    format!("report {id}: {digest:016x}\n")
+    let pages = paginate_report(digest);
+    format!("report {id}: {digest:016x}, {pages} pages\n")
 }
 
 /// Spawns tasks: four checksum parts in parallel, each task labelled with the request's
@@ -383,10 +414,24 @@ fn rebuild_index(cpu: Duration) -> u64 {
     burn!(7, cpu, 11) % 100
 }
 
-/// Looks a query up in the index: about 300 µs of CPU.
+/// Looks a query up in the index: about 300 µs of CPU, and a 4 KiB result list.
 #[inline(never)]
 fn lookup_index(call: u64) -> u64 {
-    burn!(call, Duration::from_micros(300), 13) % 100
+    let mut results: Vec<u64> = std::hint::black_box(Vec::with_capacity(512));
+    results.push(burn!(call, Duration::from_micros(300), 13) % 100);
+    results[0]
+}
+
+/// Lays a report out in pages: 8 pages of 64 KiB, freed when the response is built.
+#[inline(never)]
+fn paginate_report(digest: u64) -> usize {
+    let mut pages: Vec<Vec<u8>> = Vec::with_capacity(8);
+    for i in 0..8u8 {
+        let mut page = std::hint::black_box(vec![0u8; 64 * 1024]);
+        page[0] = i ^ digest as u8;
+        pages.push(page);
+    }
+    std::hint::black_box(&pages).len()
 }
 
 // ---------------------------------------------------------------------------------------

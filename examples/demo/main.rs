@@ -16,9 +16,13 @@
 //!
 //! Without `PYROSCOPE_SERVER_ADDRESS`, profiles go to `./profiles` (`DEMO_OUT_DIR`), flame
 //! graphs to `./profiles/flamegraphs` (the whole run, one per span name, one per each of
-//! the three most expensive requests), and a table shows requests, CPU time and hottest
-//! function per span name. With it, profiles are uploaded (all `PYROSCOPE_*` variables of
-//! `ProfilerBuilder::from_env()` apply) and the Grafana and Tempo settings are printed.
+//! the three most expensive requests, and one of the bytes allocated per span name), and
+//! tables show requests, CPU time, bytes allocated per request and hottest function per
+//! span name. The demo's global allocator is `span_profiler::alloc::ProfiledAllocator`,
+//! so each window also writes an allocation profile (`*.alloc.pb.gz`). With
+//! `PYROSCOPE_SERVER_ADDRESS`, profiles (CPU and allocations) are uploaded (all
+//! `PYROSCOPE_*` variables of `ProfilerBuilder::from_env()` apply) and the Grafana and
+//! Tempo settings are printed.
 
 mod app;
 mod report;
@@ -60,8 +64,9 @@ fn main() -> ExitCode {
         };
     }
     println!(
-        "{} profile files in {}\n",
+        "{} CPU and {} allocation profile files in {}\n",
         outcome.files.len(),
+        outcome.alloc_files.len(),
         config.out_dir.display()
     );
     match report::flame_graphs(&outcome, &config.out_dir.join("flamegraphs")) {
@@ -70,8 +75,9 @@ fn main() -> ExitCode {
                 app::ROUTES.iter().copied().zip(outcome.responses).collect();
             report::print_table(&report, &served);
             println!(
-                "\nOpen the SVGs in a browser (click to zoom, Ctrl-F to search). Or: go tool pprof -http=: -tagfocus=span_name='GET /report/{{id}}' {}/*.pb.gz",
-                config.out_dir.display()
+                "\nOpen the SVGs in a browser (click to zoom, Ctrl-F to search). Or: go tool pprof -http=: -tagfocus=span_name='GET /report/{{id}}' {dir}/*[0-9].pb.gz\n\
+                 Allocations: go tool pprof -http=: -sample_index=alloc_space -tagfocus=span_name='GET /report/{{id}}' {dir}/*.alloc.pb.gz",
+                dir = config.out_dir.display()
             );
             ExitCode::SUCCESS
         }

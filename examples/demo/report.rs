@@ -1,10 +1,13 @@
-//! After a run: flame graphs (whole run, per span name, per most expensive request) and
-//! the table, or, when profiles were uploaded, the Grafana settings to look at them.
+//! After a run: flame graphs (whole run, per span name, per most expensive request, and
+//! per span name of the bytes allocated) and the tables, or, when profiles were uploaded,
+//! the Grafana settings to look at them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use span_profiler::flamegraph::{self, FlameGraph, Folding, Profile, SampleFilter, Summary};
+use span_profiler::flamegraph::{
+    self, AllocSummary, FlameGraph, Folding, Profile, SampleFilter, Summary,
+};
 
 use crate::app::Outcome;
 
@@ -19,6 +22,9 @@ pub struct Report {
     pub per_span: Vec<PathBuf>,
     /// The most expensive requests: span id, name, CPU, flame graph.
     pub per_request: Vec<(flamegraph::RequestSummary, PathBuf)>,
+    /// Bytes allocated per span name, with one `alloc_space` flame graph each (same
+    /// order as `allocations.spans`); `None` when the run wrote no allocation profiles.
+    pub allocations: Option<(AllocSummary, Vec<PathBuf>)>,
 }
 
 /// Reads the run's files and writes its flame graphs to `svg_dir` (earlier SVGs of the
@@ -35,7 +41,10 @@ pub fn flame_graphs(
     std::fs::create_dir_all(svg_dir).map_err(io)?;
     for entry in std::fs::read_dir(svg_dir).map_err(io)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name == "all.svg" || name.starts_with("span-") || name.starts_with("request-");
+        let ours = name == "all.svg"
+            || name.starts_with("span-")
+            || name.starts_with("request-")
+            || name.starts_with("alloc-");
         if ours && name.ends_with(".svg") {
             let _ = std::fs::remove_file(entry.path());
         }
@@ -76,12 +85,42 @@ pub fn flame_graphs(
             .render_to_file(&profiles, &path)?;
         per_request.push((request.clone(), path));
     }
+    let allocations = match outcome.alloc_files.is_empty() {
+        true => None,
+        false => Some(allocation_graphs(&outcome.alloc_files, svg_dir)?),
+    };
     Ok(Report {
         summary,
         whole,
         per_span,
         per_request,
+        allocations,
     })
+}
+
+/// Bytes allocated per span name, and an `alloc_space` flame graph per span name
+/// (`alloc-<span name>.svg`).
+fn allocation_graphs(
+    files: &[PathBuf],
+    svg_dir: &Path,
+) -> Result<(AllocSummary, Vec<PathBuf>), flamegraph::FlamegraphError> {
+    let profiles = files
+        .iter()
+        .map(Profile::read)
+        .collect::<Result<Vec<_>, _>>()?;
+    let summary = flamegraph::summarize_allocations(&profiles)?;
+    let mut graphs = Vec::new();
+    for span in &summary.spans {
+        let path = svg_dir.join(format!("alloc-{}.svg", file_name(&span.span_name)));
+        FlameGraph::new()
+            .sample_type("alloc_space")
+            .fold(Folding::runtime())
+            .title(format!("{}: bytes allocated", span.span_name))
+            .filter(SampleFilter::span_name(&span.span_name))
+            .render_to_file(&profiles, &path)?;
+        graphs.push(path);
+    }
+    Ok((summary, graphs))
 }
 
 /// The table: span name, requests, CPU time, CPU per request, hottest function, SVG.
@@ -91,20 +130,39 @@ pub fn flame_graphs(
 /// often gets none), so "sampled" is shown beside it and CPU per request divides by the
 /// real count when it is known.
 pub fn print_table(report: &Report, served: &[(&str, u64)]) {
-    let mut rows: Vec<[String; 6]> = vec![[
+    let real_count = |span_name: &str| {
+        served
+            .iter()
+            .find(|(name, _)| *name == span_name)
+            .map(|(_, n)| *n)
+            .filter(|&n| n > 0)
+    };
+    // Bytes allocated per request of a span name, by the real request count.
+    let alloc_per_request = |span_name: &str| -> String {
+        let Some((summary, _)) = &report.allocations else {
+            return "-".into();
+        };
+        let bytes = summary
+            .spans
+            .iter()
+            .find(|s| s.span_name == span_name)
+            .map_or(0, |s| s.bytes);
+        match real_count(span_name) {
+            Some(n) => self::bytes(bytes / n),
+            None => "-".into(),
+        }
+    };
+    let mut rows: Vec<[String; 7]> = vec![[
         "span name".into(),
         "requests (sampled)".into(),
         "CPU time".into(),
         "CPU/request".into(),
+        "allocated/request".into(),
         "hottest function".into(),
         "flame graph".into(),
     ]];
     for (span, svg) in report.summary.spans.iter().zip(&report.per_span) {
-        let real = served
-            .iter()
-            .find(|(name, _)| *name == span.span_name)
-            .map(|(_, n)| *n)
-            .filter(|&n| n > 0);
+        let real = real_count(&span.span_name);
         let (requests, per_request) = match real {
             Some(n) => (
                 format!("{n} ({})", span.requests),
@@ -120,6 +178,7 @@ pub fn print_table(report: &Report, served: &[(&str, u64)]) {
             requests,
             duration(span.cpu),
             per_request,
+            alloc_per_request(&span.span_name),
             span.hottest_function.clone().unwrap_or_default(),
             svg.display().to_string(),
         ]);
@@ -129,10 +188,46 @@ pub fn print_table(report: &Report, served: &[(&str, u64)]) {
         "-".into(),
         duration(report.summary.unlabelled_cpu),
         "-".into(),
+        "-".into(),
         "".into(),
         report.whole.display().to_string(),
     ]);
-    print_rows(&rows, &[false, true, true, true, false, false]);
+    print_rows(&rows, &[false, true, true, true, true, false, false]);
+
+    if let Some((summary, graphs)) = &report.allocations {
+        println!("\nAllocations per route (estimates: one allocation sampled per {} allocated, on average):", bytes(crate::app::ALLOC_SAMPLE_BYTES));
+        let mut rows: Vec<[String; 6]> = vec![[
+            "span name".into(),
+            "allocated".into(),
+            "allocated/request".into(),
+            "allocations/request".into(),
+            "top allocating function".into(),
+            "flame graph (bytes allocated)".into(),
+        ]];
+        for (span, svg) in summary.spans.iter().zip(graphs) {
+            let objects = match real_count(&span.span_name) {
+                Some(n) => format!("{:.1}", span.objects as f64 / n as f64),
+                None => "-".into(),
+            };
+            rows.push([
+                span.span_name.clone(),
+                bytes(span.bytes),
+                alloc_per_request(&span.span_name),
+                objects,
+                span.top_allocator.clone().unwrap_or_default(),
+                svg.display().to_string(),
+            ]);
+        }
+        rows.push([
+            "(no span: runtime, client, profiler)".into(),
+            bytes(summary.unlabelled_bytes),
+            "-".into(),
+            "-".into(),
+            "".into(),
+            "".into(),
+        ]);
+        print_rows(&rows, &[false, true, true, true, false, false]);
+    }
 
     println!("\nMost expensive requests (one flame graph each):");
     let mut rows: Vec<[String; 5]> = vec![[
@@ -179,6 +274,8 @@ pub fn print_grafana(outcome: &Outcome) -> bool {
 
 Grafana, Explore, Pyroscope data source:
   profile type  process_cpu:cpu:nanoseconds:cpu:nanoseconds
+                memory:alloc_space:bytes:space:bytes (bytes allocated; also alloc_objects,
+                inuse_space, inuse_objects; Push and /ingest only, not OTLP)
   label query   {{service_name="{app}"}}
   one route     {{service_name="{app}", span_name="GET /report/{{id}}"}}
 
@@ -217,6 +314,20 @@ fn file_name(span_name: &str) -> String {
         "unnamed".into()
     } else {
         out.into()
+    }
+}
+
+/// Bytes in binary units: `512 B`, `4.0 KiB`, `1.50 MiB`.
+pub fn bytes(n: u64) -> String {
+    let n = n as f64;
+    if n >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", n / (1u64 << 30) as f64)
+    } else if n >= (1 << 20) as f64 {
+        format!("{:.2} MiB", n / (1 << 20) as f64)
+    } else if n >= 1024.0 {
+        format!("{:.1} KiB", n / 1024.0)
+    } else {
+        format!("{n:.0} B")
     }
 }
 

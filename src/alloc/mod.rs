@@ -1,6 +1,6 @@
 //! Allocation profiles per span: which request allocated what.
 //!
-//! Install [`ProfiledAllocator`] as the global allocator and every window of a running
+//! Install [`ProfiledAllocator`](crate::alloc::ProfiledAllocator) as the global allocator and every window of a running
 //! [`Profiler`](crate::Profiler) also yields an allocation profile with Go's heap sample
 //! types (`alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`) and the same
 //! `span_id` / `span_name` labels as the CPU profile:
@@ -20,6 +20,12 @@
 //! profiler.stop()?;
 //! # Ok(()) }
 //! ```
+//!
+//! With a server address the allocation profiles are uploaded like the CPU profiles
+//! (Push API or `/ingest`), as Pyroscope's `memory` profile types
+//! (`memory:alloc_space:bytes:space:bytes` and siblings); OTLP export carries CPU profiles
+//! only and counts the allocation windows it leaves out
+//! ([`AllocStats::windows_not_exported`](crate::alloc::AllocStats::windows_not_exported)).
 //!
 //! How it works (see ARCHITECTURE.md, "Allocation profiles"):
 //! - `countdown`: a per-thread byte countdown drawn from an exponential distribution
@@ -152,12 +158,15 @@ pub(crate) struct AllocCounters {
     pub(crate) dropped: Counter,
     /// Sampled allocations not tracked as live (their table neighbourhood was full).
     pub(crate) untracked: Counter,
+    /// Allocation windows not uploaded because the profiler exports OTLP.
+    pub(crate) not_exported: Counter,
 }
 
 pub(crate) static COUNTERS: AllocCounters = AllocCounters {
     sampled: Counter::new(),
     dropped: Counter::new(),
     untracked: Counter::new(),
+    not_exported: Counter::new(),
 };
 
 /// What the profiled allocator did (in [`Stats::alloc`](crate::Stats::alloc)). Counters
@@ -177,6 +186,11 @@ pub struct AllocStats {
     pub live_pointers: u64,
     /// Capacity of the live-pointer table.
     pub table_size: u64,
+    /// Allocation windows not uploaded because the profiler exports OTLP
+    /// ([`Protocol::Otlp`](crate::Protocol::Otlp) carries CPU profiles only); they are
+    /// still written as files when an output directory is set. The Push API and
+    /// `/ingest` upload every allocation window.
+    pub windows_not_exported: u64,
 }
 
 impl AllocStats {
@@ -188,6 +202,7 @@ impl AllocStats {
             untracked: COUNTERS.untracked.get(),
             live_pointers: live::live(),
             table_size: live::CAPACITY as u64,
+            windows_not_exported: COUNTERS.not_exported.get(),
         }
     }
 }

@@ -27,6 +27,15 @@ pub enum FlamegraphError {
         /// Where the profile came from.
         origin: String,
     },
+    /// A profile has no sample type of the name asked for (e.g. `alloc_space` of a CPU
+    /// profile; see [`FlameGraph::sample_type`](super::FlameGraph::sample_type) and
+    /// [`summarize_allocations`](super::summarize_allocations)).
+    NoSampleType {
+        /// Where the profile came from.
+        origin: String,
+        /// The sample type asked for.
+        sample_type: String,
+    },
     /// Profiles of different sample types (e.g. CPU and allocations) were mixed.
     MixedSampleTypes {
         /// The first profile whose sample type differs from the others'.
@@ -59,6 +68,14 @@ impl fmt::Display for FlamegraphError {
             Self::NoCpuValue { origin } => write!(
                 f,
                 "`{origin}` has no `cpu/nanoseconds` sample type; CPU time can only be summed from CPU profiles"
+            ),
+            Self::NoSampleType {
+                origin,
+                sample_type,
+            } => write!(
+                f,
+                "`{origin}` has no `{sample_type}` sample type; allocation values are in the \
+                 `*.alloc.pb.gz` files, CPU time in the other `*.pb.gz` files"
             ),
             Self::MixedSampleTypes { origin } => write!(
                 f,

@@ -25,8 +25,15 @@
 //!
 //! Frames are drawn root at the bottom, with inlined functions as their own frames;
 //! locations without symbols show as `[file+0xoffset]` of their mapping. Widths are CPU
-//! time (the `cpu/nanoseconds` value) when the profile has it, else the last sample type.
+//! time (the `cpu/nanoseconds` value) when the profile has it, else the last sample type,
+//! or the sample type chosen with
+//! [`FlameGraph::sample_type`](crate::flamegraph::FlameGraph::sample_type) (e.g.
+//! `alloc_space` of the allocation profiles, `*.alloc.pb.gz`);
+//! [`summarize_allocations`](crate::flamegraph::summarize_allocations) sums their bytes
+//! per span name.
 
+/// `summarize_allocations`: bytes allocated per span name.
+mod alloc_summary;
 /// `FlamegraphError`.
 mod error;
 /// `Folding`: runtime frames drawn as one frame per crate.
@@ -41,6 +48,7 @@ mod stacks;
 mod summary;
 
 pub use crate::pprof::DecodeError;
+pub use alloc_summary::{summarize_allocations, AllocSummary, SpanAllocations};
 pub use error::FlamegraphError;
 pub use fold::{Folding, DEFAULT_RUNTIME_CRATES};
 pub use profile::Profile;

@@ -3,7 +3,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use super::stacks::{Stacks, ValueKind};
+use super::stacks::{Pick, Stacks, ValueKind};
 use super::{FlamegraphError, Folding, Profile, SampleFilter};
 
 /// Default title of a CPU flame graph.
@@ -21,6 +21,8 @@ pub struct FlameGraph {
     folding: Option<Folding>,
     title: Option<String>,
     image_width: Option<usize>,
+    /// The sample type drawn (`None`: CPU time, else the profile's last type).
+    sample_type: Option<String>,
 }
 
 /// What a rendered flame graph holds.
@@ -58,6 +60,33 @@ impl FlameGraph {
     /// drawn (the filter and the total).
     pub fn title(mut self, title: impl Into<String>) -> Self {
         self.title = Some(title.into());
+        self
+    }
+
+    /// Draws the sample type of this name instead of CPU time, e.g. `alloc_space` (bytes
+    /// allocated) or `inuse_space` (bytes still live at each window's end) of the
+    /// allocation profiles (`*.alloc.pb.gz`). Every profile must have it
+    /// ([`FlamegraphError::NoSampleType`]). By default CPU time is drawn, or the last
+    /// sample type of profiles without it.
+    ///
+    /// ```no_run
+    /// use span_profiler::flamegraph::{FlameGraph, Profile, SampleFilter};
+    ///
+    /// let allocations: Vec<Profile> = std::fs::read_dir("./profiles")?
+    ///     .flatten()
+    ///     .map(|e| e.path())
+    ///     .filter(|p| p.to_string_lossy().ends_with(".alloc.pb.gz"))
+    ///     .map(Profile::read)
+    ///     .collect::<Result<_, _>>()?;
+    /// FlameGraph::new()
+    ///     .sample_type("alloc_space")
+    ///     .filter(SampleFilter::span_name("GET /search"))
+    ///     .title("GET /search: bytes allocated")
+    ///     .render_to_file(&allocations, "search-alloc.svg")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sample_type(mut self, name: impl Into<String>) -> Self {
+        self.sample_type = Some(name.into());
         self
     }
 
@@ -107,7 +136,11 @@ impl FlameGraph {
         let mut samples = 0;
         let mut total = 0u64;
         for profile in profiles {
-            let stacks = Stacks::read(profile, &self.filter, false)?;
+            let pick = match &self.sample_type {
+                Some(name) => Pick::Named(name),
+                None => Pick::CpuOrLast,
+            };
+            let stacks = Stacks::read(profile, &self.filter, pick)?;
             if stacks.stacks.is_empty() {
                 continue;
             }

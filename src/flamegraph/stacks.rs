@@ -38,6 +38,17 @@ pub(crate) struct Stack {
     pub(crate) value: u64,
 }
 
+/// Which value of each sample to read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pick<'a> {
+    /// `cpu/nanoseconds`; a profile without it is an error.
+    Cpu,
+    /// `cpu/nanoseconds` when the profile has it, else its last sample type.
+    CpuOrLast,
+    /// The sample type of this name (e.g. `alloc_space`); a profile without it is an error.
+    Named(&'a str),
+}
+
 /// The stacks of one profile that pass a filter.
 pub(crate) struct Stacks {
     pub(crate) kind: ValueKind,
@@ -45,13 +56,11 @@ pub(crate) struct Stacks {
 }
 
 impl Stacks {
-    /// Reads the samples of `profile` that pass `filter`. With `need_cpu`, a profile
-    /// without a `cpu/nanoseconds` sample type is an error; otherwise its last sample
-    /// type is used.
+    /// Reads the value `pick` of the samples of `profile` that pass `filter`.
     pub(crate) fn read(
         profile: &Profile,
         filter: &SampleFilter,
-        need_cpu: bool,
+        pick: Pick<'_>,
     ) -> Result<Self, FlamegraphError> {
         let p = &profile.inner;
         let s = |i: i64| -> &str {
@@ -64,9 +73,29 @@ impl Stacks {
             .sample_type
             .iter()
             .position(|vt| s(vt.r#type) == "cpu" && s(vt.unit) == "nanoseconds");
-        let (index, kind) = match (cpu, p.sample_type.len().checked_sub(1)) {
-            (Some(i), _) => (i, ValueKind::CpuNanos),
-            (None, Some(last)) if !need_cpu => {
+        let named = |name: &str| {
+            p.sample_type
+                .iter()
+                .position(|vt| s(vt.r#type) == name)
+                .map(|i| {
+                    let vt = p.sample_type[i];
+                    let kind = if s(vt.r#type) == "cpu" && s(vt.unit) == "nanoseconds" {
+                        ValueKind::CpuNanos
+                    } else {
+                        ValueKind::Other(s(vt.r#type).into(), s(vt.unit).into())
+                    };
+                    (i, kind)
+                })
+        };
+        let (index, kind) = match (pick, cpu, p.sample_type.len().checked_sub(1)) {
+            (Pick::Named(name), _, _) => {
+                named(name).ok_or_else(|| FlamegraphError::NoSampleType {
+                    origin: profile.origin.clone(),
+                    sample_type: name.to_owned(),
+                })?
+            }
+            (_, Some(i), _) => (i, ValueKind::CpuNanos),
+            (Pick::CpuOrLast, None, Some(last)) => {
                 let vt = p.sample_type[last];
                 (
                     last,

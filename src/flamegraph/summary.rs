@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::stacks::{Stack, Stacks};
+use super::stacks::{Pick, Stack, Stacks};
 use super::{FlamegraphError, Profile, SampleFilter};
 
 /// CPU time per span name and per request over a set of profiles: what [`summarize`]
@@ -79,7 +79,7 @@ pub fn summarize(profiles: &[Profile]) -> Result<Summary, FlamegraphError> {
     let mut by_id: HashMap<u64, Acc> = HashMap::new();
     let (mut total, mut unlabelled) = (0u64, 0u64);
     for profile in profiles {
-        let stacks = Stacks::read(profile, &SampleFilter::All, true)?;
+        let stacks = Stacks::read(profile, &SampleFilter::All, Pick::Cpu)?;
         for stack in &stacks.stacks {
             total = total.saturating_add(stack.value);
             let hot = hottest_frame(stack);

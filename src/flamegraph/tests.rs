@@ -397,3 +397,93 @@ fn files_are_read_alone_or_by_directory_and_written_as_svg() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An allocation profile: Go's heap sample types, values `[objects, bytes, 0, 0]`.
+fn heap() -> Profile {
+    let mut b = Builder {
+        p: proto::Profile::default(),
+    };
+    b.p.string_table.push(String::new());
+    for (ty, unit) in [
+        ("alloc_objects", "count"),
+        ("alloc_space", "bytes"),
+        ("inuse_objects", "count"),
+        ("inuse_space", "bytes"),
+    ] {
+        let vt = proto::ValueType {
+            r#type: b.s(ty),
+            unit: b.s(unit),
+        };
+        b.p.sample_type.push(vt);
+    }
+    let mut add = |frames: &[&str], labels: &[(&str, &str)], objects: i64, bytes: i64| {
+        b.sample(frames, labels, 0);
+        let last = b.p.sample.last_mut().unwrap();
+        last.value = vec![objects, bytes, 0, 0];
+    };
+    let search_a = [("span_id", A), ("span_name", "GET /search")];
+    let search_b = [("span_id", B), ("span_name", "GET /search")];
+    let checkout = [("span_id", C), ("span_name", "POST /checkout")];
+    add(
+        &[
+            "<span_profiler::alloc::ProfiledAllocator as core::alloc::global::GlobalAlloc>::alloc",
+            "__rustc::__rust_alloc",
+            "alloc::raw_vec::RawVec::allocate_in",
+            "shop::build_results",
+            "main",
+        ],
+        &search_a,
+        3,
+        3 << 20,
+    );
+    add(&["shop::build_results", "main"], &search_b, 1, 1 << 20);
+    add(&["shop::tokenize", "main"], &search_b, 10, 1 << 10);
+    add(&["shop::cart", "main"], &checkout, 2, 8 << 10);
+    add(&["tokio::runtime::park", "main"], &[], 1, 512);
+    b.profile()
+}
+
+#[test]
+fn allocations_are_summed_per_span_name_with_the_function_that_allocated_most() {
+    let summary = summarize_allocations(&[heap()]).unwrap();
+    assert_eq!(summary.total_bytes, (4 << 20) + (1 << 10) + (8 << 10) + 512);
+    assert_eq!(summary.unlabelled_bytes, 512);
+    let names: Vec<&str> = summary.spans.iter().map(|s| s.span_name.as_str()).collect();
+    assert_eq!(names, ["GET /search", "POST /checkout"], "most bytes first");
+    let search = &summary.spans[0];
+    assert_eq!(search.bytes, (4 << 20) + (1 << 10));
+    assert_eq!(search.objects, 14);
+    assert_eq!(search.requests, 2);
+    // Not the allocator wrapper, std's shims or `alloc::`: the application's function.
+    assert_eq!(search.top_allocator.as_deref(), Some("shop::build_results"));
+    // CPU profiles have no `alloc_space`: an error naming the sample type.
+    let err = summarize_allocations(&[shop()]).unwrap_err();
+    assert!(
+        matches!(&err, FlamegraphError::NoSampleType { sample_type, .. } if sample_type == "alloc_space"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_chosen_sample_type_is_drawn_instead_of_the_last_one() {
+    let (svg, rendered) = draw(
+        FlameGraph::new()
+            .sample_type("alloc_space")
+            .filter(SampleFilter::span_name("GET /search")),
+        &[heap()],
+    );
+    assert!(svg.contains("alloc_space (bytes)"), "the unit is named");
+    assert!(svg.contains("shop::build_results") && !svg.contains("shop::cart"));
+    assert_eq!(rendered.cpu, None);
+    // Without a choice the last type (`inuse_space`) is drawn: all zero here.
+    assert!(matches!(
+        FlameGraph::new().render(&[heap()], Vec::new()),
+        Err(FlamegraphError::NoSamples { .. })
+    ));
+    assert!(matches!(
+        FlameGraph::new()
+            .sample_type("alloc_space")
+            .render(&[shop()], Vec::new()),
+        Err(FlamegraphError::NoSampleType { .. })
+    ));
+}

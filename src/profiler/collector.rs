@@ -329,6 +329,7 @@ fn writer_counts(stats: &mut Stats) {
     stats.profiles_oversized = ENCODE.pieces_oversized.get();
     stats.addresses_symbolized = SYMBOLIZE.addresses_symbolized.get();
     stats.addresses_unresolved = SYMBOLIZE.addresses_unresolved.get();
+    stats.alloc.windows_not_exported = crate::alloc::COUNTERS.not_exported.get();
 }
 
 fn sampler_counts(s: &SamplerStats) -> SamplerCounts {

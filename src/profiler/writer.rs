@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::stats::{Stats, SymbolizerStats};
 use crate::counters::LogOnce;
@@ -19,7 +19,7 @@ use crate::profiler::builder::{Config, MAX_REQUEST_SAMPLES};
 use crate::sink::files::FileSink;
 use crate::sink::upload::UploadReport;
 #[cfg(feature = "upload")]
-use crate::sink::upload::{UploadWindow, Uploader};
+use crate::sink::upload::{SeriesKind, UploadWindow, Uploader};
 use crate::symbolize::Symbolizer;
 use crate::sync::lock_std as lock;
 use crate::window::{ClosedWindow, ProfileKind};
@@ -232,15 +232,22 @@ impl Writer {
 
     /// Encodes one window, writes its pieces as files and queues them for upload.
     fn write(&mut self, window: &ClosedWindow) -> Option<(PathBuf, std::io::Error)> {
+        let alloc = matches!(window.kind, ProfileKind::Alloc { .. });
         #[cfg(feature = "upload")]
         if let (Some(otlp), Some(uploader)) = (&self.otlp, &self.uploader) {
-            let bodies = crate::otlp::encode::encode(
-                window,
-                &mut self.symbolizer,
-                &otlp.options,
-                &otlp.resource,
-            );
-            uploader.enqueue(UploadWindow::from_bodies(bodies, window.start, window.end));
+            if alloc {
+                // OTLP export carries CPU profiles only: allocation windows go to files
+                // (when written) and are counted (`AllocStats::windows_not_exported`).
+                crate::alloc::COUNTERS.not_exported.incr();
+            } else {
+                let bodies = crate::otlp::encode::encode(
+                    window,
+                    &mut self.symbolizer,
+                    &otlp.options,
+                    &otlp.resource,
+                );
+                uploader.enqueue(UploadWindow::from_bodies(bodies, window.start, window.end));
+            }
             // No files: the pprof encoding is not needed.
             if self.files.is_none() {
                 self.symbolizer.end_window();
@@ -251,7 +258,6 @@ impl Writer {
         self.symbolizer.end_window();
         let mut error = None;
         if let Some(files) = self.files.as_mut() {
-            let alloc = matches!(window.kind, ProfileKind::Alloc { .. });
             for (i, piece) in pieces.iter().enumerate() {
                 // Pieces of one window get distinct names 1 ms apart.
                 let start = window.start + Duration::from_millis(i as u64);
@@ -270,26 +276,27 @@ impl Writer {
                 }
             }
         }
-        if matches!(window.kind, ProfileKind::Alloc { .. }) {
-            // Uploads carry CPU profiles only (allocation uploads: not yet).
-            return error;
-        }
-        self.upload(pieces, window.start, window.end);
+        self.upload(pieces, window);
         error
     }
 
+    /// Queues a window's pieces (CPU or allocation profiles) for the Push API or `/ingest`.
     #[cfg(feature = "upload")]
-    fn upload(&mut self, pieces: Vec<EncodedPiece>, start: SystemTime, end: SystemTime) {
+    fn upload(&mut self, pieces: Vec<EncodedPiece>, window: &ClosedWindow) {
         if self.otlp.is_some() {
             return;
         }
         if let Some(uploader) = &self.uploader {
-            uploader.enqueue(UploadWindow::new(pieces, start, end));
+            let kind = match window.kind {
+                ProfileKind::Cpu => SeriesKind::Cpu,
+                ProfileKind::Alloc { .. } => SeriesKind::Memory,
+            };
+            uploader.enqueue(UploadWindow::new(pieces, window.start, window.end).with_kind(kind));
         }
     }
 
     #[cfg(not(feature = "upload"))]
-    fn upload(&mut self, _pieces: Vec<EncodedPiece>, _start: SystemTime, _end: SystemTime) {}
+    fn upload(&mut self, _pieces: Vec<EncodedPiece>, _window: &ClosedWindow) {}
 
     fn publish(&self) {
         let footprint = self.symbolizer.footprint();

@@ -288,6 +288,11 @@ impl Receiver {
             .iter()
             .filter(|r| r.answered == 200)
             .filter(|r| selector.iter().all(|(k, v)| r.label(k) == Some(*v)))
+            // Grafana's link asks for the `process_cpu` profile type unless told otherwise.
+            .filter(|r| {
+                selector.iter().any(|(k, _)| *k == "__name__")
+                    || r.label("__name__") == Some("process_cpu")
+            })
             .flat_map(|r| r.samples())
             .filter(|s| {
                 s.labels
@@ -581,8 +586,9 @@ fn check_push(
             .iter()
             .map(|l| (l.name.clone(), l.value.clone()))
             .collect();
-        // Checked as the server stores them (v1 renames); recorded as sent.
-        let stored = check_series_labels(&labels, version, &[])?;
+        // Checked as the server stores them (v1 renames); recorded as sent. `__delta__`
+        // is a name the Push API takes from clients (Alloy sends it).
+        let stored = check_series_labels(&labels, version, &["__delta__"])?;
         if series.samples.is_empty() {
             return Err(bad("a series without samples"));
         }
@@ -597,6 +603,7 @@ fn check_push(
             // CodeUnknown, HTTP 500 (pkg/distributor/distributor.go, v2.1.0).
             let profile = check_profile(&sample.raw_profile, 500)?;
             check_series_with_sample_keys(&stored, &profile, version)?;
+            check_push_name_and_delta(&stored, &profile)?;
             profiles.push(profile);
             received.raw_profiles.push(sample.raw_profile.clone());
         }
@@ -606,7 +613,81 @@ fn check_push(
     Ok(())
 }
 
-/// Series label rules: `__name__=process_cpu`, `service_name`, names unique and well
+/// `__name__` as `/ingest` derives it from the sample types
+/// (`pkg/og/convert/pprof/profile.go` `metricName`: `wall` first, then the first type
+/// containing `cpu` gives `process_cpu`, `alloc_`/`inuse_`/`space`/`objects` gives
+/// `memory`, `mutex_`, `block_`, `goroutines` their own names).
+pub fn metric_name(profile: &Profile) -> String {
+    let types: Vec<&str> = profile
+        .sample_type
+        .iter()
+        .map(|t| profile.string_table[t.r#type as usize].as_str())
+        .collect();
+    if types.contains(&"wall") {
+        return "wall".into();
+    }
+    let mut last = "";
+    for st in types {
+        last = st;
+        if st.contains("cpu") {
+            return "process_cpu".into();
+        }
+        if st.contains("alloc_") || st.contains("inuse_") || st == "space" || st == "objects" {
+            return "memory".into();
+        }
+        if st.contains("mutex_") {
+            return "mutex".into();
+        }
+        if st.contains("block_") {
+            return "block".into();
+        }
+        if st.contains("goroutines") {
+            return "goroutines".into();
+        }
+    }
+    last.into()
+}
+
+/// A Push's `__name__` and `__delta__` against its profile. The server stores `__name__`
+/// as sent, so one that is not the profile's kind files it under profile types Grafana
+/// never queries (`memory:alloc_space:bytes:space:bytes` needs `memory`); refused here.
+/// `__delta__` must be `true` or `false` when sent, and a `memory` profile with
+/// `alloc_*` types must send `false`: otherwise the server treats the series as
+/// cumulative, subtracts each profile from the previous one and drops the first
+/// (`pkg/phlaredb/head.go` `Ingest`, `deltaprofiles.go` `isDeltaSupported`), which
+/// breaks profiles that are per-window deltas already.
+fn check_push_name_and_delta(labels: &[(String, String)], profile: &Profile) -> Result<(), Rule> {
+    let get = |name: &str| {
+        labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let derived = metric_name(profile);
+    let sent = get("__name__").unwrap_or("");
+    if sent != derived {
+        return Err(bad(format!(
+            "__name__={sent} but the profile's sample types make it {derived}"
+        )));
+    }
+    let delta = get("__delta__");
+    if !matches!(delta, None | Some("true") | Some("false")) {
+        return Err(bad(format!("__delta__={delta:?}: true or false")));
+    }
+    let alloc_types = profile
+        .sample_type
+        .iter()
+        .any(|t| profile.string_table[t.r#type as usize].starts_with("alloc_"));
+    if derived == "memory" && alloc_types && delta != Some("false") {
+        return Err(bad(
+            "a memory profile with alloc_* types pushed without __delta__=false: the server \
+             would subtract consecutive profiles again and drop the first",
+        ));
+    }
+    Ok(())
+}
+
+/// Series label rules: `__name__` (`process_cpu` or `memory`), `service_name`, names unique and well
 /// formed for `version` (v1: legacy names with `.` rewritten to `_`, a rewritten name
 /// that meets another with a different value refused), no other `__` names than
 /// `server_names` (the ones the server adds itself), at most 30 names, sizes. Returns
@@ -652,8 +733,12 @@ fn check_series_labels(
         }
     }
     match stored.iter().find(|(n, _)| n == "__name__") {
-        Some((_, v)) if v == "process_cpu" => {}
-        other => return Err(bad(format!("__name__ must be process_cpu, got {other:?}"))),
+        Some((_, v)) if v == "process_cpu" || v == "memory" => {}
+        other => {
+            return Err(bad(format!(
+                "__name__ must be process_cpu or memory, got {other:?}"
+            )))
+        }
     }
     if !stored.iter().any(|(n, _)| n == "service_name") {
         return Err(bad("no service_name series label"));
@@ -849,18 +934,19 @@ fn check_ingest(
     if body.len() > 4 << 20 {
         return Err((413, "body too large".into()));
     }
-    // The server's own names (pkg/og/convert/pprof/profile.go `createLabels`).
+    // Everything after the name is 422 (ingest_handler.go).
+    let profile = check_profile(body, 422)?;
+    // The server's own names (pkg/og/convert/pprof/profile.go `createLabels`), `__name__`
+    // derived from the sample types.
     let mut labels = vec![
-        ("__name__".to_string(), "process_cpu".to_string()),
+        ("__name__".to_string(), metric_name(&profile)),
         ("__delta__".to_string(), "false".to_string()),
         ("pyroscope_spy".to_string(), spy),
         ("service_name".to_string(), app),
     ];
     labels.extend(tags);
-    // Everything after the name is 422 (ingest_handler.go).
     let labels =
         check_series_labels(&labels, version, &["__delta__"]).map_err(|(_, rule)| (422, rule))?;
-    let profile = check_profile(body, 422)?;
     check_series_with_sample_keys(&labels, &profile, version).map_err(|(_, rule)| (422, rule))?;
     received.series_labels = labels;
     received.profiles.push(profile);
@@ -889,6 +975,56 @@ mod self_tests {
         assert_eq!(query_unescape("a+b%2Bc").unwrap(), "a b+c");
     }
 
+    fn profile_of(types: &[&str]) -> Profile {
+        use span_profiler::__private::pprof::ValueType;
+        let mut string_table = vec![String::new(), "count".to_string()];
+        let mut sample_type = Vec::new();
+        for t in types {
+            string_table.push(t.to_string());
+            sample_type.push(ValueType {
+                r#type: string_table.len() as i64 - 1,
+                unit: 1,
+            });
+        }
+        Profile {
+            string_table,
+            sample_type,
+            ..Profile::default()
+        }
+    }
+
+    #[test]
+    fn push_names_must_match_the_sample_types_and_memory_allocs_must_not_be_deltaed_again() {
+        let labels = |name: &str, delta: Option<&str>| {
+            let mut l = vec![("__name__".to_string(), name.to_string())];
+            if let Some(d) = delta {
+                l.push(("__delta__".to_string(), d.to_string()));
+            }
+            l
+        };
+        let cpu = profile_of(&["samples", "cpu"]);
+        let heap = profile_of(&[
+            "alloc_objects",
+            "alloc_space",
+            "inuse_objects",
+            "inuse_space",
+        ]);
+        let inuse = profile_of(&["inuse_objects", "inuse_space"]);
+        assert_eq!(metric_name(&cpu), "process_cpu");
+        assert_eq!(metric_name(&heap), "memory");
+        assert!(check_push_name_and_delta(&labels("process_cpu", None), &cpu).is_ok());
+        assert!(check_push_name_and_delta(&labels("process_cpu", Some("false")), &cpu).is_ok());
+        assert!(check_push_name_and_delta(&labels("memory", Some("false")), &heap).is_ok());
+        assert!(check_push_name_and_delta(&labels("memory", None), &inuse).is_ok());
+        let err =
+            |l: Vec<(String, String)>, p: &Profile| check_push_name_and_delta(&l, p).unwrap_err().1;
+        assert!(err(labels("process_cpu", Some("false")), &heap).contains("make it memory"));
+        assert!(err(labels("memory", None), &cpu).contains("make it process_cpu"));
+        assert!(err(labels("memory", None), &heap).contains("__delta__=false"));
+        assert!(err(labels("memory", Some("true")), &heap).contains("__delta__=false"));
+        assert!(err(labels("memory", Some("no")), &heap).contains("true or false"));
+    }
+
     #[test]
     fn series_labels_break_rules_as_the_server_sees_them() {
         let ok = vec![
@@ -907,7 +1043,7 @@ mod self_tests {
         reserved.push(("__x".into(), "y".into()));
         assert!(check_series_labels(&reserved, v2, &[]).is_err());
         let wrong = vec![
-            ("__name__".to_string(), "memory".to_string()),
+            ("__name__".to_string(), "goroutines".to_string()),
             ("service_name".to_string(), "app".to_string()),
         ];
         assert!(check_series_labels(&wrong, v2, &[]).is_err());

@@ -77,7 +77,7 @@ pub const MAX_REQUEST_BYTES_LIMIT: usize = limits::MAX_PROFILE_BYTES;
 /// Smallest accepted `max_request_bytes`.
 pub const MIN_REQUEST_BYTES: usize = 16 * 1024;
 
-/// Most tags (series labels) per profiler: with the Push API's 6 fixed series labels,
+/// Most tags (series labels) per profiler: with the Push API's 7 fixed series labels,
 /// `service_namespace` and `span_name` they fill the server's 30 label names. Without a
 /// [`service_namespace`](ProfilerBuilder::service_namespace) one more tag fits, and
 /// `/ingest` (whose server adds 4 names: `__name__`, `__delta__`, `pyroscope_spy`,
@@ -271,7 +271,8 @@ impl ProfilerBuilder {
     /// average (default [`DEFAULT_ALLOC_SAMPLE_BYTES`](crate::alloc::DEFAULT_ALLOC_SAMPLE_BYTES),
     /// 512 KiB; 0 turns them off). Takes effect only with
     /// [`ProfiledAllocator`](crate::alloc::ProfiledAllocator) as the global allocator;
-    /// each window then also yields `<app>-<pid>-<ms>.alloc.pb.gz`.
+    /// each window then also yields `<app>-<pid>-<ms>.alloc.pb.gz`, and with a server
+    /// address a `memory` profile upload (Push API or `/ingest`; not OTLP).
     pub fn alloc_sample_bytes(mut self, bytes: u64) -> Self {
         self.alloc_sample_bytes = bytes;
         self

@@ -267,8 +267,8 @@ pub(crate) fn validate_tags(
     if tags.len() > allowed {
         let what = match (protocol, namespace) {
             (Protocol::Otlp, _) => "the series labels Pyroscope derives from an OTLP request (4, and one per resource attribute, at most 8)",
-            (Protocol::Push, false) => "the Push API's 6 fixed series labels",
-            (Protocol::Push, true) => "the Push API's 6 fixed series labels, `service_namespace`",
+            (Protocol::Push, false) => "the Push API's 7 fixed series labels",
+            (Protocol::Push, true) => "the Push API's 7 fixed series labels, `service_namespace`",
             (Protocol::Ingest, false) => "the 4 series labels `/ingest` adds (`__name__`, `__delta__`, `pyroscope_spy`, `service_name`)",
             (Protocol::Ingest, true) => "the 4 series labels `/ingest` adds (`__name__`, `__delta__`, `pyroscope_spy`, `service_name`), `service_namespace`",
         };
@@ -622,7 +622,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("make 31 label names") && err.contains("at most 22 tags"),
+            err.contains("make 31 label names") && err.contains("at most 21 tags"),
             "{err}"
         );
         // Without a namespace the Push API leaves one more name.

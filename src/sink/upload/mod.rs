@@ -40,4 +40,6 @@ pub(crate) use config::{
 pub use config::{Protocol, UploadConfig, DEFAULT_MAX_UPLOAD_ATTEMPTS, INGEST_422_RETRIES};
 pub use counts::{UploadCounts, UploadDropped, UploadReport};
 #[cfg(feature = "upload")]
+pub use request::SeriesKind;
+#[cfg(feature = "upload")]
 pub use uploader::{UploadWindow, Uploader};

@@ -63,6 +63,34 @@ pub struct LabelPair {
     pub value: String,
 }
 
+/// What a window's profiles measure: it picks the Push API's `__name__`, which with each
+/// sample type and the period type makes Pyroscope's profile type ids
+/// (`<__name__>:<type>:<unit>:<period type>:<period unit>`, `pkg/model`
+/// `CreateProfileLabels`): `process_cpu:cpu:nanoseconds:cpu:nanoseconds`, and
+/// `memory:alloc_space:bytes:space:bytes` with its siblings `alloc_objects:count`,
+/// `inuse_space:bytes`, `inuse_objects:count`. `/ingest` derives the same names from
+/// the sample types itself (`pkg/og/convert/pprof/profile.go` `metricName`: a type
+/// containing `cpu` gives `process_cpu`, `alloc_` or `inuse_` gives `memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeriesKind {
+    /// CPU profiles (`samples/count`, `cpu/nanoseconds`).
+    #[default]
+    Cpu,
+    /// Allocation profiles (`alloc_objects`, `alloc_space`, `inuse_objects`,
+    /// `inuse_space`; period type `space/bytes`).
+    Memory,
+}
+
+impl SeriesKind {
+    /// The series label `__name__`.
+    pub(crate) fn metric_name(self) -> &'static str {
+        match self {
+            SeriesKind::Cpu => "process_cpu",
+            SeriesKind::Memory => "memory",
+        }
+    }
+}
+
 /// One request, ready to be sent (and sent again on retry).
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
@@ -84,7 +112,10 @@ pub(crate) struct Requests {
     ingest_prefix: String,
     sample_rate: u32,
     headers: HeaderMap,
+    /// The Push API's series labels of CPU windows, and of allocation windows (they
+    /// differ in `__name__` only).
     series_labels: Vec<LabelPair>,
+    memory_series_labels: Vec<LabelPair>,
 }
 
 fn header_error(option: &'static str) -> BuildError {
@@ -181,6 +212,13 @@ impl Requests {
             sample_rate: config.sample_rate,
             headers,
             series_labels: series_labels(
+                SeriesKind::Cpu,
+                &config.application_name,
+                config.service_namespace.as_deref(),
+                &config.tags,
+            ),
+            memory_series_labels: series_labels(
+                SeriesKind::Memory,
                 &config.application_name,
                 config.service_namespace.as_deref(),
                 &config.tags,
@@ -190,8 +228,15 @@ impl Requests {
 
     /// The request for one piece of the window `[start, end)`: gzipped pprof, or with
     /// [`Protocol::Otlp`] an uncompressed `ExportProfilesServiceRequest` (gzipped here,
-    /// once, when compression is on).
-    pub(crate) fn prepare(&self, gzipped: &[u8], start: SystemTime, end: SystemTime) -> Prepared {
+    /// once, when compression is on). `kind` picks the Push API's `__name__`; `/ingest`
+    /// needs nothing else (the server names the series from the sample types).
+    pub(crate) fn prepare(
+        &self,
+        gzipped: &[u8],
+        start: SystemTime,
+        end: SystemTime,
+        kind: SeriesKind,
+    ) -> Prepared {
         if let Some((uri, gzip)) = &self.otlp {
             let body = if *gzip {
                 gzip_body(gzipped)
@@ -206,9 +251,13 @@ impl Requests {
         }
         match self.protocol {
             Protocol::Push => {
+                let labels = match kind {
+                    SeriesKind::Cpu => &self.series_labels,
+                    SeriesKind::Memory => &self.memory_series_labels,
+                };
                 let request = PushRequest {
                     series: vec![RawProfileSeries {
-                        labels: self.series_labels.clone(),
+                        labels: labels.clone(),
                         samples: vec![RawSample {
                             raw_profile: gzipped.to_vec(),
                             id: uuid_v4(),
@@ -254,9 +303,10 @@ fn gzip_body(body: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
-/// The series labels of every Push request: fixed ones, `service_namespace` when set,
-/// then tags, sorted by name.
+/// The series labels of every Push request: fixed ones (`__name__` from `kind`,
+/// `__delta__=false`), `service_namespace` when set, then tags, sorted by name.
 pub(crate) fn series_labels(
+    kind: SeriesKind,
     application_name: &str,
     namespace: Option<&str>,
     tags: &[(String, String)],
@@ -266,7 +316,10 @@ pub(crate) fn series_labels(
         value: value.to_owned(),
     };
     let mut labels = vec![
-        pair("__name__", "process_cpu"),
+        pair("__name__", kind.metric_name()),
+        // Our profiles are deltas over their window already (`alloc_*`) or snapshots
+        // (`inuse_*`, CPU): the server must not subtract consecutive ones again.
+        pair("__delta__", "false"),
         pair("service_name", application_name),
         pair("otel.scope.name", SCOPE_NAME),
         pair("otel.scope.version", env!("CARGO_PKG_VERSION")),
@@ -402,12 +455,17 @@ mod tests {
 
     #[test]
     fn series_labels_are_sorted_and_carry_the_fixed_names() {
-        let labels = series_labels("app", Some("shop"), &[("zone".into(), "z1".into())]);
+        let labels = series_labels(
+            SeriesKind::Cpu,
+            "app",
+            Some("shop"),
+            &[("zone".into(), "z1".into())],
+        );
         assert!(labels.contains(&LabelPair {
             name: "service_namespace".into(),
             value: "shop".into()
         }));
-        assert!(!series_labels("app", None, &[])
+        assert!(!series_labels(SeriesKind::Cpu, "app", None, &[])
             .iter()
             .any(|l| l.name == "service_namespace"));
         let names: Vec<&str> = labels.iter().map(|l| l.name.as_str()).collect();
@@ -426,5 +484,24 @@ mod tests {
             .find(|l| l.name == "process.runtime.version")
             .unwrap();
         assert!(version.value.starts_with("1."), "{}", version.value);
+    }
+
+    #[test]
+    fn memory_series_differ_from_cpu_series_in_their_name_only_and_are_never_deltaed_again() {
+        let tags = [("zone".to_string(), "z1".to_string())];
+        let cpu = series_labels(SeriesKind::Cpu, "app", None, &tags);
+        let memory = series_labels(SeriesKind::Memory, "app", None, &tags);
+        assert_eq!(cpu.len(), memory.len());
+        for (c, m) in cpu.iter().zip(&memory) {
+            assert_eq!(c.name, m.name);
+            match c.name.as_str() {
+                "__name__" => assert_eq!(
+                    (c.value.as_str(), m.value.as_str()),
+                    ("process_cpu", "memory")
+                ),
+                "__delta__" => assert_eq!((c.value.as_str(), m.value.as_str()), ("false", "false")),
+                _ => assert_eq!(c.value, m.value),
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ use super::backoff::Backoff;
 use super::client::{Answer, HttpClient, TransportError};
 use super::config::{UploadConfig, INGEST_422_RETRIES};
 use super::counts::{UploadCounts, UploadReport};
-use super::request::Requests;
+use super::request::{Requests, SeriesKind};
 use crate::error::StartError;
 use crate::sync::lock;
 
@@ -39,6 +39,8 @@ pub struct UploadWindow {
     pieces: Vec<Bytes>,
     start: SystemTime,
     end: SystemTime,
+    /// CPU or allocation profiles (the Push API's `__name__`).
+    kind: SeriesKind,
 }
 
 impl UploadWindow {
@@ -57,7 +59,19 @@ impl UploadWindow {
             pieces: pieces.into_iter().map(Bytes::from).collect(),
             start,
             end,
+            kind: SeriesKind::Cpu,
         }
+    }
+
+    /// The same window, its pieces being profiles of `kind` (CPU unless set).
+    pub fn with_kind(mut self, kind: SeriesKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// What the window's profiles measure.
+    pub fn kind(&self) -> SeriesKind {
+        self.kind
     }
 
     /// A window of request bodies sent as they are (OTLP requests).
@@ -379,7 +393,9 @@ impl Worker {
 
     async fn send_window(&mut self, window: &UploadWindow) {
         for piece in &window.pieces {
-            let outcome = self.send_piece(piece, window.start, window.end).await;
+            let outcome = self
+                .send_piece(piece, window.start, window.end, window.kind)
+                .await;
             let mut state = lock(&self.shared.state);
             state.in_flight = state.in_flight.saturating_sub(1);
             if let Outcome::Delivered = outcome {
@@ -389,8 +405,14 @@ impl Worker {
     }
 
     /// Sends one piece until it is delivered, refused, or too old.
-    async fn send_piece(&mut self, piece: &Bytes, start: SystemTime, end: SystemTime) -> Outcome {
-        let prepared = self.requests.prepare(piece, start, end);
+    async fn send_piece(
+        &mut self,
+        piece: &Bytes,
+        start: SystemTime,
+        end: SystemTime,
+        kind: SeriesKind,
+    ) -> Outcome {
+        let prepared = self.requests.prepare(piece, start, end, kind);
         let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
         let mut attempt = 0u32;
         let mut retries_422 = 0u32;
