@@ -265,6 +265,26 @@ fn allocation_profiles_estimate_each_span_within_tolerance_and_go_reads_them() {
         }
     }
 
+    // Every stack starts at the code that asked for memory: the allocator's own frames
+    // (the wrapper, its recording path, the global allocator's shims) are cut, except the
+    // one-frame markers for dropped records and not-yet-walkable stacks.
+    for s in &all {
+        let Some(leaf) = s.functions.first() else {
+            panic!("a sample without frames: {s:?}");
+        };
+        let marker = leaf.ends_with("::dropped_allocation_records")
+            || leaf.ends_with("::allocation_stack_not_yet_known");
+        assert!(
+            marker
+                || !(leaf.contains("span_profiler::alloc::")
+                    || leaf.contains("span_profiler::sampler::")
+                    || leaf.contains("__rust_alloc")
+                    || leaf.contains("__rust_realloc")),
+            "allocation stack starts inside the allocator: {:?}",
+            s.functions
+        );
+    }
+
     // go tool pprof reads the files and filters by span name.
     if let Some(go) = common::tool("go") {
         let file = files.last().unwrap().to_str().unwrap().to_owned();

@@ -32,6 +32,14 @@ fn dropped_allocation_records() {
     std::hint::black_box(());
 }
 
+/// Stands for allocations on threads whose stack could not be walked yet (the collector
+/// had not published the thread's stack bounds: a thread younger than a scan): their
+/// weight and labels are kept under this frame.
+#[inline(never)]
+fn allocation_stack_not_yet_known() {
+    std::hint::black_box(());
+}
+
 /// Allocation windows of one profiler session.
 pub(crate) struct AllocCollector {
     sample_bytes: u64,
@@ -87,13 +95,15 @@ impl AllocCollector {
         for r in &drained {
             let frames = &r.frames[..r.len.min(r.frames.len())];
             let mut own: Vec<usize>;
+            let unknown = [allocation_stack_not_yet_known as *const () as usize];
             let frames: &[usize] = if frames.len() > OWN_FRAMES {
                 // The new leaf is a return address: point it into the call.
                 own = frames[OWN_FRAMES..].to_vec();
                 own[0] = own[0].saturating_sub(1);
                 &own
             } else {
-                frames
+                // Only the recording path's own frames: the walk had no bounds.
+                &unknown
             };
             let stack = self.intern(frames);
             let key = (stack, resolve(r.label_id));

@@ -133,6 +133,27 @@ pub(crate) fn encode(
     pieces
 }
 
+/// True for a frame of the allocation path itself: this crate's allocator wrapper and
+/// recording code, and the global allocator's shims (`__rust_alloc`, `__rdl_alloc`, ...).
+/// Allocation stacks are cut below them (never the last frame of a stack, so the markers
+/// that stand for dropped records and unknown stacks stay).
+fn is_allocator_frame(name: &str) -> bool {
+    let name = name.strip_prefix('<').unwrap_or(name);
+    if name.starts_with("span_profiler::alloc::") || name.starts_with("span_profiler::sampler::") {
+        return true;
+    }
+    let last = name.rsplit("::").next().unwrap_or(name);
+    [
+        "__rust_alloc",
+        "__rust_realloc",
+        "__rust_dealloc",
+        "__rdl_",
+        "__rg_",
+    ]
+    .iter()
+    .any(|shim| last.starts_with(shim))
+}
+
 /// Window-wide tables; indices here are "global" (per window), not piece ids.
 struct Tables {
     strings: Vec<Arc<str>>,
@@ -212,8 +233,13 @@ impl Tables {
         let mut locations = Vec::new();
         let mut location_index: HashMap<usize, u32> = HashMap::new();
         let mut stacks = Vec::with_capacity(window.stacks.len());
+        // Allocation stacks begin inside the allocator (the global allocator's shim and the
+        // wrapper inlined into it): their leaf should be the code that asked for memory.
+        let alloc = matches!(window.kind, ProfileKind::Alloc { .. });
+        let mut allocator_frames: HashMap<usize, bool> = HashMap::new();
         for frames in &window.stacks {
             let mut stack = Vec::with_capacity(frames.len());
+            let mut leading = alloc;
             for (depth, &frame) in frames.iter().enumerate() {
                 // Callers are return addresses: look up the call instruction.
                 let addr = if depth == 0 {
@@ -221,6 +247,17 @@ impl Tables {
                 } else {
                     frame.saturating_sub(1)
                 };
+                if leading && depth + 1 < frames.len() {
+                    let inside = *allocator_frames.entry(addr).or_insert_with(|| {
+                        let sym = symbolizer.symbolize(addr);
+                        !sym.frames.is_empty()
+                            && sym.frames.iter().all(|f| is_allocator_frame(&f.name))
+                    });
+                    if inside {
+                        continue;
+                    }
+                }
+                leading = false;
                 if let Some(&loc) = location_index.get(&addr) {
                     stack.push(loc);
                     continue;
@@ -841,5 +878,27 @@ mod tests {
             &EncodeOptions::for_rate(100)
         )
         .is_empty());
+    }
+
+    #[test]
+    fn allocator_frames_are_the_wrapper_its_recording_path_and_the_global_shims() {
+        for name in [
+            "<span_profiler::alloc::ProfiledAllocator as core::alloc::global::GlobalAlloc>::alloc",
+            "span_profiler::alloc::sampled",
+            "span_profiler::sampler::linux::here::stack_here",
+            "__rustc::__rust_alloc",
+            "__rust_realloc",
+            "__rdl_alloc_zeroed",
+        ] {
+            assert!(is_allocator_frame(name), "{name}");
+        }
+        for name in [
+            "alloc::raw_vec::RawVecInner::finish_grow",
+            "<alloc::vec::Vec as core::clone::Clone>::clone",
+            "app::handlers::report",
+            "my_alloc_service::rust_alloc_stats",
+        ] {
+            assert!(!is_allocator_frame(name), "{name}");
+        }
     }
 }
