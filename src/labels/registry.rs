@@ -37,10 +37,10 @@ use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex};
 /// once (one per request) seldom share a lock. A power of two. Loom models use two, so
 /// that a model still crosses shards without exploring 64 mutexes.
 #[cfg(not(span_profiler_loom))]
-pub const DEFAULT_SHARDS: usize = 64;
+pub(crate) const DEFAULT_SHARDS: usize = 64;
 /// Shards of a registry (loom models: two, see the non-loom constant).
 #[cfg(span_profiler_loom)]
-pub const DEFAULT_SHARDS: usize = 2;
+pub(crate) const DEFAULT_SHARDS: usize = 2;
 
 /// One registered label set.
 struct Entry {

@@ -318,19 +318,6 @@ impl Writer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_queue_covers_a_minute_within_its_bounds() {
-        assert_eq!(queue_len(Duration::from_secs(10)), 6);
-        assert_eq!(queue_len(Duration::from_secs(1)), 60);
-        assert_eq!(queue_len(Duration::from_millis(100)), QUEUE_MAX);
-        assert_eq!(queue_len(Duration::from_secs(300)), QUEUE_MIN);
-    }
-}
-
 /// Hands the heap memory that encoding a window freed back to the system. A window's
 /// symbolization and encoding allocate tens of MiB for a moment on a busy service, in this
 /// thread's malloc arena; glibc keeps freed arena pages resident unless asked, so without
@@ -342,5 +329,18 @@ fn release_free_memory() {
     // the arenas' own locks and is safe to call from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_covers_a_minute_within_its_bounds() {
+        assert_eq!(queue_len(Duration::from_secs(10)), 6);
+        assert_eq!(queue_len(Duration::from_secs(1)), 60);
+        assert_eq!(queue_len(Duration::from_millis(100)), QUEUE_MAX);
+        assert_eq!(queue_len(Duration::from_secs(300)), QUEUE_MIN);
     }
 }

@@ -26,7 +26,7 @@ fn read_into(path: &str, buf: &mut Vec<u8>) -> std::io::Result<()> {
 
 /// Every live thread of the process. Threads that exit during the scan are skipped.
 #[cfg(test)]
-pub fn threads(buf: &mut Vec<u8>) -> std::io::Result<Vec<ThreadKey>> {
+pub(crate) fn threads(buf: &mut Vec<u8>) -> std::io::Result<Vec<ThreadKey>> {
     threads_since(&std::collections::HashMap::new(), buf)
 }
 
