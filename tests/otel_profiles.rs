@@ -3,6 +3,7 @@
 //! by its kind, with awaits that move tasks between workers. The profiler writes files;
 //! samples of each kind's function must carry the span id of a request of that kind, and
 //! `go tool pprof -tagfocus=span_id=<id>` must show only that request's kind of function.
+//! The provider asks for the `trace_id` label: every labelled sample carries its root's.
 #![cfg(feature = "otel")]
 
 mod common;
@@ -60,7 +61,8 @@ fn burn(kind: usize, d: Duration) {
 fn samples_of_each_kind_carry_their_own_requests_span_ids_and_tagfocus_selects_one() {
     let _lock = profiler_lock();
     let dir = temp_dir("otel-profiles");
-    let provider = ProfilingTracerProvider::new(SdkTracerProvider::builder().build());
+    let provider = ProfilingTracerProvider::new(SdkTracerProvider::builder().build())
+        .with_trace_id_label(true);
     let tracer = provider.tracer("otel-profiles");
     let profiler = Profiler::builder()
         .application_name("otel-profiles")
@@ -76,13 +78,19 @@ fn samples_of_each_kind_carry_their_own_requests_span_ids_and_tagfocus_selects_o
         .unwrap();
     // span id (hex) -> kind of its request.
     let mut kind_of: HashMap<String, usize> = HashMap::new();
+    // span id (hex) -> trace id (hex) of its request.
+    let mut trace_of: HashMap<String, String> = HashMap::new();
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(4);
         let mut handles = Vec::new();
         for i in 0..REQUESTS {
             let kind = i % KINDS.len();
             let root = Context::current_with_span(tracer.start(KINDS[kind]));
-            kind_of.insert(root.span().span_context().span_id().to_string(), kind);
+            let root_span = root.span();
+            let ids = root_span.span_context();
+            kind_of.insert(ids.span_id().to_string(), kind);
+            trace_of.insert(ids.span_id().to_string(), ids.trace_id().to_string());
+            drop(root_span);
             let child_tracer = provider.tracer("otel-profiles-child");
             let work = async move {
                 let mut rng = Rng::new(i as u64 + 1);
@@ -121,6 +129,11 @@ fn samples_of_each_kind_carry_their_own_requests_span_ids_and_tagfocus_selects_o
         match s.labels.get("span_id").and_then(|id| kind_of.get(id)) {
             Some(&k) if k == kind => {
                 right[kind] += s.values[0];
+                assert_eq!(
+                    s.labels.get("trace_id"),
+                    trace_of.get(&s.labels["span_id"]),
+                    "the trace_id label is the request's trace id"
+                );
                 assert_eq!(
                     s.labels.get("span_name").map(String::as_str),
                     Some(KINDS[kind])

@@ -219,6 +219,7 @@ impl Labels {
     pub fn with_trace_id(self, trace_id: u128) -> Labels {
         let mut set = LabelSet::clone(&self.set);
         set.trace_id = Some(trace_id);
+        set.trace_id_label = true;
         Self::from_set(set)
     }
 

@@ -151,8 +151,12 @@ pub struct LabelSet {
     /// when the span was named by a `&'static str` (the usual case: a route template), so
     /// that labelling a span copies no name.
     pub(crate) span_name: Option<Cow<'static, str>>,
-    /// Trace id, written as 32 lowercase hex digits (off unless asked for).
+    /// Trace id. Written as the `trace_id` sample label (32 lowercase hex digits) only
+    /// when `trace_id_label` is set; otherwise carried for OTLP links alone.
     pub(crate) trace_id: Option<u128>,
+    /// Whether pprof profiles write `trace_id` as a sample label: asked for with
+    /// `Labels::with_trace_id` or `ProfilingTracerProvider::with_trace_id_label(true)`.
+    pub(crate) trace_id_label: bool,
     /// Extra string pairs, keys validated, unique, in insertion order.
     pub(crate) pairs: Vec<(String, String)>,
 }

@@ -89,6 +89,8 @@ impl Config {
             span_name: name.filter(|n| !n.is_empty()).map(bounded_cow),
             // A trace id alone would make a label set for every unsampled trace.
             trace_id: trace_id.filter(|_| id.is_some()),
+            // Carried for OTLP links whenever export runs, written to pprof when asked.
+            trace_id_label: self.trace_id && trace_id.is_some() && id.is_some(),
             ..LabelSet::default()
         };
         // What `Labels::from_set(set).into_handle()` does, without the detour.

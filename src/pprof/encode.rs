@@ -73,20 +73,16 @@ pub(crate) struct EncodeOptions {
     pub max_piece_bytes: Option<usize>,
     /// Most samples per piece (the uploader uses 16,000); `None`: no limit.
     pub max_piece_samples: Option<usize>,
-    /// Write a `trace_id` sample label for sets that carry one (off by default: older
-    /// servers make one series per trace).
-    pub trace_id_label: bool,
 }
 
 cfg_internal! {
     impl EncodeOptions {
-        /// Options for a sampling rate in Hz, without piece limits or trace ids.
+        /// Options for a sampling rate in Hz, without piece limits.
         pub(crate) fn for_rate(hz: u32) -> Self {
             Self {
                 period_ns: 1_000_000_000 / u64::from(hz.max(1)),
                 max_piece_bytes: None,
                 max_piece_samples: None,
-                trace_id_label: false,
             }
         }
     }
@@ -113,7 +109,7 @@ pub(crate) fn encode(
     if window.samples.is_empty() {
         return Vec::new();
     }
-    let tables = Tables::build(window, symbolizer, opts);
+    let tables = Tables::build(window, symbolizer);
     let mut pieces = Vec::new();
     let mut piece = PieceBuilder::new(&tables, window, opts, 1);
     for sample in &window.samples {
@@ -221,7 +217,7 @@ impl Interner {
 }
 
 impl Tables {
-    fn build(window: &ClosedWindow, symbolizer: &mut Symbolizer, opts: &EncodeOptions) -> Self {
+    fn build(window: &ClosedWindow, symbolizer: &mut Symbolizer) -> Self {
         let mut strings = Interner::default();
         for s in fixed_strings(window.kind) {
             strings.get(s);
@@ -325,7 +321,7 @@ impl Tables {
                 if let Some(name) = set.span_name.as_ref().filter(|n| !n.is_empty()) {
                     pairs.push((strings.get("span_name"), strings.get(name)));
                 }
-                if let (Some(id), true) = (set.trace_id, opts.trace_id_label) {
+                if let (Some(id), true) = (set.trace_id, set.trace_id_label) {
                     pairs.push((strings.get("trace_id"), strings.get(&trace_id_hex(id))));
                 }
                 for (k, v) in &set.pairs {
@@ -676,6 +672,8 @@ mod tests {
             span_id: Some(span_id),
             span_name: Some(name.to_owned().into()),
             trace_id,
+            // Carried (as for OTLP links), not asked for as a label.
+            trace_id_label: false,
             pairs: pairs
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -761,7 +759,7 @@ mod tests {
         assert_eq!(labelled.labels["region"], "eu");
         assert!(
             !labelled.labels.contains_key("trace_id"),
-            "trace ids are off by default"
+            "trace ids carried for OTLP are not written"
         );
         assert!(
             labelled.functions[0].ends_with("tests::encoder_test_leaf"),
@@ -788,21 +786,44 @@ mod tests {
 
     #[test]
     fn trace_ids_are_written_only_when_asked() {
-        let labels = register(1, "r", Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736), &[]);
+        let labels = Registry::global().register(Arc::new(LabelSet {
+            span_id: Some(1),
+            trace_id: Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+            trace_id_label: true,
+            ..LabelSet::default()
+        }));
         let mut w = WindowAggregator::new(WindowLimits::default(), SystemTime::now());
         w.add(&[encoder_test_leaf as *const () as usize], labels.id(), 1);
         let window = w.close(SystemTime::now());
-        let opts = EncodeOptions {
-            trace_id_label: true,
-            ..EncodeOptions::for_rate(250)
-        };
-        let pieces = encode(&window, &mut Symbolizer::new(), &opts);
+        let pieces = encode(
+            &window,
+            &mut Symbolizer::new(),
+            &EncodeOptions::for_rate(250),
+        );
         let p = &decode_all(&pieces)[0];
         assert_eq!(
             samples(p)[0].labels["trace_id"],
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert_eq!(p.period, 4_000_000);
+
+        // A trace id carried only for OTLP links is not written.
+        let carried = Registry::global().register(Arc::new(LabelSet {
+            span_id: Some(2),
+            trace_id: Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4737),
+            ..LabelSet::default()
+        }));
+        let mut w = WindowAggregator::new(WindowLimits::default(), SystemTime::now());
+        w.add(&[encoder_test_leaf as *const () as usize], carried.id(), 1);
+        let window = w.close(SystemTime::now());
+        let pieces = encode(
+            &window,
+            &mut Symbolizer::new(),
+            &EncodeOptions::for_rate(250),
+        );
+        let labels = &samples(&decode_all(&pieces)[0])[0].labels;
+        assert_eq!(labels["span_id"], "0000000000000002");
+        assert!(!labels.contains_key("trace_id"), "{labels:?}");
     }
 
     #[test]

@@ -120,14 +120,12 @@ pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterH
             period_ns,
             max_piece_bytes: Some(config.max_request_bytes),
             max_piece_samples: Some(MAX_REQUEST_SAMPLES),
-            trace_id_label: false,
         }
     } else {
         EncodeOptions {
             period_ns,
             max_piece_bytes: None,
             max_piece_samples: None,
-            trace_id_label: false,
         }
     };
     #[cfg(feature = "upload")]

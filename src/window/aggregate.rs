@@ -414,6 +414,7 @@ mod tests {
             span_id,
             span_name: name.map(|n| n.to_owned().into()),
             trace_id: None,
+            trace_id_label: false,
             pairs: pairs
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
