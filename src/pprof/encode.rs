@@ -201,6 +201,7 @@ impl Interner {
 
 impl Tables {
     fn build(window: &ClosedWindow, symbolizer: &mut Symbolizer, opts: &EncodeOptions) -> Self {
+        symbolizer.prepare_window(&window.stacks);
         let mut strings = Interner::default();
         for s in fixed_strings(window.kind) {
             strings.get(s);
