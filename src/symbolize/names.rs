@@ -5,14 +5,29 @@
 //!   hash: `tokio::runtime::task::raw::poll`.
 //! - An inlined frame takes its DWARF linkage name when the debug info has one (full
 //!   debug info). A `line-tables-only` build only records the short name (`poll`,
-//!   `{closure#0}`); the path is then derived from the function's source file: the crate
-//!   from the registry directory (`.../tokio-1.48.0/src/...` gives `tokio`) or from the
-//!   directory holding `src/` (a package root, or `library/core` of the standard
-//!   library), the module from the path below `src/` (`runtime/task/raw.rs` gives
-//!   `runtime::task::raw`; `lib.rs`, `main.rs` and `mod.rs` add nothing). So `poll` in
-//!   `tokio-1.48.0/src/runtime/task/raw.rs` becomes `tokio::runtime::task::raw::poll`:
-//!   the module path, which for a method differs from the type path the symbol table
-//!   would show (`tokio::runtime::task::raw::RawTask::poll`).
+//!   `{closure#0}`); the path is then derived from the function's source file, as
+//!   `<crate>::<modules>::<name>`:
+//!   - the modules are the directories and file below the package's `src/`
+//!     (`runtime/task/raw.rs` gives `runtime::task::raw`); `src/lib.rs`, `src/main.rs`
+//!     and any `mod.rs` add nothing (`src/a/mod.rs` is module `a`);
+//!   - the crate, first match wins:
+//!     1. the enclosing (non-inlined) function's crate, when its symbol-table name is a
+//!        plain path (`shop::main::{closure#0}` gives `shop`; `<A as B>::f` gives
+//!        nothing) and its source file belongs to the same crate of the same package;
+//!     2. `src/bin/<x>.rs` and `src/bin/<x>/...` are crate `x`;
+//!     3. a registry package (`.../registry/src/<index>/<name>-<version>/src/...`) is
+//!        its directory without the version;
+//!     4. a local package is named by the nearest `Cargo.toml` beside its `src/`, when
+//!        that file can be read where the profiler runs: `[lib] name` (not for
+//!        `src/main.rs` itself), else `[package] name`; read once per directory;
+//!     5. otherwise the directory holding `src/` (`library/core` of the standard
+//!        library gives `core`), without a `-<version>` suffix; a file outside any
+//!        `src/` takes its own directory (`examples/demo/report.rs` gives `demo::report`).
+//!
+//!   Hyphens become underscores. So `poll` in `tokio-1.48.0/src/runtime/task/raw.rs`
+//!   becomes `tokio::runtime::task::raw::poll`: the module path, which for a method
+//!   differs from the type path the symbol table would show
+//!   (`tokio::runtime::task::raw::RawTask::poll`).
 //! - The readable name carries no generic arguments: `Foo<T>::bar` reads `Foo::bar`,
 //!   `<Foo<T> as Trait<U>>::poll` reads `<Foo as Trait>::poll`. The full name stays in
 //!   the profile's `system_name`.
@@ -69,42 +84,101 @@ fn opens_generics(before: &str) -> bool {
     }
 }
 
-/// `crate::module` derived from a source file path, `None` when the path says nothing
-/// usable (empty, or only a file name).
-///
-/// See the module docs for the rules.
-pub(crate) fn module_path_of_file(file: &str) -> Option<String> {
-    let parts: Vec<&str> = file
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    let (last, dirs) = parts.split_last()?;
-    let stem = last.strip_suffix(".rs").unwrap_or(last);
-    // The crate is the directory holding the last `src` (a package root, a registry
-    // directory `name-1.2.3`, or `library/core` of the standard library); without a `src`,
-    // the file's own directory.
-    let (krate, modules): (&str, &[&str]) = match dirs.iter().rposition(|d| *d == "src") {
-        Some(i) if i > 0 => (dirs[i - 1], &dirs[i + 1..]),
-        _ => (dirs.last()?, &[]),
-    };
-    let mut path = crate_name(krate);
-    if path.is_empty() {
-        return None;
-    }
-    for m in modules {
-        path.push_str("::");
-        path.push_str(m);
-    }
-    if !matches!(stem, "lib" | "main" | "mod") {
-        path.push_str("::");
-        path.push_str(stem);
-    }
-    Some(path)
+/// Where a source file lies: its package directory, which of the package's crates it
+/// belongs to, and its module path inside that crate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SourcePlace<'a> {
+    /// The directory holding `src` (`None` for a file outside any `src`).
+    package_dir: Option<&'a str>,
+    /// The crate's name as the path alone gives it (see [`crate_of_directory`]), or the
+    /// binary's for `src/bin/x.rs`.
+    path_crate: String,
+    /// The path names the crate exactly: a registry package, or a binary of `src/bin`.
+    exact: bool,
+    /// The binary of `src/bin/<name>` the file belongs to; `None` for the library and
+    /// `src/main.rs` and its modules.
+    bin: Option<&'a str>,
+    /// The file is `src/main.rs` itself (the crate named after the package, never a
+    /// renamed library).
+    main: bool,
+    /// Modules below the crate root, outermost first.
+    modules: Vec<&'a str>,
 }
 
-/// A directory name as a crate name: a registry version suffix removed
-/// (`hyper-util-0.1.11` is `hyper_util`), `-` as `_`.
-fn crate_name(dir: &str) -> String {
+impl SourcePlace<'_> {
+    /// Files of one crate have equal keys (the library, `src/main.rs` and their modules
+    /// share one: a package's library and binary crates are usually named alike).
+    fn crate_key(&self) -> (Option<&str>, Option<&str>) {
+        (self.package_dir, self.bin)
+    }
+}
+
+/// Splits a source path (see the module docs for the rules).
+fn source_place(file: &str) -> Option<SourcePlace<'_>> {
+    let parts: Vec<(usize, &str)> = file
+        .split('/')
+        .scan(0usize, |at, p| {
+            let start = *at;
+            *at += p.len() + 1;
+            Some((start, p))
+        })
+        .filter(|(_, p)| !p.is_empty() && *p != ".")
+        .collect();
+    let ((_, last), dirs) = parts.split_last()?;
+    let stem = last.strip_suffix(".rs").unwrap_or(last);
+    let names: Vec<&str> = dirs.iter().map(|(_, d)| *d).collect();
+    let Some(i) = names.iter().rposition(|d| *d == "src").filter(|&i| i > 0) else {
+        // Outside any `src` (`examples/demo/report.rs`): the file's own directory.
+        let mut modules = Vec::new();
+        if !matches!(stem, "lib" | "main" | "mod") {
+            modules.push(stem);
+        }
+        return Some(SourcePlace {
+            package_dir: None,
+            path_crate: crate_of_directory(names.last()?),
+            exact: false,
+            bin: None,
+            main: false,
+            modules,
+        });
+    };
+    let (src_start, _) = dirs[i];
+    let package_dir = &file[..src_start.saturating_sub(1)];
+    // `.../registry/src/<index>/<name>-<version>/src/...`
+    let registry = i >= 4 && names[i - 3] == "src" && names[i - 4] == "registry";
+    let mut below: Vec<&str> = names[i + 1..].to_vec();
+    let mut bin = None;
+    if below.first() == Some(&"bin") {
+        below.remove(0);
+        bin = Some(if below.is_empty() {
+            stem
+        } else {
+            below.remove(0)
+        });
+    }
+    let at_root = below.is_empty();
+    let mut modules = below;
+    // `src/bin/x.rs` is the root of crate `x`, like `src/main.rs` of the package's.
+    let crate_root = matches!(stem, "lib" | "main" | "mod") || (bin == Some(stem) && at_root);
+    if !crate_root {
+        modules.push(stem);
+    }
+    Some(SourcePlace {
+        package_dir: Some(package_dir),
+        path_crate: match bin {
+            Some(b) => b.replace('-', "_"),
+            None => crate_of_directory(names[i - 1]),
+        },
+        exact: registry || bin.is_some(),
+        bin,
+        main: at_root && bin.is_none() && stem == "main",
+        modules,
+    })
+}
+
+/// A directory name as a crate name: a version suffix removed (`hyper-util-0.1.11` is
+/// `hyper_util`), `-` as `_`.
+fn crate_of_directory(dir: &str) -> String {
     let bytes = dir.as_bytes();
     let end = (1..bytes.len())
         .find(|&i| bytes[i - 1] == b'-' && bytes[i].is_ascii_digit())
@@ -112,10 +186,159 @@ fn crate_name(dir: &str) -> String {
     dir[..end].replace('-', "_")
 }
 
+/// The crate names a package's `Cargo.toml` declares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ManifestNames {
+    /// `[package] name`, `-` as `_`.
+    package: Option<String>,
+    /// `[lib] name`, `-` as `_`.
+    lib: Option<String>,
+}
+
+/// Reads `name = "..."` of `[package]` and `[lib]` from a manifest's text. Only what this
+/// needs of TOML: section headers and basic or literal strings on one line; anything else
+/// is skipped, never an error.
+fn manifest_names(text: &str) -> ManifestNames {
+    let mut out = ManifestNames::default();
+    let mut section = "";
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line.trim_matches(|c| c == '[' || c == ']').trim();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != "name" {
+            continue;
+        }
+        let value = value.trim();
+        let Some(quote) = value.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+            continue;
+        };
+        let Some(name) = value[1..].split(quote).next() else {
+            continue;
+        };
+        let name = Some(name.trim().replace('-', "_")).filter(|n| !n.is_empty());
+        match section {
+            "package" if out.package.is_none() => out.package = name,
+            "lib" if out.lib.is_none() => out.lib = name,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Crate names read from `Cargo.toml` files on disk, cached per package directory (a
+/// directory without a readable manifest is cached as such and never read again).
+#[derive(Debug, Default)]
+pub(crate) struct CrateNames {
+    by_dir: std::collections::HashMap<Box<str>, Option<ManifestNames>>,
+    bytes: usize,
+}
+
+impl CrateNames {
+    /// Heap bytes held (an estimate: the map's slots and strings).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.by_dir.capacity() * 64 + self.bytes
+    }
+
+    fn manifest(&mut self, package_dir: &str) -> Option<&ManifestNames> {
+        if !self.by_dir.contains_key(package_dir) {
+            let path = std::path::Path::new(package_dir).join("Cargo.toml");
+            // A file that cannot be read (a build machine's path, no sources deployed)
+            // is no error: the directory's name is used.
+            let names = std::fs::read_to_string(path)
+                .ok()
+                .map(|text| manifest_names(&text));
+            self.bytes += package_dir.len()
+                + names.as_ref().map_or(0, |n| {
+                    n.package.as_ref().map_or(0, String::len)
+                        + n.lib.as_ref().map_or(0, String::len)
+                });
+            self.by_dir.insert(package_dir.into(), names);
+        }
+        self.by_dir.get(package_dir)?.as_ref()
+    }
+
+    /// The crate of `place`: the path's when it is exact, else the manifest's `[lib]`
+    /// (not for `src/main.rs`) or `[package]` name, else the directory's name.
+    fn crate_of(&mut self, place: &SourcePlace<'_>) -> String {
+        if place.exact {
+            return place.path_crate.clone();
+        }
+        let from_manifest = place.package_dir.and_then(|dir| {
+            let names = self.manifest(dir)?;
+            let lib = if place.main { None } else { names.lib.clone() };
+            lib.or_else(|| names.package.clone())
+        });
+        from_manifest.unwrap_or_else(|| place.path_crate.clone())
+    }
+}
+
+/// What the enclosing (non-inlined) function says about the crate of code in its own
+/// package: its symbol's first path segment, and its source file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CrateHint<'a> {
+    /// The enclosing function's readable name (`shop::main::{closure#0}`).
+    pub(crate) function: &'a str,
+    /// Its source file.
+    pub(crate) file: &'a str,
+}
+
+impl CrateHint<'_> {
+    /// The crate the hint gives for `place`: the function's crate when its file is in the
+    /// same crate of the same package and its name is a plain path (`a::b::f`; for
+    /// `<A as B>::f` the impl's crate is not known from the name).
+    fn crate_for(&self, place: &SourcePlace<'_>) -> Option<String> {
+        place.package_dir?;
+        let own = source_place(self.file)?;
+        if own.crate_key() != place.crate_key() {
+            return None;
+        }
+        let (first, _) = self.function.split_once("::")?;
+        let ident = !first.is_empty()
+            && !first.starts_with(|c: char| c.is_ascii_digit())
+            && first.chars().all(|c| c.is_alphanumeric() || c == '_');
+        ident.then(|| first.to_owned())
+    }
+}
+
+/// `crate::module` derived from a source file path, `None` when the path says nothing
+/// usable (empty, or only a file name).
+///
+/// See the module docs for the rules.
+pub(crate) fn module_path_of_file(
+    file: &str,
+    hint: Option<CrateHint<'_>>,
+    crates: &mut CrateNames,
+) -> Option<String> {
+    let place = source_place(file)?;
+    let mut path = match hint.and_then(|h| h.crate_for(&place)) {
+        Some(krate) => krate,
+        None => crates.crate_of(&place),
+    };
+    if path.is_empty() {
+        return None;
+    }
+    for m in &place.modules {
+        path.push_str("::");
+        path.push_str(m);
+    }
+    Some(path)
+}
+
 /// The readable name of an inlined frame: its DWARF `linkage` name (demangled) when there
 /// is one, else its short `name` qualified by the module path of `file` unless it is
 /// already qualified. Generic arguments are removed either way.
-pub(crate) fn inlined_name(linkage: Option<&str>, name: &str, file: &str) -> String {
+pub(crate) fn inlined_name(
+    linkage: Option<&str>,
+    name: &str,
+    file: &str,
+    hint: Option<CrateHint<'_>>,
+    crates: &mut CrateNames,
+) -> String {
     if let Some(linkage) = linkage {
         return without_generics(&demangle(linkage));
     }
@@ -123,7 +346,7 @@ pub(crate) fn inlined_name(linkage: Option<&str>, name: &str, file: &str) -> Str
     if short.contains("::") {
         return short;
     }
-    match module_path_of_file(file) {
+    match module_path_of_file(file, hint, crates) {
         Some(module) => format!("{module}::{short}"),
         None => short,
     }
@@ -177,24 +400,29 @@ mod tests {
         assert!(!out.contains(','), "{out}");
     }
 
+    /// Module path of `file` with no hint and a fresh manifest cache.
+    fn module_path(file: &str) -> Option<String> {
+        module_path_of_file(file, None, &mut CrateNames::default())
+    }
+
     #[test]
     fn registry_files_give_the_crate_and_module_path() {
         assert_eq!(
-            module_path_of_file(
+            module_path(
                 "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.48.0/src/runtime/task/raw.rs"
             )
             .as_deref(),
             Some("tokio::runtime::task::raw")
         );
         assert_eq!(
-            module_path_of_file(
+            module_path(
                 "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/hyper-util-0.1.11/src/client/legacy/mod.rs"
             )
             .as_deref(),
             Some("hyper_util::client::legacy")
         );
         assert_eq!(
-            module_path_of_file(
+            module_path(
                 "/rustc/17067e9ac6d7e98f18d4a4b1c2d8e6e6d2a8f7c1/library/core/src/future/future.rs"
             )
             .as_deref(),
@@ -203,26 +431,185 @@ mod tests {
     }
 
     #[test]
-    fn package_roots_and_loose_files_give_a_path_too() {
+    fn packages_without_a_manifest_on_disk_and_loose_files_use_directory_names() {
         assert_eq!(
-            module_path_of_file("/home/me/checkout-service/src/lib.rs").as_deref(),
+            module_path("/nonexistent/home/checkout-service/src/lib.rs").as_deref(),
             Some("checkout_service")
         );
         assert_eq!(
-            module_path_of_file("/home/me/app/examples/demo/report.rs").as_deref(),
+            module_path("/nonexistent/app/examples/demo/report.rs").as_deref(),
             Some("demo::report")
         );
-        assert_eq!(module_path_of_file("report.rs"), None);
-        assert_eq!(module_path_of_file(""), None);
+        assert_eq!(module_path("report.rs"), None);
+        assert_eq!(module_path(""), None);
+    }
+
+    #[test]
+    fn main_lib_mod_and_bin_files_follow_the_crate_layout() {
+        let cases = [
+            ("/nonexistent/shop/src/main.rs", "shop"),
+            ("/nonexistent/shop/src/lib.rs", "shop"),
+            ("/nonexistent/shop/src/routes.rs", "shop::routes"),
+            ("/nonexistent/shop/src/a/mod.rs", "shop::a"),
+            ("/nonexistent/shop/src/a/b.rs", "shop::a::b"),
+            ("/nonexistent/shop/src/bin/load-gen.rs", "load_gen"),
+            ("/nonexistent/shop/src/bin/admin/main.rs", "admin"),
+            ("/nonexistent/shop/src/bin/admin/cli.rs", "admin::cli"),
+        ];
+        for (file, expected) in cases {
+            assert_eq!(module_path(file).as_deref(), Some(expected), "{file}");
+        }
+    }
+
+    /// A package directory named `app` whose manifest names it otherwise, removed on drop.
+    struct Package(std::path::PathBuf);
+
+    impl Package {
+        fn new(tag: &str, manifest: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("span-profiler-names-{tag}-{}", std::process::id()))
+                .join("app");
+            std::fs::create_dir_all(dir.join("src")).unwrap();
+            std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+            Self(dir)
+        }
+
+        fn file(&self, below_src: &str) -> String {
+            format!("{}/src/{below_src}", self.0.display())
+        }
+    }
+
+    impl Drop for Package {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_local_package_is_named_by_its_manifest_not_its_directory() {
+        let pkg = Package::new(
+            "package",
+            "# the shop\n[package]\nname = \"shop-service\" # a comment\nversion = \"0.1.0\"\n\n[dependencies]\nname = \"not-this\"\n",
+        );
+        let mut crates = CrateNames::default();
+        assert_eq!(
+            module_path_of_file(&pkg.file("main.rs"), None, &mut crates).as_deref(),
+            Some("shop_service")
+        );
+        assert_eq!(
+            module_path_of_file(&pkg.file("http/routes.rs"), None, &mut crates).as_deref(),
+            Some("shop_service::http::routes")
+        );
+        // Read once per directory: the cached name stays when the file goes.
+        std::fs::remove_file(pkg.0.join("Cargo.toml")).unwrap();
+        assert_eq!(
+            module_path_of_file(&pkg.file("lib.rs"), None, &mut crates).as_deref(),
+            Some("shop_service")
+        );
+        assert!(crates.heap_bytes() > 0);
+    }
+
+    #[test]
+    fn a_renamed_library_names_its_modules_and_main_rs_keeps_the_package_name() {
+        let pkg = Package::new(
+            "lib",
+            "[package]\nname = 'shop'\n\n[lib]\nname = \"shop_core\"\npath = \"src/lib.rs\"\n",
+        );
+        let mut crates = CrateNames::default();
+        assert_eq!(
+            module_path_of_file(&pkg.file("db.rs"), None, &mut crates).as_deref(),
+            Some("shop_core::db")
+        );
+        assert_eq!(
+            module_path_of_file(&pkg.file("main.rs"), None, &mut crates).as_deref(),
+            Some("shop")
+        );
+    }
+
+    #[test]
+    fn this_crate_is_named_from_its_own_manifest() {
+        let file = format!("{}/src/symbolize/names.rs", env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(
+            module_path(&file).as_deref(),
+            Some("span_profiler::symbolize::names")
+        );
+    }
+
+    #[test]
+    fn the_enclosing_functions_crate_names_inlined_code_of_the_same_crate() {
+        let mut crates = CrateNames::default();
+        let hint = CrateHint {
+            function: "shop::main::{closure#0}",
+            file: "/build/app/src/main.rs",
+        };
+        assert_eq!(
+            inlined_name(
+                None,
+                "list<T>",
+                "/build/app/src/http/routes.rs",
+                Some(hint),
+                &mut crates
+            ),
+            "shop::http::routes::list"
+        );
+        assert_eq!(
+            inlined_name(
+                None,
+                "{async_fn#0}",
+                "/build/app/src/main.rs",
+                Some(hint),
+                &mut crates
+            ),
+            "shop::{async_fn#0}"
+        );
+        // Another package, or another crate of the package: no hint.
+        assert_eq!(
+            inlined_name(
+                None,
+                "get",
+                "/build/lib/src/lib.rs",
+                Some(hint),
+                &mut crates
+            ),
+            "lib::get"
+        );
+        assert_eq!(
+            inlined_name(
+                None,
+                "run",
+                "/build/app/src/bin/tool.rs",
+                Some(hint),
+                &mut crates
+            ),
+            "tool::run"
+        );
+        // `<A as B>::f` says nothing sure about the impl's crate.
+        let qualified = CrateHint {
+            function: "<alloc::vec::Vec as shop::Store>::get",
+            file: "/build/app/src/store.rs",
+        };
+        assert_eq!(
+            inlined_name(
+                None,
+                "get",
+                "/build/app/src/store.rs",
+                Some(qualified),
+                &mut crates
+            ),
+            "app::store::get"
+        );
     }
 
     #[test]
     fn inlined_frames_prefer_the_linkage_name_then_the_file_path() {
+        let mut crates = CrateNames::default();
         assert_eq!(
             inlined_name(
                 Some("_ZN5tokio7runtime4task3raw4poll17h0123456789abcdefE"),
                 "poll",
-                "/x/tokio-1.48.0/src/runtime/task/raw.rs"
+                "/x/tokio-1.48.0/src/runtime/task/raw.rs",
+                None,
+                &mut crates,
             ),
             "tokio::runtime::task::raw::poll"
         );
@@ -230,14 +617,40 @@ mod tests {
             inlined_name(
                 None,
                 "poll<F>",
-                "/x/tokio-1.48.0/src/runtime/task/harness.rs"
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.48.0/src/runtime/task/harness.rs",
+                None,
+                &mut crates,
             ),
             "tokio::runtime::task::harness::poll"
         );
-        assert_eq!(inlined_name(None, "{closure#0}", ""), "{closure#0}");
         assert_eq!(
-            inlined_name(None, "core::ptr::drop_in_place<u8>", "/anything/src/x.rs"),
+            inlined_name(None, "{closure#0}", "", None, &mut crates),
+            "{closure#0}"
+        );
+        assert_eq!(
+            inlined_name(
+                None,
+                "core::ptr::drop_in_place<u8>",
+                "/anything/src/x.rs",
+                None,
+                &mut crates
+            ),
             "core::ptr::drop_in_place"
         );
+    }
+
+    #[test]
+    fn manifest_reading_never_fails_on_odd_text() {
+        for text in [
+            "",
+            "[package",
+            "name =",
+            "name = \"",
+            "[package]\nname = 'x",
+            "\u{0}=\u{0}",
+        ] {
+            let _ = manifest_names(text);
+        }
+        assert_eq!(manifest_names("[package]\nname = \"\"").package, None);
     }
 }

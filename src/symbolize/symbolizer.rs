@@ -156,6 +156,8 @@ pub(crate) struct Symbolizer {
     string_bytes: usize,
     last_scan: Instant,
     counts: Footprint,
+    /// Crate names of local packages, read from their manifests.
+    crate_names: names::CrateNames,
 }
 
 impl std::fmt::Debug for Symbolizer {
@@ -188,6 +190,7 @@ impl Symbolizer {
             string_bytes: 0,
             last_scan: Instant::now(),
             counts: Footprint::default(),
+            crate_names: names::CrateNames::default(),
         }
     }
 
@@ -255,7 +258,7 @@ impl Symbolizer {
     }
 
     fn index_bytes(&self) -> usize {
-        self.loaded().map(ModuleDebug::index_bytes).sum()
+        self.loaded().map(ModuleDebug::index_bytes).sum::<usize>() + self.crate_names.heap_bytes()
     }
 
     fn parsed_bytes(&self) -> usize {
@@ -263,6 +266,33 @@ impl Symbolizer {
             .filter_map(|d| d.dwarf.as_ref())
             .map(|d| d.heap_bytes() - d.index_bytes())
             .sum()
+    }
+
+    /// Symbolizes the addresses of a window's `stacks` (leaf first, as return addresses
+    /// except the leaf) that are not cached yet, in address order, so that each debug-info
+    /// unit is parsed once for all of its addresses instead of once per visit in stack
+    /// order (which, with the budget full, drops and parses the same units again). The
+    /// encoder's lookups that follow come from the cache.
+    pub(crate) fn prepare_window(&mut self, stacks: &[Arc<[usize]>]) {
+        let mut todo: Vec<usize> = stacks
+            .iter()
+            .flat_map(|frames| {
+                frames.iter().enumerate().map(|(depth, &frame)| {
+                    // Callers are return addresses: look up the call instruction.
+                    if depth == 0 {
+                        frame
+                    } else {
+                        frame.saturating_sub(1)
+                    }
+                })
+            })
+            .filter(|addr| !self.cache.contains_key(addr))
+            .collect();
+        todo.sort_unstable();
+        todo.dedup();
+        for addr in todo {
+            self.symbolize(addr);
+        }
     }
 
     /// The frames at `addr` (a leaf PC, or a return address minus one), cached.
@@ -489,24 +519,6 @@ impl Symbolizer {
         }
         self.counts.units_parsed += count.units_parsed;
         self.counts.dwarf_errors += count.errors;
-        // (name, system name, file, line) per frame, innermost first.
-        let mut raw: Vec<(String, String, String, u32)> = Vec::with_capacity(dwarf_frames.len());
-        let (outer_file, outer_line) = match dwarf_frames.last() {
-            Some(f) => (f.file.as_deref().unwrap_or("").to_owned(), f.line),
-            None => (String::new(), 0),
-        };
-        for frame in &dwarf_frames {
-            if let Some(inlined) = &frame.inlined {
-                let file = frame.file.as_deref().unwrap_or("");
-                let name = names::inlined_name(inlined.linkage.as_deref(), &inlined.name, file);
-                let system_name = match (&inlined.linkage, inlined.name.is_empty()) {
-                    (Some(linkage), _) => linkage.to_string(),
-                    (None, false) => inlined.name.to_string(),
-                    (None, true) => name.clone(),
-                };
-                raw.push((name, system_name, file.to_owned(), frame.line));
-            }
-        }
         let outer = match symbol {
             Some(symbol) => Some((
                 names::without_generics(&names::demangle(symbol.name)),
@@ -520,6 +532,39 @@ impl Symbolizer {
             }
             None => None,
         };
+        // (name, system name, file, line) per frame, innermost first.
+        let mut raw: Vec<(String, String, String, u32)> = Vec::with_capacity(dwarf_frames.len());
+        let (outer_file, outer_line) = match dwarf_frames.last() {
+            Some(f) => (f.file.as_deref().unwrap_or("").to_owned(), f.line),
+            None => (String::new(), 0),
+        };
+        // The enclosing function's symbol names the crate of inlined code from its own
+        // crate (see `names`).
+        let hint = match (&outer, symbol) {
+            (Some((name, _)), Some(_)) => Some(names::CrateHint {
+                function: name,
+                file: &outer_file,
+            }),
+            _ => None,
+        };
+        for frame in &dwarf_frames {
+            if let Some(inlined) = &frame.inlined {
+                let file = frame.file.as_deref().unwrap_or("");
+                let name = names::inlined_name(
+                    inlined.linkage.as_deref(),
+                    &inlined.name,
+                    file,
+                    hint,
+                    &mut self.crate_names,
+                );
+                let system_name = match (&inlined.linkage, inlined.name.is_empty()) {
+                    (Some(linkage), _) => linkage.to_string(),
+                    (None, false) => inlined.name.to_string(),
+                    (None, true) => name.clone(),
+                };
+                raw.push((name, system_name, file.to_owned(), frame.line));
+            }
+        }
         let Some((outer_name, outer_system)) = outer else {
             return Vec::new();
         };
