@@ -194,6 +194,8 @@ pin_project! {
 }
 
 impl<F> Profiled<F> {
+    // `RootLink` is `()` without the `task-metrics` feature.
+    #[allow(clippy::unit_arg)]
     pub(crate) fn new(inner: F, handle: Option<LabelHandle>) -> Self {
         Self::with_root(inner, handle, RootLink::default())
     }

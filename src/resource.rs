@@ -19,6 +19,7 @@ pub(crate) fn attribute(attributes: &str, key: &str) -> Option<String> {
 }
 
 /// `key` of the process's resource attributes.
+#[cfg(feature = "otel")]
 pub(crate) fn attribute_from_env(key: &str) -> Option<String> {
     std::env::var(RESOURCE_ATTRIBUTES_VAR)
         .ok()

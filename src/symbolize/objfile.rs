@@ -128,6 +128,7 @@ impl ObjectFile {
     }
 
     /// Entry addresses (file addresses) of the indexed functions, ascending.
+    #[cfg(any(test, feature = "__internal"))]
     pub(crate) fn function_addresses(&self) -> impl Iterator<Item = u64> + '_ {
         self.symbols.iter().map(|s| s.addr)
     }

@@ -172,6 +172,7 @@ impl std::fmt::Debug for Symbolizer {
 
 impl Symbolizer {
     /// A symbolizer with the default options.
+    #[cfg(any(test, feature = "__internal"))]
     pub(crate) fn new() -> Self {
         Self::with_options(Symbolization::default())
     }
@@ -231,6 +232,7 @@ impl Symbolizer {
 
     /// Up to `n` distinct run-time addresses inside functions of the main program, spread
     /// evenly over its symbol table (for benchmarks and tests).
+    #[cfg(any(test, feature = "__internal"))]
     pub(crate) fn main_program_addresses(&mut self, n: usize) -> Vec<usize> {
         if self.modules.is_empty() {
             return Vec::new();

@@ -4,6 +4,7 @@
 //! configured extra roots. Redirects are never followed (hyper's client does not), so
 //! credentials never travel to another host.
 
+#[cfg(feature = "tls")]
 use std::io;
 use std::time::Duration;
 

@@ -131,7 +131,9 @@ pub struct UploadConfig {
     pub(crate) max_attempts: u32,
     /// Sampling rate in Hz (`/ingest`'s `sampleRate`).
     pub(crate) sample_rate: u32,
-    /// Extra trusted root certificates (DER), besides the webpki roots.
+    /// Extra trusted root certificates (DER), besides the webpki roots (read only by the
+    /// `tls` client; without it `https://` addresses are refused at build time).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) tls_roots: Vec<Vec<u8>>,
     /// Path, compression and resource options of [`Protocol::Otlp`].
     pub(crate) otlp: crate::otlp::OtlpSettings,

@@ -69,11 +69,6 @@ impl UploadWindow {
         self
     }
 
-    /// What the window's profiles measure.
-    pub fn kind(&self) -> SeriesKind {
-        self.kind
-    }
-
     /// A window of request bodies sent as they are (OTLP requests).
     pub(crate) fn from_bodies(bodies: Vec<Vec<u8>>, start: SystemTime, end: SystemTime) -> Self {
         Self::from_gzipped(bodies, start, end)
