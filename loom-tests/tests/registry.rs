@@ -17,6 +17,30 @@ fn set() -> std::sync::Arc<LabelSet> {
     std::sync::Arc::new(LabelSet::default())
 }
 
+/// The collector's side: drains the one-sample buffer (the drained id must still
+/// resolve), closing a window after round `close_after`, and ends each round with a drain.
+fn collect(reg: &Registry, buffer: &AtomicU64, rounds: usize, close_after: usize) {
+    for round in 0..rounds {
+        take_sample(reg, buffer);
+        if round == close_after {
+            reg.on_window_closed();
+        }
+        reg.on_drain();
+    }
+}
+
+/// Takes the buffer's sample, if any: its id must still resolve.
+fn take_sample(reg: &Registry, buffer: &AtomicU64) {
+    // Acquire: pairs with a worker's Release publication of its sample.
+    let id = buffer.swap(0, Ordering::Acquire);
+    if id != 0 {
+        assert!(
+            reg.resolve(id).is_some(),
+            "drained id {id} was freed too early"
+        );
+    }
+}
+
 /// Dropping the last handle on one thread while another thread revives the entry by id:
 /// a revived handle always resolves, and once every handle is gone the entry is freed.
 #[test]
@@ -83,28 +107,9 @@ fn an_id_read_before_its_release_resolves_when_drained() {
             drop(reg_w);
         });
 
-        for round in 0..3 {
-            // Acquire: pairs with the worker's Release store of the sample.
-            let id = buffer.swap(0, Ordering::Acquire);
-            if id != 0 {
-                assert!(
-                    reg.resolve(id).is_some(),
-                    "drained id {id} was freed too early"
-                );
-            }
-            if round == 1 {
-                reg.on_window_closed();
-            }
-            reg.on_drain();
-        }
+        collect(&reg, &buffer, 3, 1);
         worker.join().unwrap();
-        let id = buffer.swap(0, Ordering::Acquire);
-        if id != 0 {
-            assert!(
-                reg.resolve(id).is_some(),
-                "drained id {id} was freed too early"
-            );
-        }
+        take_sample(&reg, &buffer);
     });
 }
 
@@ -138,30 +143,11 @@ fn releases_in_two_shards_racing_the_collector_keep_their_grace() {
             })
             .collect();
 
-        for round in 0..2 {
-            // Acquire: pairs with a worker's Release publication of its sample.
-            let id = buffer.swap(0, Ordering::Acquire);
-            if id != 0 {
-                assert!(
-                    reg.resolve(id).is_some(),
-                    "drained id {id} was freed too early"
-                );
-            }
-            if round == 0 {
-                reg.on_window_closed();
-            }
-            reg.on_drain();
-        }
+        collect(&reg, &buffer, 2, 0);
         for worker in workers {
             worker.join().unwrap();
         }
-        let id = buffer.swap(0, Ordering::Acquire);
-        if id != 0 {
-            assert!(
-                reg.resolve(id).is_some(),
-                "drained id {id} was freed too early"
-            );
-        }
+        take_sample(&reg, &buffer);
         // Both released by now: two more drains after a window close end every grace.
         reg.on_window_closed();
         reg.on_drain();
