@@ -86,11 +86,12 @@ fn samples_of_each_kind_carry_their_own_requests_span_ids_and_tagfocus_selects_o
         for i in 0..REQUESTS {
             let kind = i % KINDS.len();
             let root = Context::current_with_span(tracer.start(KINDS[kind]));
-            let root_span = root.span();
-            let ids = root_span.span_context();
-            kind_of.insert(ids.span_id().to_string(), kind);
-            trace_of.insert(ids.span_id().to_string(), ids.trace_id().to_string());
-            drop(root_span);
+            {
+                let root_span = root.span();
+                let ids = root_span.span_context();
+                kind_of.insert(ids.span_id().to_string(), kind);
+                trace_of.insert(ids.span_id().to_string(), ids.trace_id().to_string());
+            }
             let child_tracer = provider.tracer("otel-profiles-child");
             let work = async move {
                 let mut rng = Rng::new(i as u64 + 1);
