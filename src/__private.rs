@@ -23,14 +23,9 @@ pub mod symbolize {
     }
 
     /// Symbolizes `addrs` with a new symbolizer (cold: files mapped and indexed, units
-    /// parsed as needed) as the encoder does for a window whose stacks are these
-    /// addresses (leaf frames) in this order; returns the frames found and the
-    /// symbolizer's heap bytes.
+    /// parsed as needed); returns the frames found and the symbolizer's heap bytes.
     pub fn symbolize_cold(addrs: &[usize], symbolization: Symbolization) -> (usize, u64) {
         let mut s = Symbolizer::with_options(symbolization);
-        let stacks: Vec<std::sync::Arc<[usize]>> =
-            addrs.iter().map(|&a| std::sync::Arc::from([a])).collect();
-        s.prepare_window(&stacks);
         let frames = addrs.iter().map(|&a| s.symbolize(a).frames.len()).sum();
         (frames, s.footprint().bytes)
     }

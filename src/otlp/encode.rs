@@ -104,7 +104,6 @@ struct Symbols {
 
 impl Symbols {
     fn build(window: &ClosedWindow, symbolizer: &mut Symbolizer) -> Self {
-        symbolizer.prepare_window(&window.stacks);
         let mut modules = HashMap::new();
         let stacks = window
             .stacks

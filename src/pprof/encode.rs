@@ -218,7 +218,6 @@ impl Interner {
 
 impl Tables {
     fn build(window: &ClosedWindow, symbolizer: &mut Symbolizer) -> Self {
-        symbolizer.prepare_window(&window.stacks);
         let mut strings = Interner::default();
         for s in fixed_strings(window.kind) {
             strings.get(s);

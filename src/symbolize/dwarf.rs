@@ -6,11 +6,6 @@
 //! (16 bytes per row) and, for inlined frames, the ranges of its inlined calls with their
 //! names and call sites. A parsed unit can be dropped at any time
 //! ([`DwarfUnits::evict_to`]) and is parsed again on its next lookup.
-//!
-//! Many units share one abbreviation table (the units of one crate, usually): tables are
-//! parsed once and kept beside the parsed units, counted with them and dropped after
-//! them. A name that an inlined call takes from another unit is read from that unit's
-//! header and abbreviations alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -130,9 +125,6 @@ pub(crate) struct DwarfUnits {
     /// `.debug_info` offsets of every unit header, ascending (to find the unit of a
     /// cross-unit reference).
     headers: Vec<usize>,
-    /// Abbreviation tables parsed so far, shared by the units using them (many units
-    /// share one, and cross-unit name references read entries of other units).
-    abbrevs: AbbrevCache,
     clock: u64,
     /// Bytes of the parsed units kept now.
     parsed_bytes: usize,
@@ -154,53 +146,38 @@ impl DwarfUnits {
         let mut ranges = Vec::new();
         let mut units = Vec::new();
         let mut offsets = Vec::new();
-        // Units of one crate usually share an abbreviation table and follow each other.
-        let mut last_abbrevs: Option<(usize, Arc<gimli::Abbreviations>)> = None;
-        let mut abbrev_tables = Vec::new();
         let mut headers = dwarf.units();
         while let Ok(Some(header)) = headers.next() {
             // `units()` walks `.debug_info`: its offsets are section offsets there.
             let offset = header.offset().0;
             offsets.push(offset);
-            abbrev_tables.push(header.debug_abbrev_offset().0);
             if offsets.len() % RELEASE_EVERY_UNITS == 0 {
                 file.release_pages();
             }
-            let index = units.len() as u32;
-            let before = ranges.len();
-            let mut push = |begin: u64, end: u64| {
-                // A range longer than 4 GiB is split (never seen in practice).
-                let mut begin = begin;
-                while begin < end {
-                    let len = (end - begin).min(u64::from(u32::MAX));
-                    ranges.push(UnitRange {
-                        begin,
-                        len: len as u32,
-                        unit: index,
-                    });
-                    begin += len;
-                }
-            };
-            let abbrev_offset = header.debug_abbrev_offset().0;
-            let abbrevs = match &last_abbrevs {
-                Some((o, a)) if *o == abbrev_offset => a.clone(),
-                _ => match dwarf.abbreviations(&header) {
-                    Ok(a) => {
-                        last_abbrevs = Some((abbrev_offset, a.clone()));
-                        a
-                    }
-                    Err(_) => continue,
-                },
-            };
-            let Ok(unit) = gimli::Unit::new_with_abbreviations(&dwarf, header, abbrevs) else {
+            let Ok(unit) = dwarf.unit(header) else {
                 continue;
             };
+            let index = units.len() as u32;
+            let mut found = false;
             if let Ok(mut iter) = dwarf.unit_ranges(&unit) {
                 while let Ok(Some(r)) = iter.next() {
-                    push(r.begin, r.end);
+                    if r.begin < r.end {
+                        // A range longer than 4 GiB is split (never seen in practice).
+                        let mut begin = r.begin;
+                        while begin < r.end {
+                            let len = (r.end - begin).min(u64::from(u32::MAX));
+                            ranges.push(UnitRange {
+                                begin,
+                                len: len as u32,
+                                unit: index,
+                            });
+                            begin += len;
+                        }
+                        found = true;
+                    }
                 }
             }
-            if ranges.len() > before {
+            if found {
                 units.push(UnitSlot {
                     offset,
                     parsed: None,
@@ -225,16 +202,11 @@ impl DwarfUnits {
         }
         merged.shrink_to_fit();
         units.shrink_to_fit();
-        abbrev_tables.sort_unstable();
-        abbrev_tables.dedup();
-        abbrev_tables.push(file.section(gimli::SectionId::DebugAbbrev).len());
-        abbrev_tables.shrink_to_fit();
         offsets.shrink_to_fit();
         Self {
             ranges: merged,
             units,
             headers: offsets,
-            abbrevs: AbbrevCache::new(abbrev_tables),
             clock: 0,
             parsed_bytes: 0,
         }
@@ -245,14 +217,12 @@ impl DwarfUnits {
         self.ranges.capacity() * std::mem::size_of::<UnitRange>()
             + self.units.capacity() * std::mem::size_of::<UnitSlot>()
             + self.headers.capacity() * std::mem::size_of::<usize>()
-            + self.abbrevs.tables.capacity() * std::mem::size_of::<usize>()
             + self.parsed_bytes
-            + self.abbrevs.bytes.get()
     }
 
     /// Bytes of the index alone (what stays after every unit is evicted).
     pub(crate) fn index_bytes(&self) -> usize {
-        self.heap_bytes() - self.parsed_bytes - self.abbrevs.bytes.get()
+        self.heap_bytes() - self.parsed_bytes
     }
 
     /// Units parsed and kept now.
@@ -264,10 +234,7 @@ impl DwarfUnits {
     /// parsed state are kept. Returns how many were dropped.
     pub(crate) fn evict_to(&mut self, limit: usize) -> u64 {
         let mut dropped = 0;
-        let abbrevs = self.abbrevs.bytes.get();
-        // Parsed units first (least recently used first); the shared abbreviation tables
-        // are cheap to keep and go last.
-        while self.parsed_bytes + abbrevs > limit {
+        while self.parsed_bytes > limit {
             let oldest = self
                 .units
                 .iter_mut()
@@ -278,9 +245,6 @@ impl DwarfUnits {
                 self.parsed_bytes -= parsed.bytes;
                 dropped += 1;
             }
-        }
-        if self.parsed_bytes + abbrevs > limit {
-            self.abbrevs.clear();
         }
         dropped
     }
@@ -339,7 +303,7 @@ impl DwarfUnits {
         if slot.parsed.is_none() {
             let dwarf = load(file);
             let release = || file.release_pages();
-            match parse_unit(&dwarf, slot.offset, &self.headers, &self.abbrevs, &release) {
+            match parse_unit(&dwarf, slot.offset, &self.headers, &release) {
                 Ok(parsed) => {
                     count.units_parsed += 1;
                     self.parsed_bytes += parsed.bytes;
@@ -435,14 +399,12 @@ fn parse_unit(
     dwarf: &Dwarf<'_>,
     offset: usize,
     headers: &[usize],
-    abbrevs: &AbbrevCache,
     release: &dyn Fn(),
 ) -> gimli::Result<ParsedUnit> {
     let header = dwarf
         .debug_info
         .header_from_offset(gimli::DebugInfoOffset(offset))?;
-    let abbreviations = abbrevs.get(dwarf, &header)?;
-    let unit = gimli::Unit::new_with_abbreviations(dwarf, header, abbreviations)?;
+    let unit = dwarf.unit(header)?;
     let mut out = ParsedUnit::default();
     // Line-table file index -> index into `out.files`.
     let mut file_ids: HashMap<u64, u32> = HashMap::new();
@@ -488,7 +450,6 @@ fn parse_unit(
             header: call_header,
             comp_dir: &comp_dir,
             headers,
-            abbrevs,
             release,
         };
         read_inlines(&context, &mut file_ids, &mut out)?;
@@ -559,7 +520,6 @@ struct Context<'c, 'a> {
     comp_dir: &'c str,
     /// Offsets of all unit headers, ascending.
     headers: &'c [usize],
-    abbrevs: &'c AbbrevCache,
     /// Gives the file's pages back (called every few thousand entries).
     release: &'c dyn Fn(),
 }
@@ -694,9 +654,6 @@ fn intern_name(
 
 /// The name of the function an `abstract_origin` refers to, following further
 /// `abstract_origin` / `specification` links (at most a few), in this unit or another.
-///
-/// An entry of another unit is read from that unit's header and (shared) abbreviation
-/// table alone, without building the unit (root entry, line program header).
 fn resolve_name(
     cx: &Context<'_, '_>,
     origin: AttributeValue<Reader<'_>>,
@@ -711,41 +668,28 @@ fn resolve_name(
     let mut name: Option<String> = None;
     let mut linkage: Option<String> = None;
     let mut target = origin;
-    // The unit holding `target` when it is not `unit`: its header and abbreviations.
-    let mut other: Option<(gimli::UnitHeader<Reader<'_>>, Arc<gimli::Abbreviations>)> = None;
+    // The unit holding `target` when it is not `unit`.
+    let mut other: Option<Unit<'_>> = None;
     for _ in 0..4 {
+        let current = other.as_ref().unwrap_or(unit);
         let entry = match target {
-            AttributeValue::UnitRef(offset) => match &other {
-                Some((header, abbrevs)) => header.entry(abbrevs, offset).ok()?,
-                None => unit.entry(offset).ok()?,
-            },
+            AttributeValue::UnitRef(offset) => current.entry(offset).ok()?,
             AttributeValue::DebugInfoRef(offset) => {
                 let header = unit_header_containing(dwarf, cx.headers, offset)?;
                 let unit_offset = offset.to_unit_offset(&header)?;
-                let abbrevs = cx.abbrevs.get(dwarf, &header).ok()?;
-                let entry = header.entry(&abbrevs, unit_offset).ok()?;
-                other = Some((header, abbrevs));
+                let found = dwarf.unit(header).ok()?;
+                let entry = found.entry(unit_offset).ok()?;
+                other = Some(found);
                 entry
             }
             _ => return None,
         };
-        let string = |v: AttributeValue<Reader<'_>>| -> Option<String> {
-            let s = match (&other, v) {
-                (None, v) => dwarf.attr_string(unit, v).ok()?,
-                (Some(_), AttributeValue::String(s)) => s,
-                (Some(_), AttributeValue::DebugStrRef(o)) => dwarf.debug_str.get_str(o).ok()?,
-                (Some(_), AttributeValue::DebugLineStrRef(o)) => {
-                    dwarf.debug_line_str.get_str(o).ok()?
-                }
-                // Indexed strings need the other unit's string offsets base.
-                (Some((header, abbrevs)), v) => {
-                    let found =
-                        gimli::Unit::new_with_abbreviations(dwarf, *header, abbrevs.clone())
-                            .ok()?;
-                    dwarf.attr_string(&found, v).ok()?
-                }
-            };
-            Some(s.to_string_lossy().into_owned())
+        let current = other.as_ref().unwrap_or(unit);
+        let string = |v: AttributeValue<Reader<'_>>| {
+            dwarf
+                .attr_string(current, v)
+                .ok()
+                .map(|s| s.to_string_lossy().into_owned())
         };
         if linkage.is_none() {
             linkage = entry
@@ -772,59 +716,6 @@ fn resolve_name(
         linkage: linkage.map(Arc::from),
     };
     Some(intern_name(out, names, key, found))
-}
-
-/// Abbreviation tables by `.debug_abbrev` offset, parsed once and shared; their heap is
-/// estimated from the tables' sizes in the file and counted with the parsed units.
-#[derive(Debug)]
-struct AbbrevCache {
-    /// Every table's offset, ascending, then the section's length (to size a table).
-    tables: Vec<usize>,
-    parsed: std::cell::RefCell<HashMap<usize, Arc<gimli::Abbreviations>>>,
-    bytes: std::cell::Cell<usize>,
-}
-
-/// Heap bytes of a parsed abbreviation table per byte of it in the file (each
-/// abbreviation of a few bytes becomes a struct with its attribute list and a map slot).
-const ABBREV_HEAP_PER_BYTE: usize = 12;
-
-impl AbbrevCache {
-    fn new(tables: Vec<usize>) -> Self {
-        Self {
-            tables,
-            parsed: std::cell::RefCell::new(HashMap::new()),
-            bytes: std::cell::Cell::new(0),
-        }
-    }
-
-    /// The table of `header`'s unit, parsed now if it is not cached.
-    fn get(
-        &self,
-        dwarf: &Dwarf<'_>,
-        header: &gimli::UnitHeader<Reader<'_>>,
-    ) -> gimli::Result<Arc<gimli::Abbreviations>> {
-        let offset = header.debug_abbrev_offset().0;
-        if let Some(hit) = self.parsed.borrow().get(&offset) {
-            return Ok(hit.clone());
-        }
-        let table = Arc::new(header.abbreviations(&dwarf.debug_abbrev)?);
-        let i = self.tables.partition_point(|&t| t <= offset);
-        let size = self
-            .tables
-            .get(i)
-            .map_or(64, |&next| next.saturating_sub(offset));
-        self.bytes
-            .set(self.bytes.get() + size * ABBREV_HEAP_PER_BYTE + 64);
-        self.parsed.borrow_mut().insert(offset, table.clone());
-        Ok(table)
-    }
-
-    fn clear(&mut self) {
-        let parsed = self.parsed.get_mut();
-        parsed.clear();
-        parsed.shrink_to_fit();
-        self.bytes.set(0);
-    }
 }
 
 /// A key naming the DIE a reference points at: (unit offset or `usize::MAX - 1` for

@@ -5,29 +5,14 @@
 //!   hash: `tokio::runtime::task::raw::poll`.
 //! - An inlined frame takes its DWARF linkage name when the debug info has one (full
 //!   debug info). A `line-tables-only` build only records the short name (`poll`,
-//!   `{closure#0}`); the path is then derived from the function's source file, as
-//!   `<crate>::<modules>::<name>`:
-//!   - the modules are the directories and file below the package's `src/`
-//!     (`runtime/task/raw.rs` gives `runtime::task::raw`); `src/lib.rs`, `src/main.rs`
-//!     and any `mod.rs` add nothing (`src/a/mod.rs` is module `a`);
-//!   - the crate, first match wins:
-//!     1. the enclosing (non-inlined) function's crate, when its symbol-table name is a
-//!        plain path (`shop::main::{closure#0}` gives `shop`; `<A as B>::f` gives
-//!        nothing) and its source file belongs to the same crate of the same package;
-//!     2. `src/bin/<x>.rs` and `src/bin/<x>/...` are crate `x`;
-//!     3. a registry package (`.../registry/src/<index>/<name>-<version>/src/...`) is
-//!        its directory without the version;
-//!     4. a local package is named by the nearest `Cargo.toml` beside its `src/`, when
-//!        that file can be read where the profiler runs: `[lib] name` (not for
-//!        `src/main.rs` itself), else `[package] name`; read once per directory;
-//!     5. otherwise the directory holding `src/` (`library/core` of the standard
-//!        library gives `core`), without a `-<version>` suffix; a file outside any
-//!        `src/` takes its own directory (`examples/demo/report.rs` gives `demo::report`).
-//!
-//!   Hyphens become underscores. So `poll` in `tokio-1.48.0/src/runtime/task/raw.rs`
-//!   becomes `tokio::runtime::task::raw::poll`: the module path, which for a method
-//!   differs from the type path the symbol table would show
-//!   (`tokio::runtime::task::raw::RawTask::poll`).
+//!   `{closure#0}`); the path is then derived from the function's source file: the crate
+//!   from the registry directory (`.../tokio-1.48.0/src/...` gives `tokio`) or from the
+//!   directory holding `src/` (a package root, or `library/core` of the standard
+//!   library), the module from the path below `src/` (`runtime/task/raw.rs` gives
+//!   `runtime::task::raw`; `lib.rs`, `main.rs` and `mod.rs` add nothing). So `poll` in
+//!   `tokio-1.48.0/src/runtime/task/raw.rs` becomes `tokio::runtime::task::raw::poll`:
+//!   the module path, which for a method differs from the type path the symbol table
+//!   would show (`tokio::runtime::task::raw::RawTask::poll`).
 //! - The readable name carries no generic arguments: `Foo<T>::bar` reads `Foo::bar`,
 //!   `<Foo<T> as Trait<U>>::poll` reads `<Foo as Trait>::poll`. The full name stays in
 //!   the profile's `system_name`.
@@ -158,9 +143,7 @@ fn source_place(file: &str) -> Option<SourcePlace<'_>> {
     }
     let at_root = below.is_empty();
     let mut modules = below;
-    // `src/bin/x.rs` is the root of crate `x`, like `src/main.rs` of the package's.
-    let crate_root = matches!(stem, "lib" | "main" | "mod") || (bin == Some(stem) && at_root);
-    if !crate_root {
+    if !matches!(stem, "lib" | "main" | "mod") && !(bin == Some(stem) && at_root) {
         modules.push(stem);
     }
     Some(SourcePlace {
@@ -254,8 +237,7 @@ impl CrateNames {
                 .map(|text| manifest_names(&text));
             self.bytes += package_dir.len()
                 + names.as_ref().map_or(0, |n| {
-                    n.package.as_ref().map_or(0, String::len)
-                        + n.lib.as_ref().map_or(0, String::len)
+                    n.package.as_ref().map_or(0, String::len) + n.lib.as_ref().map_or(0, String::len)
                 });
             self.by_dir.insert(package_dir.into(), names);
         }
@@ -543,44 +525,20 @@ mod tests {
             file: "/build/app/src/main.rs",
         };
         assert_eq!(
-            inlined_name(
-                None,
-                "list<T>",
-                "/build/app/src/http/routes.rs",
-                Some(hint),
-                &mut crates
-            ),
+            inlined_name(None, "list<T>", "/build/app/src/http/routes.rs", Some(hint), &mut crates),
             "shop::http::routes::list"
         );
         assert_eq!(
-            inlined_name(
-                None,
-                "{async_fn#0}",
-                "/build/app/src/main.rs",
-                Some(hint),
-                &mut crates
-            ),
+            inlined_name(None, "{async_fn#0}", "/build/app/src/main.rs", Some(hint), &mut crates),
             "shop::{async_fn#0}"
         );
         // Another package, or another crate of the package: no hint.
         assert_eq!(
-            inlined_name(
-                None,
-                "get",
-                "/build/lib/src/lib.rs",
-                Some(hint),
-                &mut crates
-            ),
+            inlined_name(None, "get", "/build/lib/src/lib.rs", Some(hint), &mut crates),
             "lib::get"
         );
         assert_eq!(
-            inlined_name(
-                None,
-                "run",
-                "/build/app/src/bin/tool.rs",
-                Some(hint),
-                &mut crates
-            ),
+            inlined_name(None, "run", "/build/app/src/bin/tool.rs", Some(hint), &mut crates),
             "tool::run"
         );
         // `<A as B>::f` says nothing sure about the impl's crate.
@@ -589,13 +547,7 @@ mod tests {
             file: "/build/app/src/store.rs",
         };
         assert_eq!(
-            inlined_name(
-                None,
-                "get",
-                "/build/app/src/store.rs",
-                Some(qualified),
-                &mut crates
-            ),
+            inlined_name(None, "get", "/build/app/src/store.rs", Some(qualified), &mut crates),
             "app::store::get"
         );
     }
@@ -623,32 +575,16 @@ mod tests {
             ),
             "tokio::runtime::task::harness::poll"
         );
+        assert_eq!(inlined_name(None, "{closure#0}", "", None, &mut crates), "{closure#0}");
         assert_eq!(
-            inlined_name(None, "{closure#0}", "", None, &mut crates),
-            "{closure#0}"
-        );
-        assert_eq!(
-            inlined_name(
-                None,
-                "core::ptr::drop_in_place<u8>",
-                "/anything/src/x.rs",
-                None,
-                &mut crates
-            ),
+            inlined_name(None, "core::ptr::drop_in_place<u8>", "/anything/src/x.rs", None, &mut crates),
             "core::ptr::drop_in_place"
         );
     }
 
     #[test]
     fn manifest_reading_never_fails_on_odd_text() {
-        for text in [
-            "",
-            "[package",
-            "name =",
-            "name = \"",
-            "[package]\nname = 'x",
-            "\u{0}=\u{0}",
-        ] {
+        for text in ["", "[package", "name =", "name = \"", "[package]\nname = 'x", "\u{0}=\u{0}"] {
             let _ = manifest_names(text);
         }
         assert_eq!(manifest_names("[package]\nname = \"\"").package, None);
