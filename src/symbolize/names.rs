@@ -143,7 +143,7 @@ fn source_place(file: &str) -> Option<SourcePlace<'_>> {
     }
     let at_root = below.is_empty();
     let mut modules = below;
-    if !matches!(stem, "lib" | "main" | "mod") && !(bin == Some(stem) && at_root) {
+    if !(matches!(stem, "lib" | "main" | "mod") || bin == Some(stem) && at_root) {
         modules.push(stem);
     }
     Some(SourcePlace {
@@ -237,7 +237,8 @@ impl CrateNames {
                 .map(|text| manifest_names(&text));
             self.bytes += package_dir.len()
                 + names.as_ref().map_or(0, |n| {
-                    n.package.as_ref().map_or(0, String::len) + n.lib.as_ref().map_or(0, String::len)
+                    n.package.as_ref().map_or(0, String::len)
+                        + n.lib.as_ref().map_or(0, String::len)
                 });
             self.by_dir.insert(package_dir.into(), names);
         }
@@ -525,20 +526,44 @@ mod tests {
             file: "/build/app/src/main.rs",
         };
         assert_eq!(
-            inlined_name(None, "list<T>", "/build/app/src/http/routes.rs", Some(hint), &mut crates),
+            inlined_name(
+                None,
+                "list<T>",
+                "/build/app/src/http/routes.rs",
+                Some(hint),
+                &mut crates
+            ),
             "shop::http::routes::list"
         );
         assert_eq!(
-            inlined_name(None, "{async_fn#0}", "/build/app/src/main.rs", Some(hint), &mut crates),
+            inlined_name(
+                None,
+                "{async_fn#0}",
+                "/build/app/src/main.rs",
+                Some(hint),
+                &mut crates
+            ),
             "shop::{async_fn#0}"
         );
         // Another package, or another crate of the package: no hint.
         assert_eq!(
-            inlined_name(None, "get", "/build/lib/src/lib.rs", Some(hint), &mut crates),
+            inlined_name(
+                None,
+                "get",
+                "/build/lib/src/lib.rs",
+                Some(hint),
+                &mut crates
+            ),
             "lib::get"
         );
         assert_eq!(
-            inlined_name(None, "run", "/build/app/src/bin/tool.rs", Some(hint), &mut crates),
+            inlined_name(
+                None,
+                "run",
+                "/build/app/src/bin/tool.rs",
+                Some(hint),
+                &mut crates
+            ),
             "tool::run"
         );
         // `<A as B>::f` says nothing sure about the impl's crate.
@@ -547,7 +572,13 @@ mod tests {
             file: "/build/app/src/store.rs",
         };
         assert_eq!(
-            inlined_name(None, "get", "/build/app/src/store.rs", Some(qualified), &mut crates),
+            inlined_name(
+                None,
+                "get",
+                "/build/app/src/store.rs",
+                Some(qualified),
+                &mut crates
+            ),
             "app::store::get"
         );
     }
@@ -575,16 +606,32 @@ mod tests {
             ),
             "tokio::runtime::task::harness::poll"
         );
-        assert_eq!(inlined_name(None, "{closure#0}", "", None, &mut crates), "{closure#0}");
         assert_eq!(
-            inlined_name(None, "core::ptr::drop_in_place<u8>", "/anything/src/x.rs", None, &mut crates),
+            inlined_name(None, "{closure#0}", "", None, &mut crates),
+            "{closure#0}"
+        );
+        assert_eq!(
+            inlined_name(
+                None,
+                "core::ptr::drop_in_place<u8>",
+                "/anything/src/x.rs",
+                None,
+                &mut crates
+            ),
             "core::ptr::drop_in_place"
         );
     }
 
     #[test]
     fn manifest_reading_never_fails_on_odd_text() {
-        for text in ["", "[package", "name =", "name = \"", "[package]\nname = 'x", "\u{0}=\u{0}"] {
+        for text in [
+            "",
+            "[package",
+            "name =",
+            "name = \"",
+            "[package]\nname = 'x",
+            "\u{0}=\u{0}",
+        ] {
             let _ = manifest_names(text);
         }
         assert_eq!(manifest_names("[package]\nname = \"\"").package, None);

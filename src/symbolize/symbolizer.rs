@@ -270,33 +270,6 @@ impl Symbolizer {
             .sum()
     }
 
-    /// Symbolizes the addresses of a window's `stacks` (leaf first, as return addresses
-    /// except the leaf) that are not cached yet, in address order, so that each debug-info
-    /// unit is parsed once for all of its addresses instead of once per visit in stack
-    /// order (which, with the budget full, drops and parses the same units again). The
-    /// encoder's lookups that follow come from the cache.
-    pub(crate) fn prepare_window(&mut self, stacks: &[Arc<[usize]>]) {
-        let mut todo: Vec<usize> = stacks
-            .iter()
-            .flat_map(|frames| {
-                frames.iter().enumerate().map(|(depth, &frame)| {
-                    // Callers are return addresses: look up the call instruction.
-                    if depth == 0 {
-                        frame
-                    } else {
-                        frame.saturating_sub(1)
-                    }
-                })
-            })
-            .filter(|addr| !self.cache.contains_key(addr))
-            .collect();
-        todo.sort_unstable();
-        todo.dedup();
-        for addr in todo {
-            self.symbolize(addr);
-        }
-    }
-
     /// The frames at `addr` (a leaf PC, or a return address minus one), cached.
     pub(crate) fn symbolize(&mut self, addr: usize) -> Arc<Symbolized> {
         if let Some(hit) = self.cache.get(&addr) {
