@@ -4,14 +4,17 @@
 //! Opening a module builds a small index, address range to unit (24 bytes per range of
 //! adjacent code). The first lookup in a unit parses that unit alone: its line table
 //! (16 bytes per row) and, for inlined frames, the ranges of its inlined calls with their
-//! names and call sites. A parsed unit can be dropped at any time
-//! ([`DwarfUnits::evict_to`]) and is parsed again on its next lookup.
+//! call sites and where their names are. A name is read only when a lookup returns a frame
+//! of that inlined function: most inlined calls of a unit are never sampled. A parsed unit
+//! can be dropped at any time ([`DwarfUnits::evict_to`]) and is parsed again on its next
+//! lookup.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 
+use crate::id_hash::IdHashBuilder;
 use crate::symbolize::objfile::ObjectFile;
 
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
@@ -54,8 +57,10 @@ struct Row {
 /// few pages (and the kernel maps neighbours with them), so they are given back often.
 const RELEASE_EVERY_UNITS: usize = 16;
 
-/// Entries read between two releases of the file's pages while parsing one (large) unit.
-const RELEASE_EVERY_ENTRIES: usize = 1024;
+/// `.debug_info` bytes read between two releases of the file's pages while parsing one
+/// (large) unit: bounds the file pages one parse adds to the resident set, without giving
+/// back (and faulting in again) the abbreviation and range pages every few entries.
+const RELEASE_EVERY_BYTES: usize = 4 << 20;
 
 /// `Row::file` of a sequence end.
 const END: u32 = u32::MAX;
@@ -75,7 +80,7 @@ struct Inline {
     end: u64,
     /// 1 for a call inlined directly into the function, 2 for one inlined into that, ...
     depth: u32,
-    /// Index into `ParsedUnit::names`.
+    /// Index into `ParsedUnit::origins` and `ParsedUnit::names`.
     name: u32,
     /// Where the inlined function was called from (index into `ParsedUnit::files`).
     call_file: u32,
@@ -101,10 +106,17 @@ struct ParsedUnit {
     /// Sorted by `begin`.
     functions: Vec<Function>,
     inlines: Vec<Inline>,
-    names: Vec<DwarfName>,
+    /// `.debug_info` offset of the DIE each inlined function's name is read from
+    /// ([`NO_ORIGIN`] when the call names none).
+    origins: Vec<usize>,
+    /// The names read so far, by the same index as `origins`.
+    names: Vec<Option<DwarfName>>,
     /// Heap bytes of all of the above (estimated for the strings' allocations).
     bytes: usize,
 }
+
+/// `ParsedUnit::origins` of an inlined call without `DW_AT_abstract_origin`.
+const NO_ORIGIN: usize = usize::MAX;
 
 /// One frame found in DWARF, innermost first.
 #[derive(Debug, Clone)]
@@ -262,10 +274,21 @@ impl DwarfUnits {
         let Some(unit) = self.unit_of(addr) else {
             return Vec::new();
         };
-        let Some(parsed) = self.parsed(file, unit, count) else {
+        if self.parsed(file, unit, count).is_none() {
+            return Vec::new();
+        }
+        let Some(parsed) = self.units[unit].parsed.as_deref_mut() else {
             return Vec::new();
         };
-        parsed.frames(addr, inlined)
+        let mut reader = NameReader {
+            dwarf: load(file),
+            headers: &self.headers,
+            unit: None,
+        };
+        let before = parsed.bytes;
+        let frames = parsed.frames(addr, inlined, &mut reader);
+        self.parsed_bytes += parsed.bytes - before;
+        frames
     }
 
     /// The line of the row at `addr` in the unit covering it (a function's start line).
@@ -303,7 +326,7 @@ impl DwarfUnits {
         if slot.parsed.is_none() {
             let dwarf = load(file);
             let release = || file.release_pages();
-            match parse_unit(&dwarf, slot.offset, &self.headers, &release) {
+            match parse_unit(&dwarf, slot.offset, &release) {
                 Ok(parsed) => {
                     count.units_parsed += 1;
                     self.parsed_bytes += parsed.bytes;
@@ -334,7 +357,14 @@ impl ParsedUnit {
         self.files.get(index as usize).cloned()
     }
 
-    fn frames(&self, addr: u64, inlined: bool) -> Vec<DwarfFrame> {
+    /// The frames at `addr` (see [`DwarfUnits::frames`]), reading the names of the
+    /// inlined functions among them that no lookup has read yet.
+    fn frames(
+        &mut self,
+        addr: u64,
+        inlined: bool,
+        reader: &mut NameReader<'_, '_>,
+    ) -> Vec<DwarfFrame> {
         let (mut file, mut line) = match self.location(addr) {
             Some((f, l)) => (Some(f), l),
             None => (None, 0),
@@ -349,18 +379,19 @@ impl ParsedUnit {
                 .filter(|f| addr < f.end);
             if let Some(function) = function {
                 let (from, to) = function.inlines;
-                let mut chain: Vec<&Inline> = self
+                let mut chain: Vec<Inline> = self
                     .inlines
                     .get(from as usize..to as usize)
                     .unwrap_or(&[])
                     .iter()
                     .filter(|i| i.begin <= addr && addr < i.end)
+                    .copied()
                     .collect();
                 chain.sort_by_key(|i| std::cmp::Reverse(i.depth));
                 chain.dedup_by_key(|i| i.depth);
                 for inline in chain {
                     out.push(DwarfFrame {
-                        inlined: self.names.get(inline.name as usize).cloned(),
+                        inlined: self.name(inline.name, reader),
                         file: file.and_then(|f| self.file(f)),
                         line,
                     });
@@ -376,6 +407,34 @@ impl ParsedUnit {
         });
         out
     }
+}
+
+impl ParsedUnit {
+    /// Name `index`, read from the debug info the first time it is asked for.
+    fn name(&mut self, index: u32, reader: &mut NameReader<'_, '_>) -> Option<DwarfName> {
+        let index = index as usize;
+        if let Some(name) = self.names.get(index)? {
+            return Some(name.clone());
+        }
+        let origin = *self.origins.get(index)?;
+        let name = match origin {
+            NO_ORIGIN => None,
+            offset => reader.name_at(offset),
+        }
+        .unwrap_or_else(empty_name);
+        self.bytes += string_bytes(&name.name) + name.linkage.as_deref().map_or(0, string_bytes);
+        self.names[index] = Some(name.clone());
+        Some(name)
+    }
+}
+
+/// Reads inlined functions' names from the debug info, keeping the last unit it opened
+/// (the names a lookup asks for are usually all in one unit).
+struct NameReader<'h, 'a> {
+    dwarf: Dwarf<'a>,
+    /// Offsets of all unit headers, ascending.
+    headers: &'h [usize],
+    unit: Option<Unit<'a>>,
 }
 
 /// A `gimli::Dwarf` over the file's sections, in place (nothing is parsed yet).
@@ -395,19 +454,13 @@ fn string_bytes(s: &str) -> usize {
 }
 
 /// Parses the unit at `offset`: line rows, file names, inlined calls.
-fn parse_unit(
-    dwarf: &Dwarf<'_>,
-    offset: usize,
-    headers: &[usize],
-    release: &dyn Fn(),
-) -> gimli::Result<ParsedUnit> {
+fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Result<ParsedUnit> {
     let header = dwarf
         .debug_info
         .header_from_offset(gimli::DebugInfoOffset(offset))?;
     let unit = dwarf.unit(header)?;
     let mut out = ParsedUnit::default();
-    // Line-table file index -> index into `out.files`.
-    let mut file_ids: HashMap<u64, u32> = HashMap::new();
+    let mut file_ids = FileIds::default();
     let comp_dir = unit
         .comp_dir
         .map(|d| d.to_string_lossy().into_owned())
@@ -424,22 +477,23 @@ fn parse_unit(
                 });
                 continue;
             }
-            let file = match file_ids.get(&row.file_index()) {
-                Some(&id) => id,
-                None => {
-                    let path = file_path(dwarf, &unit, header, row.file_index(), &comp_dir);
-                    let id = out.files.len() as u32;
-                    out.files.push(Arc::from(path));
-                    file_ids.insert(row.file_index(), id);
-                    id
-                }
-            };
+            let file = file_ids.id(row.file_index(), &mut out.files, || {
+                file_path(dwarf, &unit, header, row.file_index(), &comp_dir)
+            });
+            let line = row
+                .line()
+                .map_or(0, |l| u32::try_from(l.get()).unwrap_or(u32::MAX));
+            // Rows differing only in column or flags name the same place: one is enough
+            // (about a third of a Rust unit's rows).
+            if out.rows.last().is_some_and(|last| {
+                last.file == file && last.line == line && last.addr <= row.address()
+            }) {
+                continue;
+            }
             out.rows.push(Row {
                 addr: row.address(),
                 file,
-                line: row
-                    .line()
-                    .map_or(0, |l| u32::try_from(l.get()).unwrap_or(u32::MAX)),
+                line,
             });
         }
         // Sequence ends first where a sequence starts at the address another one ends.
@@ -449,7 +503,6 @@ fn parse_unit(
             unit: &unit,
             header: call_header,
             comp_dir: &comp_dir,
-            headers,
             release,
         };
         read_inlines(&context, &mut file_ids, &mut out)?;
@@ -457,21 +510,48 @@ fn parse_unit(
     out.rows.shrink_to_fit();
     out.functions.shrink_to_fit();
     out.inlines.shrink_to_fit();
-    out.names.shrink_to_fit();
+    out.origins.shrink_to_fit();
+    out.names = vec![None; out.origins.len()];
     out.files.shrink_to_fit();
     out.bytes = std::mem::size_of::<ParsedUnit>()
         + out.rows.capacity() * std::mem::size_of::<Row>()
         + out.functions.capacity() * std::mem::size_of::<Function>()
         + out.inlines.capacity() * std::mem::size_of::<Inline>()
-        + out.names.capacity() * std::mem::size_of::<DwarfName>()
+        + out.origins.capacity() * std::mem::size_of::<usize>()
+        + out.names.capacity() * std::mem::size_of::<Option<DwarfName>>()
         + out.files.capacity() * std::mem::size_of::<Arc<str>>()
-        + out.files.iter().map(|f| string_bytes(f)).sum::<usize>()
-        + out
-            .names
-            .iter()
-            .map(|n| string_bytes(&n.name) + n.linkage.as_deref().map_or(0, string_bytes))
-            .sum::<usize>();
+        + out.files.iter().map(|f| string_bytes(f)).sum::<usize>();
     Ok(out)
+}
+
+/// Line-table file index to index into `ParsedUnit::files`, filled as rows name files.
+#[derive(Debug, Default)]
+struct FileIds {
+    /// By line-table index (small and dense: a unit names at most a few thousand files).
+    ids: Vec<u32>,
+}
+
+/// The largest line-table file index kept in [`FileIds::ids`]; larger (corrupt) ones get
+/// no file.
+const MAX_FILE_INDEX: u64 = 1 << 20;
+
+impl FileIds {
+    /// The `files` index of line-table file `index`, its path made by `path` and pushed
+    /// the first time.
+    fn id(&mut self, index: u64, files: &mut Vec<Arc<str>>, path: impl FnOnce() -> String) -> u32 {
+        if index > MAX_FILE_INDEX {
+            return END;
+        }
+        let slot = index as usize;
+        if slot >= self.ids.len() {
+            self.ids.resize(slot + 1, END);
+        }
+        if self.ids[slot] == END {
+            self.ids[slot] = files.len() as u32;
+            files.push(Arc::from(path()));
+        }
+        self.ids[slot]
+    }
 }
 
 /// The path of line-table file `index`: absolute when the file name or its directory is,
@@ -518,30 +598,29 @@ struct Context<'c, 'a> {
     /// The unit's line program header (for `DW_AT_call_file`).
     header: gimli::LineProgramHeader<Reader<'a>>,
     comp_dir: &'c str,
-    /// Offsets of all unit headers, ascending.
-    headers: &'c [usize],
-    /// Gives the file's pages back (called every few thousand entries).
+    /// Gives the file's pages back (called every [`RELEASE_EVERY_BYTES`] of entries).
     release: &'c dyn Fn(),
 }
 
 /// Reads the unit's functions and inlined calls into `out`.
 fn read_inlines(
     cx: &Context<'_, '_>,
-    file_ids: &mut HashMap<u64, u32>,
+    file_ids: &mut FileIds,
     out: &mut ParsedUnit,
 ) -> gimli::Result<()> {
     let (dwarf, unit, header, comp_dir) = (cx.dwarf, cx.unit, &cx.header, cx.comp_dir);
-    let mut seen = 0usize;
-    // Names already resolved, by the offset of the DIE that was referenced.
-    let mut names: HashMap<(usize, usize), u32> = HashMap::new();
+    let mut released_at = 0usize;
+    // Index into `out.origins`, by the `.debug_info` offset of the DIE referenced.
+    let mut origins: HashMap<usize, u32, IdHashBuilder> = HashMap::default();
+    let base = unit.header.offset().0;
     // DIE depths of the inlined calls enclosing the current entry.
     let mut open: Vec<isize> = Vec::new();
     // Depth of the function being read, and where its inlined calls start.
     let mut function: Option<(isize, usize, usize)> = None;
     let mut entries = unit.entries();
     while let Some(entry) = entries.next_dfs()? {
-        seen += 1;
-        if seen % RELEASE_EVERY_ENTRIES == 0 {
+        if entry.offset().0 - released_at >= RELEASE_EVERY_BYTES {
+            released_at = entry.offset().0;
             (cx.release)();
         }
         let depth = entry.depth();
@@ -571,26 +650,20 @@ fn read_inlines(
                 }
             }
             gimli::DW_TAG_inlined_subroutine if function.is_some() => {
-                let name = match entry.attr_value(gimli::DW_AT_abstract_origin) {
-                    Some(origin) => resolve_name(cx, origin, &mut names, out),
-                    None => None,
+                let origin = match entry.attr_value(gimli::DW_AT_abstract_origin) {
+                    Some(AttributeValue::UnitRef(offset)) => base + offset.0,
+                    Some(AttributeValue::DebugInfoRef(offset)) => offset.0,
+                    _ => NO_ORIGIN,
                 };
-                let name = match name {
-                    Some(n) => n,
-                    None => intern_name(out, &mut names, (usize::MAX, 0), empty_name()),
-                };
+                let name = *origins.entry(origin).or_insert_with(|| {
+                    out.origins.push(origin);
+                    (out.origins.len() - 1) as u32
+                });
                 let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
                     Some(AttributeValue::FileIndex(index) | AttributeValue::Udata(index)) => {
-                        match file_ids.get(&index) {
-                            Some(&id) => id,
-                            None => {
-                                let path = file_path(dwarf, unit, header, index, comp_dir);
-                                let id = out.files.len() as u32;
-                                out.files.push(Arc::from(path));
-                                file_ids.insert(index, id);
-                                id
-                            }
-                        }
+                        file_ids.id(index, &mut out.files, || {
+                            file_path(dwarf, unit, header, index, comp_dir)
+                        })
                     }
                     _ => END,
                 };
@@ -640,107 +713,66 @@ fn empty_name() -> DwarfName {
     }
 }
 
-fn intern_name(
-    out: &mut ParsedUnit,
-    names: &mut HashMap<(usize, usize), u32>,
-    key: (usize, usize),
-    name: DwarfName,
-) -> u32 {
-    *names.entry(key).or_insert_with(|| {
-        out.names.push(name);
-        (out.names.len() - 1) as u32
-    })
-}
-
-/// The name of the function an `abstract_origin` refers to, following further
-/// `abstract_origin` / `specification` links (at most a few), in this unit or another.
-fn resolve_name(
-    cx: &Context<'_, '_>,
-    origin: AttributeValue<Reader<'_>>,
-    names: &mut HashMap<(usize, usize), u32>,
-    out: &mut ParsedUnit,
-) -> Option<u32> {
-    let (dwarf, unit) = (cx.dwarf, cx.unit);
-    let key = die_key(unit, &origin)?;
-    if let Some(&id) = names.get(&key) {
-        return Some(id);
-    }
-    let mut name: Option<String> = None;
-    let mut linkage: Option<String> = None;
-    let mut target = origin;
-    // The unit holding `target` when it is not `unit`.
-    let mut other: Option<Unit<'_>> = None;
-    for _ in 0..4 {
-        let current = other.as_ref().unwrap_or(unit);
-        let entry = match target {
-            AttributeValue::UnitRef(offset) => current.entry(offset).ok()?,
-            AttributeValue::DebugInfoRef(offset) => {
-                let header = unit_header_containing(dwarf, cx.headers, offset)?;
-                let unit_offset = offset.to_unit_offset(&header)?;
-                let found = dwarf.unit(header).ok()?;
-                let entry = found.entry(unit_offset).ok()?;
-                other = Some(found);
-                entry
+impl<'a> NameReader<'_, 'a> {
+    /// The name of the function whose DIE is at `.debug_info` offset `offset`, following
+    /// its `abstract_origin` / `specification` links (at most a few), in its unit or
+    /// another. `None` when the offset leads nowhere readable.
+    fn name_at(&mut self, offset: usize) -> Option<DwarfName> {
+        let mut name: Option<String> = None;
+        let mut linkage: Option<String> = None;
+        let mut target = gimli::DebugInfoOffset(offset);
+        for _ in 0..4 {
+            self.open_unit_containing(target)?;
+            let unit = self.unit.as_ref()?;
+            let entry = unit.entry(target.to_unit_offset(&unit.header)?).ok()?;
+            let string = |v: AttributeValue<Reader<'a>>| {
+                self.dwarf
+                    .attr_string(unit, v)
+                    .ok()
+                    .map(|s| s.to_string_lossy().into_owned())
+            };
+            if linkage.is_none() {
+                linkage = entry
+                    .attr_value(gimli::DW_AT_linkage_name)
+                    .or_else(|| entry.attr_value(gimli::DW_AT_MIPS_linkage_name))
+                    .and_then(string);
             }
-            _ => return None,
-        };
-        let current = other.as_ref().unwrap_or(unit);
-        let string = |v: AttributeValue<Reader<'_>>| {
-            dwarf
-                .attr_string(current, v)
-                .ok()
-                .map(|s| s.to_string_lossy().into_owned())
-        };
-        if linkage.is_none() {
-            linkage = entry
-                .attr_value(gimli::DW_AT_linkage_name)
-                .or_else(|| entry.attr_value(gimli::DW_AT_MIPS_linkage_name))
-                .and_then(string);
+            if name.is_none() {
+                name = entry.attr_value(gimli::DW_AT_name).and_then(string);
+            }
+            if name.is_some() && linkage.is_some() {
+                break;
+            }
+            target = match entry
+                .attr_value(gimli::DW_AT_abstract_origin)
+                .or_else(|| entry.attr_value(gimli::DW_AT_specification))
+            {
+                Some(AttributeValue::UnitRef(next)) => next.to_debug_info_offset(&unit.header)?,
+                Some(AttributeValue::DebugInfoRef(next)) => next,
+                _ => break,
+            };
         }
-        if name.is_none() {
-            name = entry.attr_value(gimli::DW_AT_name).and_then(string);
-        }
-        if name.is_some() && linkage.is_some() {
-            break;
-        }
-        match entry
-            .attr_value(gimli::DW_AT_abstract_origin)
-            .or_else(|| entry.attr_value(gimli::DW_AT_specification))
-        {
-            Some(next) => target = next,
-            None => break,
-        }
+        Some(DwarfName {
+            name: Arc::from(name.unwrap_or_default()),
+            linkage: linkage.map(Arc::from),
+        })
     }
-    let found = DwarfName {
-        name: Arc::from(name.unwrap_or_default()),
-        linkage: linkage.map(Arc::from),
-    };
-    Some(intern_name(out, names, key, found))
-}
 
-/// A key naming the DIE a reference points at: (unit offset or `usize::MAX - 1` for
-/// section offsets, offset).
-fn die_key(unit: &Unit<'_>, value: &AttributeValue<Reader<'_>>) -> Option<(usize, usize)> {
-    match value {
-        AttributeValue::UnitRef(offset) => {
-            let base = unit.header.offset().0;
-            Some((0, base + offset.0))
+    /// The unit whose bytes contain `offset`, opened now unless it is the last one opened.
+    fn open_unit_containing(&mut self, offset: gimli::DebugInfoOffset) -> Option<()> {
+        let i = self
+            .headers
+            .partition_point(|&h| h <= offset.0)
+            .checked_sub(1)?;
+        let start = gimli::DebugInfoOffset(self.headers[i]);
+        let kept = self
+            .unit
+            .as_ref()
+            .is_some_and(|u| u.header.offset().0 == start.0);
+        if !kept {
+            let header = self.dwarf.debug_info.header_from_offset(start).ok()?;
+            self.unit = Some(self.dwarf.unit(header).ok()?);
         }
-        AttributeValue::DebugInfoRef(offset) => Some((0, offset.0)),
-        _ => None,
+        Some(())
     }
-}
-
-/// The header of the unit whose bytes contain `offset` (`headers`: all unit offsets,
-/// ascending).
-fn unit_header_containing<'a>(
-    dwarf: &Dwarf<'a>,
-    headers: &[usize],
-    offset: gimli::DebugInfoOffset,
-) -> Option<gimli::UnitHeader<Reader<'a>>> {
-    let i = headers.partition_point(|&h| h <= offset.0).checked_sub(1)?;
-    dwarf
-        .debug_info
-        .header_from_offset(gimli::DebugInfoOffset(headers[i]))
-        .ok()
 }
