@@ -3,11 +3,11 @@
 //!
 //! Opening a module builds a small index, address range to unit (24 bytes per range of
 //! adjacent code). The first lookup in a unit parses that unit alone: its line table
-//! (16 bytes per row) and, for inlined frames, the ranges of its inlined calls with their
-//! call sites and where their names are. A name is read only when a lookup returns a frame
-//! of that inlined function: most inlined calls of a unit are never sampled. A parsed unit
-//! can be dropped at any time ([`DwarfUnits::evict_to`]) and is parsed again on its next
-//! lookup.
+//! (16 bytes per row) and its functions' code ranges with where their entries are
+//! (24 bytes each). Inlined calls are read per lookup, from the one function holding the
+//! address, and their names are kept once read: most of a unit's inlined calls (tens of
+//! thousands in a large Rust unit) are never sampled. A parsed unit can be dropped at any
+//! time ([`DwarfUnits::evict_to`]) and is parsed again on its next lookup.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,27 +65,27 @@ const RELEASE_EVERY_BYTES: usize = 4 << 20;
 /// `Row::file` of a sequence end.
 const END: u32 = u32::MAX;
 
-/// A function's code range, with the slice of `inlines` inside it.
+/// One code range of a function, and where its entry is.
 #[derive(Debug, Clone, Copy)]
 struct Function {
     begin: u64,
     end: u64,
-    inlines: (u32, u32),
+    /// Unit offset of its `DW_TAG_subprogram` entry.
+    entry: usize,
 }
 
-/// One range of one inlined call.
+/// One inlined call holding a looked-up address.
 #[derive(Debug, Clone, Copy)]
-struct Inline {
-    begin: u64,
-    end: u64,
-    /// 1 for a call inlined directly into the function, 2 for one inlined into that, ...
-    depth: u32,
-    /// Index into `ParsedUnit::origins` and `ParsedUnit::names`.
-    name: u32,
-    /// Where the inlined function was called from (index into `ParsedUnit::files`).
-    call_file: u32,
+struct InlinedCall {
+    /// `.debug_info` offset of the entry its name is read from ([`NO_ORIGIN`]: none).
+    origin: usize,
+    /// Line-table file index of the call site, if given.
+    call_file: Option<u64>,
     call_line: u32,
 }
+
+/// `InlinedCall::origin` of a call without `DW_AT_abstract_origin`.
+const NO_ORIGIN: usize = usize::MAX;
 
 /// The DWARF name of an inlined function.
 #[derive(Debug, Clone)]
@@ -99,24 +99,21 @@ pub(crate) struct DwarfName {
 /// What parsing one unit gave.
 #[derive(Debug, Default)]
 struct ParsedUnit {
+    /// Offset of the unit's header in `.debug_info`.
+    offset: usize,
     /// Source paths, absolute where the debug info allows.
     files: Vec<Arc<str>>,
+    file_ids: FileIds,
     /// Sorted by address.
     rows: Vec<Row>,
     /// Sorted by `begin`.
     functions: Vec<Function>,
-    inlines: Vec<Inline>,
-    /// `.debug_info` offset of the DIE each inlined function's name is read from
-    /// ([`NO_ORIGIN`] when the call names none).
-    origins: Vec<usize>,
-    /// The names read so far, by the same index as `origins`.
-    names: Vec<Option<DwarfName>>,
+    /// Names of inlined functions read so far, by the `.debug_info` offset they were read
+    /// from.
+    names: HashMap<usize, DwarfName, IdHashBuilder>,
     /// Heap bytes of all of the above (estimated for the strings' allocations).
     bytes: usize,
 }
-
-/// `ParsedUnit::origins` of an inlined call without `DW_AT_abstract_origin`.
-const NO_ORIGIN: usize = usize::MAX;
 
 /// One frame found in DWARF, innermost first.
 #[derive(Debug, Clone)]
@@ -138,6 +135,9 @@ pub(crate) struct DwarfUnits {
     /// cross-unit reference).
     headers: Vec<usize>,
     clock: u64,
+    /// `.debug_info` bytes lookups read entries from since the file's pages were last
+    /// given back.
+    unreleased: usize,
     /// Bytes of the parsed units kept now.
     parsed_bytes: usize,
 }
@@ -220,6 +220,7 @@ impl DwarfUnits {
             units,
             headers: offsets,
             clock: 0,
+            unreleased: 0,
             parsed_bytes: 0,
         }
     }
@@ -280,14 +281,22 @@ impl DwarfUnits {
         let Some(parsed) = self.units[unit].parsed.as_deref_mut() else {
             return Vec::new();
         };
-        let mut reader = NameReader {
+        let mut reader = UnitReader {
             dwarf: load(file),
             headers: &self.headers,
             unit: None,
+            read: 0,
         };
         let before = parsed.bytes;
         let frames = parsed.frames(addr, inlined, &mut reader);
         self.parsed_bytes += parsed.bytes - before;
+        // Lookups read a few scattered entries each; a window of cold addresses reads
+        // many: give the pages back now and then, as a parse does.
+        self.unreleased += reader.read;
+        if self.unreleased >= RELEASE_EVERY_BYTES {
+            self.unreleased = 0;
+            file.release_pages();
+        }
         frames
     }
 
@@ -363,7 +372,7 @@ impl ParsedUnit {
         &mut self,
         addr: u64,
         inlined: bool,
-        reader: &mut NameReader<'_, '_>,
+        reader: &mut UnitReader<'_, '_>,
     ) -> Vec<DwarfFrame> {
         let (mut file, mut line) = match self.location(addr) {
             Some((f, l)) => (Some(f), l),
@@ -377,27 +386,21 @@ impl ParsedUnit {
                 .checked_sub(1)
                 .map(|i| self.functions[i])
                 .filter(|f| addr < f.end);
-            if let Some(function) = function {
-                let (from, to) = function.inlines;
-                let mut chain: Vec<Inline> = self
-                    .inlines
-                    .get(from as usize..to as usize)
-                    .unwrap_or(&[])
-                    .iter()
-                    .filter(|i| i.begin <= addr && addr < i.end)
-                    .copied()
-                    .collect();
-                chain.sort_by_key(|i| std::cmp::Reverse(i.depth));
-                chain.dedup_by_key(|i| i.depth);
-                for inline in chain {
-                    out.push(DwarfFrame {
-                        inlined: self.name(inline.name, reader),
-                        file: file.and_then(|f| self.file(f)),
-                        line,
-                    });
-                    file = Some(inline.call_file);
-                    line = inline.call_line;
-                }
+            let calls = function.and_then(|f| reader.inlined_calls(self.offset, f.entry, addr));
+            let calls = calls.unwrap_or_default();
+            // Call files first: reading a name may open another unit in `reader`.
+            let call_files: Vec<Option<u32>> = calls
+                .iter()
+                .map(|call| call.call_file.and_then(|index| self.file_id(index, reader)))
+                .collect();
+            for (call, call_file) in calls.iter().zip(call_files) {
+                out.push(DwarfFrame {
+                    inlined: Some(self.name(call.origin, reader)),
+                    file: file.and_then(|f| self.file(f)),
+                    line,
+                });
+                file = call_file;
+                line = call.call_line;
             }
         }
         out.push(DwarfFrame {
@@ -407,34 +410,54 @@ impl ParsedUnit {
         });
         out
     }
-}
 
-impl ParsedUnit {
-    /// Name `index`, read from the debug info the first time it is asked for.
-    fn name(&mut self, index: u32, reader: &mut NameReader<'_, '_>) -> Option<DwarfName> {
-        let index = index as usize;
-        if let Some(name) = self.names.get(index)? {
-            return Some(name.clone());
+    /// The name read from the entry at `.debug_info` offset `origin`, read the first time
+    /// it is asked for.
+    fn name(&mut self, origin: usize, reader: &mut UnitReader<'_, '_>) -> DwarfName {
+        if let Some(name) = self.names.get(&origin) {
+            return name.clone();
         }
-        let origin = *self.origins.get(index)?;
         let name = match origin {
             NO_ORIGIN => None,
             offset => reader.name_at(offset),
         }
         .unwrap_or_else(empty_name);
-        self.bytes += string_bytes(&name.name) + name.linkage.as_deref().map_or(0, string_bytes);
-        self.names[index] = Some(name.clone());
-        Some(name)
+        self.bytes += std::mem::size_of::<(usize, DwarfName)>()
+            + string_bytes(&name.name)
+            + name.linkage.as_deref().map_or(0, string_bytes);
+        self.names.insert(origin, name.clone());
+        name
+    }
+
+    /// The `files` index of line-table file `index` of this unit (read from the unit
+    /// `reader` has open: the one [`UnitReader::inlined_calls`] opened).
+    fn file_id(&mut self, index: u64, reader: &UnitReader<'_, '_>) -> Option<u32> {
+        let unit = reader.unit.as_ref()?;
+        let header = unit.line_program.as_ref()?.header();
+        let before = (
+            self.files.len(),
+            self.files.capacity(),
+            self.file_ids.ids.capacity(),
+        );
+        let id = self.file_ids.id(index, &mut self.files, || {
+            file_path(&reader.dwarf, unit, header, index, &comp_dir(unit))
+        });
+        self.bytes += self.files.get(before.0).map_or(0, |f| string_bytes(f))
+            + (self.files.capacity() - before.1) * std::mem::size_of::<Arc<str>>()
+            + (self.file_ids.ids.capacity() - before.2) * std::mem::size_of::<u32>();
+        (id != END).then_some(id)
     }
 }
 
-/// Reads inlined functions' names from the debug info, keeping the last unit it opened
-/// (the names a lookup asks for are usually all in one unit).
-struct NameReader<'h, 'a> {
+/// Reads entries of units on demand, keeping the last unit it opened (a lookup's
+/// inlined calls and their names are usually all in one unit).
+struct UnitReader<'h, 'a> {
     dwarf: Dwarf<'a>,
     /// Offsets of all unit headers, ascending.
     headers: &'h [usize],
     unit: Option<Unit<'a>>,
+    /// `.debug_info` bytes of the entries read (for [`DwarfUnits::unreleased`]).
+    read: usize,
 }
 
 /// A `gimli::Dwarf` over the file's sections, in place (nothing is parsed yet).
@@ -459,14 +482,12 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
         .debug_info
         .header_from_offset(gimli::DebugInfoOffset(offset))?;
     let unit = dwarf.unit(header)?;
-    let mut out = ParsedUnit::default();
-    let mut file_ids = FileIds::default();
-    let comp_dir = unit
-        .comp_dir
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let mut out = ParsedUnit {
+        offset,
+        ..ParsedUnit::default()
+    };
+    let comp_dir = comp_dir(&unit);
     if let Some(program) = unit.line_program.clone() {
-        let call_header = program.header().clone();
         let mut rows = program.rows();
         while let Some((header, row)) = rows.next_row()? {
             if row.end_sequence() {
@@ -477,7 +498,7 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
                 });
                 continue;
             }
-            let file = file_ids.id(row.file_index(), &mut out.files, || {
+            let file = out.file_ids.id(row.file_index(), &mut out.files, || {
                 file_path(dwarf, &unit, header, row.file_index(), &comp_dir)
             });
             let line = row
@@ -498,27 +519,15 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
         }
         // Sequence ends first where a sequence starts at the address another one ends.
         out.rows.sort_by_key(|r| (r.addr, r.file != END));
-        let context = Context {
-            dwarf,
-            unit: &unit,
-            header: call_header,
-            comp_dir: &comp_dir,
-            release,
-        };
-        read_inlines(&context, &mut file_ids, &mut out)?;
+        read_functions(dwarf, &unit, release, &mut out.functions)?;
     }
     out.rows.shrink_to_fit();
     out.functions.shrink_to_fit();
-    out.inlines.shrink_to_fit();
-    out.origins.shrink_to_fit();
-    out.names = vec![None; out.origins.len()];
     out.files.shrink_to_fit();
     out.bytes = std::mem::size_of::<ParsedUnit>()
         + out.rows.capacity() * std::mem::size_of::<Row>()
         + out.functions.capacity() * std::mem::size_of::<Function>()
-        + out.inlines.capacity() * std::mem::size_of::<Inline>()
-        + out.origins.capacity() * std::mem::size_of::<usize>()
-        + out.names.capacity() * std::mem::size_of::<Option<DwarfName>>()
+        + out.file_ids.ids.capacity() * std::mem::size_of::<u32>()
         + out.files.capacity() * std::mem::size_of::<Arc<str>>()
         + out.files.iter().map(|f| string_bytes(f)).sum::<usize>();
     Ok(out)
@@ -591,119 +600,67 @@ fn file_path(
     path
 }
 
-/// What reading one unit's functions needs.
-struct Context<'c, 'a> {
-    dwarf: &'c Dwarf<'a>,
-    unit: &'c Unit<'a>,
-    /// The unit's line program header (for `DW_AT_call_file`).
-    header: gimli::LineProgramHeader<Reader<'a>>,
-    comp_dir: &'c str,
-    /// Gives the file's pages back (called every [`RELEASE_EVERY_BYTES`] of entries).
-    release: &'c dyn Fn(),
+/// The unit's compilation directory (empty when it names none).
+fn comp_dir(unit: &Unit<'_>) -> String {
+    unit.comp_dir
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
-/// Reads the unit's functions and inlined calls into `out`.
-fn read_inlines(
-    cx: &Context<'_, '_>,
-    file_ids: &mut FileIds,
-    out: &mut ParsedUnit,
+/// Reads the code ranges of the unit's functions (`DW_TAG_subprogram` entries with code)
+/// into `out`, sorted by address. Every other entry's attributes are skipped unread.
+fn read_functions(
+    dwarf: &Dwarf<'_>,
+    unit: &Unit<'_>,
+    release: &dyn Fn(),
+    out: &mut Vec<Function>,
 ) -> gimli::Result<()> {
-    let (dwarf, unit, header, comp_dir) = (cx.dwarf, cx.unit, &cx.header, cx.comp_dir);
     let mut released_at = 0usize;
-    // Index into `out.origins`, by the `.debug_info` offset of the DIE referenced.
-    let mut origins: HashMap<usize, u32, IdHashBuilder> = HashMap::default();
-    let base = unit.header.offset().0;
-    // DIE depths of the inlined calls enclosing the current entry.
-    let mut open: Vec<isize> = Vec::new();
-    // Depth of the function being read, and where its inlined calls start.
-    let mut function: Option<(isize, usize, usize)> = None;
-    let mut entries = unit.entries();
-    while let Some(entry) = entries.next_dfs()? {
-        if entry.offset().0 - released_at >= RELEASE_EVERY_BYTES {
-            released_at = entry.offset().0;
-            (cx.release)();
+    let mut entries = unit.entries_raw(None)?;
+    while !entries.is_empty() {
+        let entry = entries.next_offset().0;
+        if entry - released_at >= RELEASE_EVERY_BYTES {
+            released_at = entry;
+            release();
         }
-        let depth = entry.depth();
-        while open.last().is_some_and(|&d| d >= depth) {
-            open.pop();
+        let Some(abbreviation) = entries.read_abbreviation()? else {
+            continue;
+        };
+        if abbreviation.tag() != gimli::DW_TAG_subprogram {
+            entries.skip_attributes(abbreviation.attributes())?;
+            continue;
         }
-        if function.is_some_and(|(d, _, _)| d >= depth) {
-            close_function(out, function.take());
-        }
-        match entry.tag() {
-            gimli::DW_TAG_subprogram => {
-                let mut ranges = dwarf.die_ranges(unit, entry)?;
-                let first = out.functions.len();
-                while let Some(r) = ranges.next()? {
-                    if r.begin < r.end {
-                        out.functions.push(Function {
-                            begin: r.begin,
-                            end: r.end,
-                            inlines: (0, 0),
-                        });
-                    }
-                }
-                if out.functions.len() > first {
-                    close_function(out, function.take());
-                    function = Some((depth, first, out.inlines.len()));
-                    open.clear();
-                }
+        let mut low = None;
+        let mut high = None;
+        let mut size = None;
+        let mut list = None;
+        for spec in abbreviation.attributes() {
+            let attr = entries.read_attribute(*spec)?;
+            match (attr.name(), attr.value()) {
+                (gimli::DW_AT_low_pc, value) => low = dwarf.attr_address(unit, value)?,
+                (gimli::DW_AT_high_pc, AttributeValue::Udata(n)) => size = Some(n),
+                (gimli::DW_AT_high_pc, value) => high = dwarf.attr_address(unit, value)?,
+                (gimli::DW_AT_ranges, value) => list = dwarf.attr_ranges(unit, value)?,
+                _ => {}
             }
-            gimli::DW_TAG_inlined_subroutine if function.is_some() => {
-                let origin = match entry.attr_value(gimli::DW_AT_abstract_origin) {
-                    Some(AttributeValue::UnitRef(offset)) => base + offset.0,
-                    Some(AttributeValue::DebugInfoRef(offset)) => offset.0,
-                    _ => NO_ORIGIN,
-                };
-                let name = *origins.entry(origin).or_insert_with(|| {
-                    out.origins.push(origin);
-                    (out.origins.len() - 1) as u32
-                });
-                let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
-                    Some(AttributeValue::FileIndex(index) | AttributeValue::Udata(index)) => {
-                        file_ids.id(index, &mut out.files, || {
-                            file_path(dwarf, unit, header, index, comp_dir)
-                        })
-                    }
-                    _ => END,
-                };
-                let call_line = match entry.attr_value(gimli::DW_AT_call_line) {
-                    Some(AttributeValue::Udata(line)) => u32::try_from(line).unwrap_or(u32::MAX),
-                    _ => 0,
-                };
-                let mut ranges = dwarf.die_ranges(unit, entry)?;
-                while let Some(r) = ranges.next()? {
-                    if r.begin < r.end {
-                        out.inlines.push(Inline {
-                            begin: r.begin,
-                            end: r.end,
-                            depth: open.len() as u32 + 1,
-                            name,
-                            call_file,
-                            call_line,
-                        });
-                    }
-                }
-                open.push(depth);
+        }
+        let mut push = |begin: u64, end: u64| {
+            if begin < end {
+                out.push(Function { begin, end, entry });
             }
-            _ => {}
+        };
+        if let Some(mut list) = list {
+            while let Some(r) = list.next()? {
+                push(r.begin, r.end);
+            }
+        } else if let Some(begin) = low {
+            if let Some(end) = size.map(|n| begin.wrapping_add(n)).or(high) {
+                push(begin, end);
+            }
         }
     }
-    close_function(out, function.take());
-    out.functions.sort_by_key(|f| f.begin);
+    out.sort_by_key(|f| f.begin);
     Ok(())
-}
-
-/// Gives the function's ranges `[first..]` their slice of inlined calls `[from..]`.
-fn close_function(out: &mut ParsedUnit, function: Option<(isize, usize, usize)>) {
-    if let Some((_, first, from)) = function {
-        let to = out.inlines.len() as u32;
-        for f in out.functions.iter_mut().skip(first) {
-            if f.inlines == (0, 0) {
-                f.inlines = (from as u32, to);
-            }
-        }
-    }
 }
 
 fn empty_name() -> DwarfName {
@@ -713,7 +670,77 @@ fn empty_name() -> DwarfName {
     }
 }
 
-impl<'a> NameReader<'_, 'a> {
+impl<'a> UnitReader<'_, 'a> {
+    /// The inlined calls holding `addr` in the function whose entry is at unit offset
+    /// `entry` of the unit at `.debug_info` offset `unit`, innermost first. `None` when
+    /// the entries cannot be read.
+    fn inlined_calls(&mut self, unit: usize, entry: usize, addr: u64) -> Option<Vec<InlinedCall>> {
+        self.open_unit_containing(gimli::DebugInfoOffset(unit))?;
+        let unit = self.unit.as_ref()?;
+        let mut entries = unit.entries_at_offset(gimli::UnitOffset(entry)).ok()?;
+        entries.next_dfs().ok()??;
+        // (entry depth, call), outermost first.
+        let mut chain: Vec<(isize, InlinedCall)> = Vec::new();
+        // Entries deeper than this are skipped: they cannot hold `addr` (an inlined call
+        // not holding it) or are not this function's code (a nested function).
+        let mut skip_below: Option<isize> = None;
+        while let Some(entry) = entries.next_dfs().ok()? {
+            let depth = entry.depth();
+            if depth <= 0 {
+                break;
+            }
+            if skip_below.is_some_and(|d| depth > d) {
+                continue;
+            }
+            skip_below = None;
+            match entry.tag() {
+                gimli::DW_TAG_subprogram => skip_below = Some(depth),
+                gimli::DW_TAG_inlined_subroutine => {
+                    let mut holds = false;
+                    let mut ranges = self.dwarf.die_ranges(unit, entry).ok()?;
+                    while let Some(r) = ranges.next().ok()? {
+                        holds |= r.begin <= addr && addr < r.end;
+                    }
+                    // Overlapping siblings (bad debug info): the first one found wins.
+                    if !holds || chain.last().is_some_and(|(d, _)| *d >= depth) {
+                        skip_below = Some(depth);
+                        continue;
+                    }
+                    let origin = match entry.attr_value(gimli::DW_AT_abstract_origin) {
+                        Some(AttributeValue::UnitRef(offset)) => offset
+                            .to_debug_info_offset(&unit.header)
+                            .map_or(NO_ORIGIN, |o| o.0),
+                        Some(AttributeValue::DebugInfoRef(offset)) => offset.0,
+                        _ => NO_ORIGIN,
+                    };
+                    let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
+                        Some(AttributeValue::FileIndex(index) | AttributeValue::Udata(index)) => {
+                            Some(index)
+                        }
+                        _ => None,
+                    };
+                    let call_line = match entry.attr_value(gimli::DW_AT_call_line) {
+                        Some(AttributeValue::Udata(line)) => {
+                            u32::try_from(line).unwrap_or(u32::MAX)
+                        }
+                        _ => 0,
+                    };
+                    chain.push((
+                        depth,
+                        InlinedCall {
+                            origin,
+                            call_file,
+                            call_line,
+                        },
+                    ));
+                }
+                _ => {}
+            }
+        }
+        self.read += entries.next_offset().0.saturating_sub(entry);
+        Some(chain.into_iter().rev().map(|(_, call)| call).collect())
+    }
+
     /// The name of the function whose DIE is at `.debug_info` offset `offset`, following
     /// its `abstract_origin` / `specification` links (at most a few), in its unit or
     /// another. `None` when the offset leads nowhere readable.
