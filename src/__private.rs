@@ -26,6 +26,8 @@ pub mod symbolize {
     /// parsed as needed); returns the frames found and the symbolizer's heap bytes.
     pub fn symbolize_cold(addrs: &[usize], symbolization: Symbolization) -> (usize, u64) {
         let mut s = Symbolizer::with_options(symbolization);
+        // As the encoders do: the window's cold addresses in address order first.
+        s.prepare(addrs.iter().copied());
         let frames = addrs.iter().map(|&a| s.symbolize(a).frames.len()).sum();
         (frames, s.footprint().bytes)
     }

@@ -26,7 +26,7 @@ use super::proto::{
 };
 use crate::labels::set::{span_id_hex, LabelSet};
 use crate::symbolize::symbolizer::{MappingInfo, Symbolized};
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{lookup_address, lookup_addresses, Symbolizer};
 use crate::window::aggregate::WindowSample;
 use crate::window::ClosedWindow;
 
@@ -68,6 +68,7 @@ pub(crate) fn encode(
     if window.samples.is_empty() {
         return Vec::new();
     }
+    symbolizer.prepare(lookup_addresses(&window.stacks));
     let symbols = Symbols::build(window, symbolizer);
     let mut bodies = Vec::new();
     for chunk in window.samples.chunks(opts.max_samples.max(1)) {
@@ -113,12 +114,7 @@ impl Symbols {
                     .iter()
                     .enumerate()
                     .map(|(depth, &frame)| {
-                        // Callers are return addresses: look up the call instruction.
-                        let addr = if depth == 0 {
-                            frame
-                        } else {
-                            frame.saturating_sub(1)
-                        };
+                        let addr = lookup_address(depth, frame);
                         let sym = symbolizer.symbolize(addr);
                         if let Some(module) = sym.module {
                             modules

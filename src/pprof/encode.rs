@@ -25,7 +25,7 @@ use crate::counters::LogOnce;
 use crate::labels::set::{span_id_hex, trace_id_hex};
 use crate::pprof::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use crate::pprof::ENCODE;
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{lookup_address, lookup_addresses, Symbolizer};
 use crate::window::{ClosedWindow, ProfileKind, WindowSample};
 
 /// gzip level: Go's `runtime/pprof` writes with `gzip.BestSpeed` too.
@@ -109,6 +109,7 @@ pub(crate) fn encode(
     if window.samples.is_empty() {
         return Vec::new();
     }
+    symbolizer.prepare(lookup_addresses(&window.stacks));
     let tables = Tables::build(window, symbolizer);
     let mut pieces = Vec::new();
     let mut piece = PieceBuilder::new(&tables, window, opts, 1);
@@ -237,12 +238,7 @@ impl Tables {
             let mut stack = Vec::with_capacity(frames.len());
             let mut leading = alloc;
             for (depth, &frame) in frames.iter().enumerate() {
-                // Callers are return addresses: look up the call instruction.
-                let addr = if depth == 0 {
-                    frame
-                } else {
-                    frame.saturating_sub(1)
-                };
+                let addr = lookup_address(depth, frame);
                 if leading && depth + 1 < frames.len() {
                     let inside = *allocator_frames.entry(addr).or_insert_with(|| {
                         let sym = symbolizer.symbolize(addr);

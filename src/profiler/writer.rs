@@ -158,7 +158,13 @@ pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterH
     let (tx, rx) = mpsc::sync_channel(queue);
     let thread = thread::Builder::new()
         .name("span-profiler-writer".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || {
+            let outcome = writer.run(rx);
+            // The writer (symbolizer, encoder state) is dropped by now: give its arena's
+            // pages back too, or a stopped profiler's memory stays resident.
+            release_free_memory();
+            outcome
+        })
         .map_err(|source| StartError::Os {
             operation: "spawning the writer thread",
             source,

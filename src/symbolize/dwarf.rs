@@ -62,6 +62,11 @@ const RELEASE_EVERY_UNITS: usize = 16;
 /// back (and faulting in again) the abbreviation and range pages every few entries.
 const RELEASE_EVERY_BYTES: usize = 4 << 20;
 
+/// What one scattered read of the mapped file can make resident: the kernel maps up to
+/// 16 neighbouring cached pages with each fault ("fault-around"; `MADV_RANDOM` does not
+/// stop it), so a lookup that reads a few entries and a name counts as this much.
+const FAULT_AROUND_BYTES: usize = 64 << 10;
+
 /// `Row::file` of a sequence end.
 const END: u32 = u32::MAX;
 
@@ -101,7 +106,10 @@ pub(crate) struct DwarfName {
 struct ParsedUnit {
     /// Offset of the unit's header in `.debug_info`.
     offset: usize,
-    /// Source paths, absolute where the debug info allows.
+    /// What reading the unit's entries again needs, kept so that a lookup does not parse
+    /// the abbreviations and the line program's header again.
+    bases: Option<UnitBases>,
+    /// Source paths, absolute where the debug info allows: every file of the line table.
     files: Vec<Arc<str>>,
     file_ids: FileIds,
     /// Sorted by address.
@@ -113,7 +121,23 @@ struct ParsedUnit {
     names: HashMap<usize, DwarfName, IdHashBuilder>,
     /// Heap bytes of all of the above (estimated for the strings' allocations).
     bytes: usize,
+    /// `.debug_info` bytes of the unit's entries.
+    entry_bytes: usize,
 }
+
+/// The parts of a `gimli::Unit` that do not borrow the file.
+#[derive(Debug)]
+struct UnitBases {
+    abbreviations: Arc<gimli::Abbreviations>,
+    low_pc: u64,
+    str_offsets_base: gimli::DebugStrOffsetsBase,
+    addr_base: gimli::DebugAddrBase,
+    loclists_base: gimli::DebugLocListsBase,
+    rnglists_base: gimli::DebugRngListsBase,
+}
+
+/// Estimated heap bytes of one abbreviation (its entry and a few attribute specs).
+const ABBREVIATION_BYTES: usize = 128;
 
 /// One frame found in DWARF, innermost first.
 #[derive(Debug, Clone)]
@@ -290,13 +314,8 @@ impl DwarfUnits {
         let before = parsed.bytes;
         let frames = parsed.frames(addr, inlined, &mut reader);
         self.parsed_bytes += parsed.bytes - before;
-        // Lookups read a few scattered entries each; a window of cold addresses reads
-        // many: give the pages back now and then, as a parse does.
         self.unreleased += reader.read;
-        if self.unreleased >= RELEASE_EVERY_BYTES {
-            self.unreleased = 0;
-            file.release_pages();
-        }
+        self.release_if_due(file);
         frames
     }
 
@@ -308,8 +327,21 @@ impl DwarfUnits {
         count: &mut ParseCount,
     ) -> Option<u32> {
         let unit = self.unit_of(addr)?;
-        let parsed = self.parsed(file, unit, count)?;
-        parsed.location(addr).map(|(_, line)| line)
+        let line = self.parsed(file, unit, count)?.location(addr);
+        self.release_if_due(file);
+        line.map(|(_, line)| line)
+    }
+
+    /// Gives the file's pages back once lookups and parses have read
+    /// [`RELEASE_EVERY_BYTES`] of entries since the last time: a lookup reads a few
+    /// scattered entries, a parse a whole unit, and a window of cold addresses many of
+    /// both; releasing after each would fault the same abbreviation, string and line
+    /// pages in again and again.
+    fn release_if_due(&mut self, file: &ObjectFile) {
+        if self.unreleased >= RELEASE_EVERY_BYTES {
+            self.unreleased = 0;
+            file.release_pages();
+        }
     }
 
     fn unit_of(&self, addr: u64) -> Option<usize> {
@@ -337,6 +369,9 @@ impl DwarfUnits {
             let release = || file.release_pages();
             match parse_unit(&dwarf, slot.offset, &release) {
                 Ok(parsed) => {
+                    // Its entries were read once (given back every few MiB within the
+                    // parse); count them towards the next release with the lookups'.
+                    self.unreleased += parsed.entry_bytes + parsed.files.len() * FAULT_AROUND_BYTES;
                     count.units_parsed += 1;
                     self.parsed_bytes += parsed.bytes;
                     slot.parsed = Some(Box::new(parsed));
@@ -386,12 +421,15 @@ impl ParsedUnit {
                 .checked_sub(1)
                 .map(|i| self.functions[i])
                 .filter(|f| addr < f.end);
+            if let Some(unit) = self.unit(&reader.dwarf) {
+                reader.unit = Some(unit);
+            }
             let calls = function.and_then(|f| reader.inlined_calls(self.offset, f.entry, addr));
             let calls = calls.unwrap_or_default();
             // Call files first: reading a name may open another unit in `reader`.
             let call_files: Vec<Option<u32>> = calls
                 .iter()
-                .map(|call| call.call_file.and_then(|index| self.file_id(index, reader)))
+                .map(|call| call.call_file.and_then(|index| self.file_id(index)))
                 .collect();
             for (call, call_file) in calls.iter().zip(call_files) {
                 out.push(DwarfFrame {
@@ -429,23 +467,32 @@ impl ParsedUnit {
         name
     }
 
-    /// The `files` index of line-table file `index` of this unit (read from the unit
-    /// `reader` has open: the one [`UnitReader::inlined_calls`] opened).
-    fn file_id(&mut self, index: u64, reader: &UnitReader<'_, '_>) -> Option<u32> {
-        let unit = reader.unit.as_ref()?;
-        let header = unit.line_program.as_ref()?.header();
-        let before = (
-            self.files.len(),
-            self.files.capacity(),
-            self.file_ids.ids.capacity(),
-        );
-        let id = self.file_ids.id(index, &mut self.files, || {
-            file_path(&reader.dwarf, unit, header, index, &comp_dir(unit))
-        });
-        self.bytes += self.files.get(before.0).map_or(0, |f| string_bytes(f))
-            + (self.files.capacity() - before.1) * std::mem::size_of::<Arc<str>>()
-            + (self.file_ids.ids.capacity() - before.2) * std::mem::size_of::<u32>();
+    /// The `files` index of line-table file `index` (every file was read at parse).
+    fn file_id(&self, index: u64) -> Option<u32> {
+        let id = *self.file_ids.ids.get(usize::try_from(index).ok()?)?;
         (id != END).then_some(id)
+    }
+
+    /// The unit again, from its kept bases: no abbreviations or line program parsed.
+    fn unit<'a>(&self, dwarf: &Dwarf<'a>) -> Option<Unit<'a>> {
+        let bases = self.bases.as_ref()?;
+        let header = dwarf
+            .debug_info
+            .header_from_offset(gimli::DebugInfoOffset(self.offset))
+            .ok()?;
+        Some(gimli::Unit {
+            header,
+            abbreviations: bases.abbreviations.clone(),
+            name: None,
+            comp_dir: None,
+            low_pc: bases.low_pc,
+            str_offsets_base: bases.str_offsets_base,
+            addr_base: bases.addr_base,
+            loclists_base: bases.loclists_base,
+            rnglists_base: bases.rnglists_base,
+            line_program: None,
+            dwo_id: None,
+        })
     }
 }
 
@@ -484,10 +531,20 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
     let unit = dwarf.unit(header)?;
     let mut out = ParsedUnit {
         offset,
+        entry_bytes: unit.header.length_including_self(),
         ..ParsedUnit::default()
     };
     let comp_dir = comp_dir(&unit);
     if let Some(program) = unit.line_program.clone() {
+        // Every file of the table, so that inlined calls' files need no line program
+        // header at lookup (DWARF 5 counts files from 0, earlier versions from 1).
+        let table = program.header();
+        let first = u64::from(table.version() < 5);
+        for index in first..first + table.file_names().len() as u64 {
+            out.file_ids.id(index, &mut out.files, || {
+                file_path(dwarf, &unit, table, index, &comp_dir)
+            });
+        }
         let mut rows = program.rows();
         while let Some((header, row)) = rows.next_row()? {
             if row.end_sequence() {
@@ -521,6 +578,10 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
         out.rows.sort_by_key(|r| (r.addr, r.file != END));
         read_functions(dwarf, &unit, release, &mut out.functions)?;
     }
+    // Abbreviation codes are numbered from 1 (densely, as compilers write them).
+    let abbreviations = (1..)
+        .take_while(|&code| unit.abbreviations.get(code).is_some())
+        .count();
     out.rows.shrink_to_fit();
     out.functions.shrink_to_fit();
     out.files.shrink_to_fit();
@@ -529,7 +590,16 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
         + out.functions.capacity() * std::mem::size_of::<Function>()
         + out.file_ids.ids.capacity() * std::mem::size_of::<u32>()
         + out.files.capacity() * std::mem::size_of::<Arc<str>>()
-        + out.files.iter().map(|f| string_bytes(f)).sum::<usize>();
+        + out.files.iter().map(|f| string_bytes(f)).sum::<usize>()
+        + abbreviations * ABBREVIATION_BYTES;
+    out.bases = Some(UnitBases {
+        abbreviations: unit.abbreviations.clone(),
+        low_pc: unit.low_pc,
+        str_offsets_base: unit.str_offsets_base,
+        addr_base: unit.addr_base,
+        loclists_base: unit.loclists_base,
+        rnglists_base: unit.rnglists_base,
+    });
     Ok(out)
 }
 
@@ -737,7 +807,11 @@ impl<'a> UnitReader<'_, 'a> {
                 _ => {}
             }
         }
-        self.read += entries.next_offset().0.saturating_sub(entry);
+        self.read += entries
+            .next_offset()
+            .0
+            .saturating_sub(entry)
+            .max(FAULT_AROUND_BYTES);
         Some(chain.into_iter().rev().map(|(_, call)| call).collect())
     }
 
@@ -745,6 +819,8 @@ impl<'a> UnitReader<'_, 'a> {
     /// its `abstract_origin` / `specification` links (at most a few), in its unit or
     /// another. `None` when the offset leads nowhere readable.
     fn name_at(&mut self, offset: usize) -> Option<DwarfName> {
+        // The entry and its strings: two scattered reads.
+        self.read += 2 * FAULT_AROUND_BYTES;
         let mut name: Option<String> = None;
         let mut linkage: Option<String> = None;
         let mut target = gimli::DebugInfoOffset(offset);

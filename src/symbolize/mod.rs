@@ -15,7 +15,7 @@ pub(crate) mod symbolization;
 /// `Symbolizer`: addresses to frames, cached, within the budget.
 pub(crate) mod symbolizer;
 
-pub(crate) use symbolizer::Symbolizer;
+pub(crate) use symbolizer::{lookup_address, lookup_addresses, Symbolizer};
 
 use crate::counters::Counter;
 

@@ -130,6 +130,27 @@ enum DebugState {
     Loaded(Box<ModuleDebug>),
 }
 
+/// The address to symbolize for frame `depth` of a sampled stack: the leaf's PC itself,
+/// and for callers the return address minus one (inside the call instruction, so that
+/// the call's own line and inlined frames are found, not the next statement's).
+pub(crate) fn lookup_address(depth: usize, frame: usize) -> usize {
+    if depth == 0 {
+        frame
+    } else {
+        frame.saturating_sub(1)
+    }
+}
+
+/// The addresses to symbolize for sampled `stacks` (leaf first), with repeats.
+pub(crate) fn lookup_addresses(stacks: &[Arc<[usize]>]) -> impl Iterator<Item = usize> + '_ {
+    stacks.iter().flat_map(|frames| {
+        frames
+            .iter()
+            .enumerate()
+            .map(|(depth, &frame)| lookup_address(depth, frame))
+    })
+}
+
 /// Heap bytes of one cache entry holding `frames` frames (map slot, `Arc` allocation and
 /// frame vector; the strings are counted where they are interned).
 fn entry_bytes(frames: usize) -> usize {
@@ -230,8 +251,9 @@ impl Symbolizer {
         }
     }
 
-    /// Up to `n` distinct run-time addresses inside functions of the main program, spread
-    /// evenly over its symbol table (for benchmarks and tests).
+    /// Up to `n` distinct run-time addresses in the main program's code, spread evenly
+    /// over its symbol table: function starts, and points between one function's start
+    /// and the next when there are fewer functions than `n` (for benchmarks and tests).
     #[cfg(any(test, feature = "__internal"))]
     pub(crate) fn main_program_addresses(&mut self, n: usize) -> Vec<usize> {
         if self.modules.is_empty() {
@@ -242,7 +264,15 @@ impl Symbolizer {
         let DebugState::Loaded(d) = &self.debug[0] else {
             return Vec::new();
         };
-        let all: Vec<u64> = d.file.function_addresses().collect();
+        let starts: Vec<u64> = d.file.function_addresses().collect();
+        let per_function = n.div_ceil(starts.len().max(1)) as u64;
+        let mut all: Vec<u64> = Vec::with_capacity(starts.len() * per_function as usize);
+        for (i, &start) in starts.iter().enumerate() {
+            let len = starts
+                .get(i + 1)
+                .map_or(1, |next| next.saturating_sub(start));
+            all.extend((0..per_function.min(len)).map(|k| start + k * len / per_function));
+        }
         let step = (all.len() / n.max(1)).max(1);
         all.iter()
             .step_by(step)
@@ -268,6 +298,28 @@ impl Symbolizer {
             .filter_map(|d| d.dwarf.as_ref())
             .map(|d| d.heap_bytes() - d.index_bytes())
             .sum()
+    }
+
+    /// Symbolizes those of a window's addresses (see [`lookup_addresses`]) that are not
+    /// cached yet, in address order: neighbouring addresses share a debug-info unit, so
+    /// each unit is parsed once for the window instead of evicted and parsed again as the
+    /// samples' order jumps between units. Stops early if the cache had to be emptied
+    /// (the window's addresses do not fit the budget): the encoder then looks them up as
+    /// it goes, as without this.
+    pub(crate) fn prepare(&mut self, addrs: impl IntoIterator<Item = usize>) {
+        let mut cold: Vec<usize> = addrs
+            .into_iter()
+            .filter(|addr| !self.cache.contains_key(addr))
+            .collect();
+        cold.sort_unstable();
+        cold.dedup();
+        let flushes = self.counts.cache_flushes;
+        for addr in cold {
+            self.symbolize(addr);
+            if self.counts.cache_flushes != flushes {
+                break;
+            }
+        }
     }
 
     /// The frames at `addr` (a leaf PC, or a return address minus one), cached.
@@ -487,11 +539,6 @@ impl Symbolizer {
             }
             _ => 0,
         };
-        if count.units_parsed > 0 {
-            // A unit's pages are read once per parse: do not let them pile up in the
-            // resident set until the end of the window.
-            debug.file.release_pages();
-        }
         self.counts.units_parsed += count.units_parsed;
         self.counts.dwarf_errors += count.errors;
         let outer = match symbol {
@@ -799,6 +846,48 @@ mod tests {
             .name
             .ends_with("leaf_function_for_symbolizer_test"));
         assert!(again.frames.last().unwrap().line > 0);
+    }
+
+    #[test]
+    fn a_window_prepared_in_address_order_parses_fewer_units_and_names_the_same() {
+        let mut addrs = some_code_addresses();
+        // The order samples bring addresses in: jumping between units.
+        let half = addrs.len() / 2;
+        let (low, high) = addrs.split_at(half);
+        let mut mixed: Vec<usize> = low.iter().zip(high).flat_map(|(&a, &b)| [a, b]).collect();
+        mixed.extend(&addrs[2 * half..]);
+        addrs = mixed;
+        let mut probe = Symbolizer::new();
+        probe.symbolize(addrs[0]);
+        let budget = 2 * probe.index_bytes() + 512 * 1024;
+        let run = |prepare: bool| {
+            let mut s = Symbolizer::with_options(Symbolization::full().memory_budget(budget));
+            if prepare {
+                s.prepare(addrs.iter().copied());
+            }
+            let names: Vec<Vec<String>> = addrs
+                .iter()
+                .map(|&a| {
+                    s.symbolize(a)
+                        .frames
+                        .iter()
+                        .map(|f| format!("{} {}:{}", f.name, f.file, f.line))
+                        .collect()
+                })
+                .collect();
+            (names, s.footprint())
+        };
+        let (plain, plain_footprint) = run(false);
+        let (prepared, prepared_footprint) = run(true);
+        assert_eq!(plain, prepared);
+        assert_eq!(
+            prepared_footprint.cache_flushes, 0,
+            "{prepared_footprint:?}"
+        );
+        assert!(
+            prepared_footprint.units_parsed < plain_footprint.units_parsed,
+            "prepared {prepared_footprint:?} / plain {plain_footprint:?}"
+        );
     }
 
     #[test]
