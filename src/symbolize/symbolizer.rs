@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::id_hash::IdHashBuilder;
 use crate::modules::{loaded_modules, Module};
 use crate::symbolize::dwarf::{DwarfUnits, ParseCount};
 use crate::symbolize::names;
@@ -307,12 +308,13 @@ impl Symbolizer {
     /// (the window's addresses do not fit the budget): the encoder then looks them up as
     /// it goes, as without this.
     pub(crate) fn prepare(&mut self, addrs: impl IntoIterator<Item = usize>) {
-        let mut cold: Vec<usize> = addrs
+        // A set first: a window repeats its addresses over thousands of stacks.
+        let cold: HashSet<usize, IdHashBuilder> = addrs
             .into_iter()
             .filter(|addr| !self.cache.contains_key(addr))
             .collect();
+        let mut cold: Vec<usize> = cold.into_iter().collect();
         cold.sort_unstable();
-        cold.dedup();
         let flushes = self.counts.cache_flushes;
         for addr in cold {
             self.symbolize(addr);
