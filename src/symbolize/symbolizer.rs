@@ -852,13 +852,12 @@ mod tests {
 
     #[test]
     fn a_window_prepared_in_address_order_parses_fewer_units_and_names_the_same() {
-        let mut addrs = some_code_addresses();
-        // The order samples bring addresses in: jumping between units.
-        let half = addrs.len() / 2;
-        let (low, high) = addrs.split_at(half);
-        let mut mixed: Vec<usize> = low.iter().zip(high).flat_map(|(&a, &b)| [a, b]).collect();
-        mixed.extend(&addrs[2 * half..]);
-        addrs = mixed;
+        // The order samples bring addresses in: each unit's addresses (four close
+        // together around each base) come back after a round over all the others.
+        let bases = some_code_addresses();
+        let addrs: Vec<usize> = (0..4)
+            .flat_map(|k| bases.iter().map(move |&a| a + 16 * k))
+            .collect();
         let mut probe = Symbolizer::new();
         probe.symbolize(addrs[0]);
         let budget = 2 * probe.index_bytes() + 512 * 1024;
