@@ -370,7 +370,8 @@ impl DwarfUnits {
             match parse_unit(&dwarf, slot.offset, &release) {
                 Ok(parsed) => {
                     // Its entries were read once (given back every few MiB within the
-                    // parse); count them towards the next release with the lookups'.
+                    // parse), and each file path is a scattered string read: count them
+                    // towards the next release with the lookups'.
                     self.unreleased += parsed.entry_bytes + parsed.files.len() * FAULT_AROUND_BYTES;
                     count.units_parsed += 1;
                     self.parsed_bytes += parsed.bytes;
@@ -421,10 +422,10 @@ impl ParsedUnit {
                 .checked_sub(1)
                 .map(|i| self.functions[i])
                 .filter(|f| addr < f.end);
-            if let Some(unit) = self.unit(&reader.dwarf) {
-                reader.unit = Some(unit);
-            }
-            let calls = function.and_then(|f| reader.inlined_calls(self.offset, f.entry, addr));
+            let calls = function.and_then(|f| {
+                reader.unit = Some(self.unit(&reader.dwarf)?);
+                reader.inlined_calls(self.offset, f.entry, addr)
+            });
             let calls = calls.unwrap_or_default();
             // Call files first: reading a name may open another unit in `reader`.
             let call_files: Vec<Option<u32>> = calls
@@ -603,7 +604,8 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
     Ok(out)
 }
 
-/// Line-table file index to index into `ParsedUnit::files`, filled as rows name files.
+/// Line-table file index to index into `ParsedUnit::files`, filled for every file of the
+/// table when the unit is parsed.
 #[derive(Debug, Default)]
 struct FileIds {
     /// By line-table index (small and dense: a unit names at most a few thousand files).
