@@ -12,54 +12,13 @@
 //! Without `go` on the PATH the test prints a skip message, unless
 //! `SPAN_PROFILER_REQUIRE_TOOLS=1`, which makes it fail.
 
+mod apps;
 mod tools;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tools::go;
-
-/// Copies the application next to the test's temporary directory (so that this
-/// repository's `.cargo/config.toml` does not apply) and builds it with `rustflags`.
-fn build_app(flavour: &str, rustflags: &str) -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let app = manifest_dir.join("tests/apps/unwind-app");
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unwind-app");
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    let manifest = std::fs::read_to_string(app.join("Cargo.toml"))
-        .unwrap()
-        .replace(
-            r#"path = "../../..""#,
-            &format!("path = {:?}", manifest_dir.to_str().unwrap()),
-        );
-    std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
-    let main = std::fs::read(app.join("src/main.rs")).unwrap();
-    if std::fs::read(dir.join("src/main.rs")).ok().as_ref() != Some(&main) {
-        std::fs::write(dir.join("src/main.rs"), main).unwrap();
-    }
-    if !dir.join("Cargo.lock").exists() {
-        std::fs::copy(manifest_dir.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
-    }
-    let target = dir.join(format!("target-{flavour}"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .current_dir(&dir)
-        .env("RUSTFLAGS", rustflags)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET_DIR")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "building the {flavour} application failed"
-    );
-    target.join("release/unwind-app")
-}
 
 /// Runs the application for `requests` with `unwinder`; returns its pprof files and its `key=value`
 /// lines.
@@ -280,7 +239,7 @@ fn a_release_build_without_frame_pointers_unwinds_from_the_leaf_to_the_handler_a
         ("no-frame-pointers", "-C force-frame-pointers=no"),
         ("frame-pointers", "-C force-frame-pointers=yes"),
     ] {
-        let app = build_app(flavour, rustflags);
+        let app = apps::build(flavour, rustflags, &[], "unwind-app");
         let (files, values) = run_app(&app, flavour, "auto", 800);
         let value = |key: &str| -> u64 {
             values

@@ -2,7 +2,7 @@
 //! 30 and 60 frames deep (build with `-C force-frame-pointers=yes` so that both walks
 //! see complete stacks), plus the unwind tables' build time and memory.
 //!
-//! Run: `RUSTFLAGS="-C force-frame-pointers=yes" cargo run --release --bin handler_cost`
+//! Run: `RUSTFLAGS="-C force-frame-pointers=yes" cargo run --release --features internal --bin handler_cost`
 //! in `tests/apps/unwind-app`.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

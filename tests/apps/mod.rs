@@ -1,0 +1,78 @@
+//! The release test service in `tests/apps/unwind-app`, built as users build it: a
+//! package of its own, outside this workspace, in release with line tables.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Copies `src` to `dst`, rewriting only files whose bytes changed (so that cargo's
+/// fingerprints stay valid between runs).
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to);
+        } else {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            if std::fs::read(&to).ok().as_ref() != Some(&bytes) {
+                std::fs::write(&to, bytes).unwrap();
+            }
+        }
+    }
+}
+
+/// Copies the application next to the test's temporary directory (so that this
+/// repository's `.cargo/config.toml` does not apply), builds binary `bin` with `features`
+/// and `rustflags` into the target directory of `flavour`, and returns the binary's path.
+/// Tests that share a flavour share its build.
+pub fn build(flavour: &str, rustflags: &str, features: &[&str], bin: &str) -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let app = manifest_dir.join("tests/apps/unwind-app");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unwind-app");
+    copy_tree(&app.join("src"), &dir.join("src"));
+    let manifest = std::fs::read_to_string(app.join("Cargo.toml"))
+        .unwrap()
+        .replace(
+            r#"path = "../../..""#,
+            &format!("path = {:?}", manifest_dir.to_str().unwrap()),
+        );
+    if std::fs::read_to_string(dir.join("Cargo.toml"))
+        .ok()
+        .as_ref()
+        != Some(&manifest)
+    {
+        std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+    }
+    if !dir.join("Cargo.lock").exists() {
+        std::fs::copy(manifest_dir.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    }
+    let target = dir.join(format!("target-{flavour}"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--bin",
+            bin,
+            "--manifest-path",
+        ])
+        .arg(dir.join("Cargo.toml"))
+        .arg("--features")
+        .arg(features.join(","))
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(&dir)
+        .env("RUSTFLAGS", rustflags)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "building `{bin}` of the test application ({flavour}) failed"
+    );
+    target.join("release").join(bin)
+}
