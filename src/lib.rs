@@ -254,6 +254,8 @@ mod sink;
 mod symbolize;
 /// std / loom switch for the structures loom models.
 mod sync;
+/// Arming a thread's timer as it starts (Tokio's `on_thread_start`).
+mod threads;
 /// Tokio task hooks: spawned tasks inherit labels (needs `--cfg tokio_unstable`).
 pub mod tokio_hooks;
 /// Tower layer for axum and tonic: a server span and its labels per request.
@@ -300,6 +302,7 @@ pub use sink::upload::{Protocol, UploadCounts, UploadDropped, UploadReport, INGE
 pub use symbolize::symbolization::{
     SymbolDetail, Symbolization, DEFAULT_SYMBOLIZER_BUDGET, MIN_SYMBOLIZER_BUDGET,
 };
+pub use threads::arm_current_thread;
 #[cfg(feature = "tower")]
 pub use tower::{ProfileFuture, ProfileLayer, ProfileService};
 #[cfg(feature = "tracing")]

@@ -238,3 +238,41 @@ fn a_forked_child_is_inert_and_can_start_its_own_session() {
     drop(busy);
     assert!(stats.threads_armed == 0 && timer_count() == 0);
 }
+
+#[test]
+fn a_thread_that_calls_arm_current_thread_has_its_timer_before_any_scan() {
+    let _serial = sampler_lock();
+    // No collector runs beside this bare session: after `start`'s own scan, only the
+    // threads themselves can create timers.
+    let mut sampler = Sampler::start(config(100)).expect("start");
+    let baseline = timer_count();
+    let armed = std::thread::spawn(move || {
+        span_profiler::arm_current_thread();
+        let once = timer_count();
+        span_profiler::arm_current_thread();
+        (once, timer_count())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        armed,
+        (baseline + 1, baseline + 1),
+        "one timer for the thread that asked, and only one however often it asks"
+    );
+    // The exited thread's timer stays listed until a scan deletes it.
+    let listed = timer_count();
+    let unarmed = std::thread::spawn(timer_count).join().unwrap();
+    assert_eq!(
+        unarmed, listed,
+        "a thread that did not ask waits for a scan"
+    );
+    sampler.maintain();
+    assert_eq!(sampler.stats().armed_by_thread, 1);
+    sampler.stop();
+    // With no session running, the call does nothing.
+    let after = timer_count();
+    std::thread::spawn(span_profiler::arm_current_thread)
+        .join()
+        .unwrap();
+    assert_eq!(timer_count(), after);
+}

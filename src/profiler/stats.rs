@@ -206,7 +206,8 @@ pub struct SamplerCounts {
     pub ignored_stale_signals: u64,
     /// Timers created by the thread scans.
     pub timers_armed_by_scan: u64,
-    /// Timers created by threads themselves, on their first label.
+    /// Timers created by threads themselves: on their first label, or by
+    /// [`arm_current_thread`](crate::arm_current_thread).
     pub timers_armed_by_thread: u64,
     /// Timers deleted because their thread exited.
     pub timers_deleted: u64,

@@ -61,6 +61,23 @@ pub(crate) fn current() -> u64 {
     SLOT.with(|slot| slot.id.load(Ordering::Relaxed))
 }
 
+/// Arms the calling thread's timer now if a sampler session runs and this thread has not
+/// asked for it in this session (the public `arm_current_thread`).
+pub(crate) fn arm_now() {
+    // Relaxed: a hint, as in `replace`; a thread that misses a session start is found by
+    // the sampler's next discovery scan instead.
+    let session = super::SESSION_COOKIE.load(Ordering::Relaxed);
+    if session == 0 {
+        return;
+    }
+    SLOT.with(|slot| {
+        if slot.armed_session.get() != session {
+            slot.armed_session.set(session);
+            arm_this_thread(session);
+        }
+    });
+}
+
 #[cold]
 #[inline(never)]
 fn arm_this_thread(session: u64) {
