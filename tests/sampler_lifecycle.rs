@@ -276,3 +276,72 @@ fn a_thread_that_calls_arm_current_thread_has_its_timer_before_any_scan() {
         .unwrap();
     assert_eq!(timer_count(), after);
 }
+
+/// Runs `work` on this thread with a one-page alternate signal stack above a guard page,
+/// then takes the alternate stack down again.
+fn with_tiny_alternate_stack<T>(work: impl FnOnce() -> T) -> T {
+    const PAGE: usize = 4096;
+    // SAFETY: an anonymous private mapping; no existing memory is touched.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2 * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    // SAFETY: the first page of the mapping made above.
+    assert_eq!(unsafe { libc::mprotect(base, PAGE, libc::PROT_NONE) }, 0);
+    let stack = libc::stack_t {
+        // SAFETY: inside the mapping.
+        ss_sp: unsafe { base.cast::<u8>().add(PAGE) }.cast(),
+        ss_flags: 0,
+        ss_size: PAGE,
+    };
+    // SAFETY: `stack` describes mapped, writable memory that outlives its use below.
+    assert_eq!(
+        unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) },
+        0,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    let out = work();
+    let off = libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
+    // SAFETY: disables this thread's alternate stack; then nothing refers to the mapping.
+    unsafe {
+        assert_eq!(libc::sigaltstack(&off, std::ptr::null_mut()), 0);
+        libc::munmap(base, 2 * PAGE);
+    }
+    out
+}
+
+#[test]
+fn a_thread_with_a_one_page_alternate_signal_stack_is_sampled_without_faulting() {
+    let _serial = sampler_lock();
+    let collector = sampler_common::Collector::start(config(1000));
+    let tid = std::thread::spawn(|| {
+        with_tiny_alternate_stack(|| {
+            span_profiler::arm_current_thread();
+            spin_for(Duration::from_millis(300), |x| {
+                x.wrapping_mul(7).wrapping_add(3)
+            });
+            // SAFETY: `gettid` has no preconditions.
+            unsafe { libc::gettid() }
+        })
+    })
+    .join()
+    .expect("the thread ran to its end");
+    let (samples, _) = collector.finish();
+    let sampled = samples.iter().filter(|s| s.tid == tid).count();
+    assert!(
+        sampled >= 10,
+        "only {sampled} samples of the thread with the small alternate stack"
+    );
+}

@@ -121,7 +121,7 @@ pub(crate) fn thread_cpu_ns() -> u64 {
         .wrapping_add(ts.tv_nsec as u64)
 }
 
-/// The SIGPROF handler installed with `SA_SIGINFO | SA_RESTART | SA_ONSTACK`.
+/// The SIGPROF handler installed with `SA_SIGINFO | SA_RESTART` (see `timers::install`).
 ///
 /// # Safety
 /// Called by the kernel only, with the `siginfo_t` and `ucontext_t` of the signal.

@@ -98,12 +98,19 @@ pub(crate) fn disposition() -> io::Result<Disposition> {
     })
 }
 
-/// Installs our handler with `SA_SIGINFO | SA_RESTART | SA_ONSTACK`, nothing masked.
+/// Installs our handler with `SA_SIGINFO | SA_RESTART`, nothing masked.
+///
+/// Not `SA_ONSTACK`: the handler runs on the interrupted thread's own stack. Std gives
+/// each thread an 8 KiB alternate signal stack, and on a CPU with AVX-512 the kernel's
+/// signal frame alone takes about 3 KiB of it; an unoptimised (debug) build of the
+/// handler and the unwinder needs more than the rest and faulted in the guard page. A
+/// thread's own stack has megabytes; running there is what gperftools and
+/// async-profiler do too.
 pub(crate) fn install() -> io::Result<()> {
     // SAFETY: `sigaction` is plain data; zero is a valid value.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = our_handler();
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     // SAFETY: `sa_mask` is a valid `sigset_t` to initialise.
     unsafe { libc::sigemptyset(&mut action.sa_mask) };
     // SAFETY: a valid action; the handler is async-signal-safe (see `handler`).
