@@ -4,10 +4,17 @@
 
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use http_body_util::BodyExt as _;
+use hyper::Request;
+use opentelemetry::trace::noop::NoopTracerProvider;
 use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
 use opentelemetry::Context;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use span_profiler::{Labels, ProfiledExt, Profiler, ProfilingTracerProvider, Stats};
+use span_profiler::{Labels, ProfileLayer, ProfiledExt, Profiler, ProfilingTracerProvider, Stats};
+use tower::ServiceExt as _;
 
 /// Polls `stats()` (published about every 100 ms) until `done` holds, for up to 20 s (the first window waits for the symbolizer's index).
 fn wait_for(profiler: &Profiler, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
@@ -51,6 +58,40 @@ fn otel_lookups_live_labels_and_encoded_profiles_show_in_stats() {
     });
     span.end();
     drop(span);
+
+    // ProfileLayer with a tracer of no ProfilingTracerProvider (here the no-op one, the
+    // global default): each request runs unlabelled and is counted; with the profiling
+    // provider's tracer nothing is counted.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let serve = |layer: ProfileLayer| {
+        let app: Router = Router::new()
+            .route(
+                "/labelled",
+                get(|| async { (!Labels::current().is_empty()).to_string() }),
+            )
+            .layer(layer);
+        let request = Request::get("/labelled").body(Body::empty()).unwrap();
+        rt.block_on(async {
+            let response = app.oneshot(request).await.expect("response");
+            let body = response.into_body().collect().await.expect("body");
+            String::from_utf8(body.to_bytes().to_vec()).unwrap()
+        })
+    };
+    let before = profiler.stats().otel.unlabelled_requests;
+    let noop = ProfileLayer::with_tracer(NoopTracerProvider::new().tracer("noop"));
+    assert_eq!(serve(noop.clone()), "false");
+    assert_eq!(serve(noop), "false");
+    wait_for(&profiler, "unlabelled requests are counted", |s| {
+        s.otel.unlabelled_requests == before + 2
+    });
+    assert_eq!(
+        serve(ProfileLayer::with_tracer(provider.tracer("http"))),
+        "true"
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(profiler.stats().otel.unlabelled_requests, before + 2);
 
     // Labels held by a wrapper are registered label sets.
     let held = async {}.with_labels(Labels::span(42, "held"));

@@ -51,11 +51,15 @@ pub(crate) struct OtelCounters {
     /// Spans whose local parent no live `ProfilingSpan` has: their local root is unknown,
     /// so they get no root labels.
     pub(crate) unknown_parents: Counter,
+    /// Requests the tower layer served without labels: its span was not one of a
+    /// `ProfilingTracerProvider` (a no-op or other provider).
+    pub(crate) unlabelled_requests: Counter,
 }
 
 pub(crate) static OTEL: OtelCounters = OtelCounters {
     unknown_spans: Counter::new(),
     unknown_parents: Counter::new(),
+    unlabelled_requests: Counter::new(),
 };
 
 /// A span id as the `u64` the labels use (big-endian, as `SpanId` prints it).

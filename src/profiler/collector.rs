@@ -357,6 +357,7 @@ fn otel_counts() -> OtelCounts {
     OtelCounts {
         unknown_spans: crate::otel::OTEL.unknown_spans.get(),
         unknown_parents: crate::otel::OTEL.unknown_parents.get(),
+        unlabelled_requests: crate::otel::OTEL.unlabelled_requests.get(),
         live_spans: crate::otel::span_map_len() as u64,
     }
 }

@@ -240,6 +240,11 @@ pub struct OtelCounts {
     /// Spans started under a local parent that no live `ProfilingSpan` has: their local
     /// root is unknown, so they got no root labels.
     pub unknown_parents: u64,
+    /// Requests `ProfileLayer` served without labels because their span did not come from
+    /// a [`ProfilingTracerProvider`](crate::ProfilingTracerProvider) (the layer was built
+    /// before `global::set_tracer_provider`, or with another provider's tracer); logged
+    /// once with the fix. Always 0 without feature `tower`.
+    pub unlabelled_requests: u64,
     /// Gauge: live spans of a `ProfilingTracerProvider`.
     pub live_spans: u64,
 }

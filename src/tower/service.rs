@@ -5,10 +5,12 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::TraceContextExt;
 use tower_service::Service;
 
 use super::future::ProfileFuture;
 use super::request;
+use crate::counters::LogOnce;
 use crate::labels::registry::LabelHandle;
 use crate::sampler::slot::SlotGuard;
 
@@ -120,6 +122,9 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let started = request::start(&self.tracer, &req);
         let (handle, _root) = crate::otel::lookup(&started.cx);
+        if handle.is_none() {
+            note_unlabelled_request(&started.cx);
+        }
         let future = {
             let _attached = started.cx.clone().attach();
             let _scope = SlotGuard::enter(handle.as_ref().map_or(0, LabelHandle::id));
@@ -131,5 +136,25 @@ where
             ..started
         };
         ProfileFuture::new(future, started, handle)
+    }
+}
+
+static WARNED_UNLABELLED: LogOnce = LogOnce::new();
+
+/// Counts a request served without labels and says once why and how to fix it.
+#[cold]
+fn note_unlabelled_request(cx: &opentelemetry::Context) {
+    crate::otel::OTEL.unlabelled_requests.incr();
+    if WARNED_UNLABELLED.first() {
+        let why = if cx.span().span_context().is_valid() {
+            "its spans come from a tracer provider other than a ProfilingTracerProvider"
+        } else {
+            "its tracer makes no spans (the global tracer provider was the no-op default)"
+        };
+        log::warn!(
+            "span-profiler: ProfileLayer serves requests without profiling labels: {why}; \
+             call opentelemetry::global::set_tracer_provider(ProfilingTracerProvider::new(..)) \
+             before ProfileLayer::new(), or build the layer with ProfileLayer::with_tracer"
+        );
     }
 }
