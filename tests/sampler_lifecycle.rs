@@ -302,12 +302,8 @@ fn with_tiny_alternate_stack<T>(work: impl FnOnce() -> T) -> T {
         ss_size: PAGE,
     };
     // SAFETY: `stack` describes mapped, writable memory that outlives its use below.
-    assert_eq!(
-        unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) },
-        0,
-        "{}",
-        std::io::Error::last_os_error()
-    );
+    let rc = unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
     let out = work();
     let off = libc::stack_t {
         ss_sp: std::ptr::null_mut(),
