@@ -18,13 +18,10 @@ fn set() -> std::sync::Arc<LabelSet> {
 }
 
 /// The collector's side: drains the one-sample buffer (the drained id must still
-/// resolve), closing a window after round `close_after`, and ends each round with a drain.
-fn collect(reg: &Registry, buffer: &AtomicU64, rounds: usize, close_after: usize) {
-    for round in 0..rounds {
+/// resolve) and ends each round with a drain.
+fn collect(reg: &Registry, buffer: &AtomicU64, rounds: usize) {
+    for _ in 0..rounds {
         take_sample(reg, buffer);
-        if round == close_after {
-            reg.on_window_closed();
-        }
         reg.on_drain();
     }
 }
@@ -88,8 +85,8 @@ fn concurrent_releases_free_the_entry_once() {
 }
 
 /// A "handler" publishes the id (as the sample buffer does) and then its wrapper is
-/// dropped, while the collector drains, resolves what it drained, and advances drains and
-/// windows. Every id the collector drains must still resolve.
+/// dropped, while the collector drains, resolves what it drained, and advances its drain
+/// count. Every id the collector drains must still resolve.
 #[test]
 fn an_id_read_before_its_release_resolves_when_drained() {
     loom::model(|| {
@@ -107,14 +104,14 @@ fn an_id_read_before_its_release_resolves_when_drained() {
             drop(reg_w);
         });
 
-        collect(&reg, &buffer, 3, 1);
+        collect(&reg, &buffer, 3);
         worker.join().unwrap();
         take_sample(&reg, &buffer);
     });
 }
 
 /// Two handles whose ids fall in different shards (ids 1 and 2 of a two-shard registry)
-/// are released on two threads while the collector drains and closes a window: the grace
+/// are released on two threads while the collector drains: the grace
 /// rule holds in each shard, so every id the collector drains still resolves, and once
 /// the grace is over both entries are freed.
 #[test]
@@ -143,13 +140,12 @@ fn releases_in_two_shards_racing_the_collector_keep_their_grace() {
             })
             .collect();
 
-        collect(&reg, &buffer, 2, 0);
+        collect(&reg, &buffer, 2);
         for worker in workers {
             worker.join().unwrap();
         }
         take_sample(&reg, &buffer);
-        // Both released by now: two more drains after a window close end every grace.
-        reg.on_window_closed();
+        // Both released by now: two more drains end every grace.
         reg.on_drain();
         reg.on_drain();
         assert_eq!(reg.len(), RegistryLen::default(), "both entries freed");

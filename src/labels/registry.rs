@@ -4,17 +4,21 @@
 //! labels"). An entry lives while any [`LabelHandle`] for it exists. While a profiler
 //! runs, an entry whose last handle was released is *retired* rather than freed: a signal
 //! handler may have read its id from a thread's slot just before the release, and that
-//! sample is only resolved by the collector later. A retired entry is freed at the first
-//! [`Registry::on_drain`] that follows both a window close and a drain after its release:
-//! by then every sample that could carry its id has been drained and its window resolved.
+//! sample is only resolved by the collector later. A retired entry is freed at the end of
+//! the first drain that began after its release ([`Registry::on_drain`]): every scoped
+//! source restores the slot before it releases its handle, so any sample carrying the id
+//! was in the buffer before the release, and the collector resolves each id as it drains
+//! it (the windows keep the resolved sets). A busy service therefore keeps about two
+//! drains' worth of released sets (a few hundred milliseconds of requests), not a
+//! window's.
 //! When no profiler runs, entries are freed at their last release, so an installed tracer
 //! provider with the profiler off never grows the registry.
 //!
 //! Synchronisation: the entries are split into shards by id, each a mutex over its live
 //! map, its retired queue and its own copy of the collector's state (profiling or not,
-//! windows closed, drains done). Registering and releasing lock only the entry's shard, so
+//! drains done). Registering and releasing lock only the entry's shard, so
 //! threads starting and ending spans meet on one lock only when their ids share a shard;
-//! the collector's calls (`on_drain`, `on_window_closed`, `set_profiling`) visit every
+//! the collector's calls (`on_drain`, `set_profiling`) visit every
 //! shard in turn. The grace rule holds per shard exactly as it would under one lock: an
 //! entry's release and each collector call are ordered by its shard's mutex, and the
 //! collector finishes a call on every shard before it begins its next drain.
@@ -55,8 +59,6 @@ struct Entry {
 /// Where an entry released while profiling waits before it is freed.
 struct Retired {
     id: u64,
-    /// The shard's `windows` when the entry was released.
-    windows_at_release: u64,
     /// The shard's `drains` when the entry was released.
     drains_at_release: u64,
 }
@@ -66,8 +68,7 @@ struct Retired {
 #[derive(Default)]
 struct Shard {
     live: HashMap<u64, Arc<Entry>, IdHashBuilder>,
-    /// Released entries in release order (so in `windows_at_release`,
-    /// `drains_at_release` order).
+    /// Released entries in release order (so in `drains_at_release` order).
     retired: VecDeque<Retired>,
     /// The sets of the entries in `retired`, by id: the collector looks retired ids up
     /// (tens of thousands wait at once on a busy service, and a scan of the queue per
@@ -75,8 +76,6 @@ struct Shard {
     retired_sets: HashMap<u64, std::sync::Arc<LabelSet>, IdHashBuilder>,
     /// Whether a profiler is running (releases retire instead of freeing).
     profiling: bool,
-    /// Windows closed since the registry was created.
-    windows: u64,
     /// Drains completed since the registry was created.
     drains: u64,
 }
@@ -235,7 +234,6 @@ impl Registry {
         if shard.profiling {
             let retired = Retired {
                 id,
-                windows_at_release: shard.windows,
                 drains_at_release: shard.drains,
             };
             shard.retired.push_back(retired);
@@ -247,7 +245,7 @@ impl Registry {
     }
 
     /// Switches between "profiling" (releases retire) and "idle" (releases free). Going
-    /// idle frees every retired entry: the caller has drained and closed its last window.
+    /// idle frees every retired entry: the caller has drained for the last time.
     pub fn set_profiling(&self, on: bool) {
         for shard in self.shared.shards.iter() {
             let mut shard = lock(shard);
@@ -263,18 +261,18 @@ impl Registry {
     }
 
     /// The collector finished one drain of the sample buffer and resolved the label ids
-    /// it found: frees retired entries whose grace (a window close, and a whole drain
-    /// that began after their release) is over.
+    /// it found: frees retired entries whose grace (a whole drain that began after their
+    /// release) is over.
     pub fn on_drain(&self) {
         for shard in self.shared.shards.iter() {
             let mut shard = lock(shard);
             shard.drains += 1;
-            let (windows, drains) = (shard.windows, shard.drains);
+            let drains = shard.drains;
             // Entries retire in order, so expired ones are at the front.
             while let Some(front) = shard.retired.front() {
                 // `drains_at_release + 1` ended a drain that may have begun before the
                 // release; `+ 2` ended one that began after it.
-                if windows > front.windows_at_release && drains >= front.drains_at_release + 2 {
+                if drains >= front.drains_at_release + 2 {
                     let id = front.id;
                     shard.retired.pop_front();
                     shard.retired_sets.remove(&id);
@@ -282,13 +280,6 @@ impl Registry {
                     break;
                 }
             }
-        }
-    }
-
-    /// The collector closed a window and resolved every label id in it.
-    pub fn on_window_closed(&self) {
-        for shard in self.shared.shards.iter() {
-            lock(shard).windows += 1;
         }
     }
 
@@ -408,33 +399,36 @@ mod tests {
         );
         assert_eq!(reg.resolve(id).unwrap().span_name.as_deref(), Some("a"));
         reg.on_drain(); // may have begun before the release
-        assert!(reg.resolve(id).is_some());
-        reg.on_drain(); // began after the release, but no window closed yet
-        assert!(reg.resolve(id).is_some());
-        reg.on_window_closed();
-        assert!(reg.resolve(id).is_some(), "freed only by the next drain");
-        reg.on_drain();
+        assert!(
+            reg.resolve(id).is_some(),
+            "that drain may have begun before the release"
+        );
+        reg.on_drain(); // began after the release
         assert!(reg.resolve(id).is_none());
         assert_eq!(reg.len(), RegistryLen::default());
     }
 
     #[test]
-    fn a_release_just_before_a_window_close_waits_for_a_later_drain() {
+    fn entries_released_between_drains_are_freed_in_release_order() {
         let reg = Registry::new();
         reg.set_profiling(true);
-        let id = {
-            let a = reg.register(set("a"));
-            a.id()
-        };
-        reg.on_window_closed();
-        assert!(reg.resolve(id).is_some());
+        let first = reg.register(set("a"));
+        let second = reg.register(set("b"));
+        let (a, b) = (first.id(), second.id());
+        drop(first);
+        reg.on_drain();
+        drop(second);
         reg.on_drain();
         assert!(
-            reg.resolve(id).is_some(),
-            "that drain may have begun before the release"
+            reg.resolve(a).is_none(),
+            "a drain began after its release and ended"
+        );
+        assert!(
+            reg.resolve(b).is_some(),
+            "released during the drain that just ended"
         );
         reg.on_drain();
-        assert!(reg.resolve(id).is_none());
+        assert!(reg.resolve(b).is_none());
     }
 
     #[test]

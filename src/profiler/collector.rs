@@ -250,12 +250,10 @@ impl Collector {
         self.windows += 1;
         if open.is_empty() {
             self.empty_windows += 1;
-            self.registry.on_window_closed();
             return;
         }
-        // Labels were resolved when samples were added: the registry may free ids now.
+        // Labels were resolved as samples were drained: the window holds their sets.
         let closed = open.close(now);
-        self.registry.on_window_closed();
         if let Some(writer) = &self.writer {
             writer.send(closed);
         }
