@@ -1,5 +1,7 @@
-//! The release test service: an axum server on 127.0.0.1 with span-profiler's tower layer,
-//! under load from an in-process hyper client, with or without the profiler.
+//! The release test service: an axum server on 127.0.0.1 with span-profiler's tower layer
+//! and an OpenTelemetry SDK tracer provider wrapped in `ProfilingTracerProvider` (each
+//! request a local root span with its own labels), under load from an in-process hyper
+//! client, with or without the profiler.
 //!
 //! Usage: `service profiled <output dir> <windows>` or `service bare - <windows>`. It
 //! serves `<windows>` one-second windows of load (plus half a window), stops the profiler
@@ -17,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use span_profiler::{ProfileLayer, Profiler};
+use span_profiler::{ProfileLayer, Profiler, ProfilingTracerProvider};
 
 const WINDOW: Duration = Duration::from_secs(1);
 const CLIENTS: usize = 16;
@@ -97,8 +99,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bare" => None,
         other => return Err(format!("unknown mode `{other}`; {usage}").into()),
     };
+    let sdk = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    opentelemetry::global::set_tracer_provider(ProfilingTracerProvider::new(sdk));
     let server = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
+        .on_thread_start(span_profiler::arm_current_thread)
         .enable_all()
         .build()?;
     let app: Router = Router::new()
@@ -122,6 +127,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (files, symbolizer) = match profiler {
         Some(p) => {
             let report = p.stop()?;
+            let unlabelled = report.stats.otel.unlabelled_requests;
+            if unlabelled > 0 {
+                return Err(format!("{unlabelled} requests were served without labels").into());
+            }
             (
                 report.files_written,
                 format!("{:?}", report.stats.symbolizer),
