@@ -32,28 +32,18 @@ fn run(service: &Path, mode: &str, out: &Path) -> Run {
         .arg(WINDOWS.to_string())
         .output()
         .expect("run the service");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
         "service {mode} failed: {stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RESULT "))
-        .unwrap_or_else(|| panic!("service {mode} printed no result: {stdout}"))
-        .to_owned();
-    let value = |key: &str| -> u64 {
-        line.split(' ')
-            .find_map(|kv| kv.strip_prefix(key))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {line}"))
-    };
+    let result = apps::ResultLine::find(&stdout, &format!("service {mode}"));
     Run {
-        requests: value("requests="),
-        hwm_kib: value("hwm_kib="),
-        files: value("files="),
-        line,
+        requests: result.value("requests"),
+        hwm_kib: result.value("hwm_kib"),
+        files: result.value("files"),
+        line: result.0,
     }
 }
 

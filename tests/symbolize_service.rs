@@ -14,52 +14,27 @@
 //! checks the same on the debug build's full debug info. A custom harness: the binary is
 //! also the child.
 
+mod apps;
+#[path = "apps/unwind-app/src/serve.rs"]
+mod serve;
 mod tools;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 use tools::go;
 
-use axum::extract::Path as UrlPath;
-use axum::routing::get;
-use axum::Router;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use span_profiler::{ProfileLayer, Profiler};
+use span_profiler::Profiler;
 
 /// Set in a child: `profiled:<dir>` or `bare`.
 const CHILD_ENV: &str = "SPAN_PROFILER_SERVICE_TEST_CHILD";
 const WINDOW: Duration = Duration::from_secs(1);
 /// Windows of load (the last one is flushed by `stop()`).
 const WINDOWS: u32 = 4;
-const CLIENTS: usize = 16;
 /// Peak resident memory the profiler may add.
 const MAX_ADDED_HWM_KIB: u64 = 32 * 1024;
 /// Share of this binary's sampled frames that must have a qualified name.
 const MIN_QUALIFIED: f64 = 0.95;
-
-/// A route with real work in generic, inlined code: sorting, hashing and formatting.
-async fn report(UrlPath(id): UrlPath<u64>) -> String {
-    let mut rows: Vec<(u64, String)> = (0..2_000u64)
-        .map(|i| (i.wrapping_mul(id | 1) % 1_009, format!("row-{i}")))
-        .collect();
-    rows.sort();
-    tokio::task::yield_now().await;
-    let mut sums = std::collections::BTreeMap::new();
-    for (k, v) in &rows {
-        *sums.entry(k % 17).or_insert(0usize) += v.len();
-    }
-    format!("{id}: {sums:?}")
-}
-
-async fn health() -> &'static str {
-    "ok"
-}
 
 fn child(mode: &str) -> Result<(), Box<dyn std::error::Error>> {
     let profiler = match mode.strip_prefix("profiled:") {
@@ -76,69 +51,22 @@ fn child(mode: &str) -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(4)
         .enable_all()
         .build()?;
-    let app: Router = Router::new()
-        .route("/report/{id}", get(report))
-        .route("/health", get(health))
-        .layer(ProfileLayer::new());
-    let addr: SocketAddr = server.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok::<_, std::io::Error>(addr)
-    })?;
+    let addr = serve::serve(&server)?;
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let until = Instant::now() + WINDOW * WINDOWS + WINDOW / 2;
-    let requests = clients.block_on(async move {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let mut tasks = Vec::new();
-        for c in 0..CLIENTS {
-            let client = client.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < until {
-                    let uri = match n % 4 {
-                        0 => format!("http://{addr}/health"),
-                        _ => format!("http://{addr}/report/{}", c as u64 * 1_000 + n),
-                    };
-                    let Ok(req) = http::Request::get(uri).body(Empty::new()) else {
-                        continue;
-                    };
-                    if let Ok(res) = client.request(req).await {
-                        let _ = res.into_body().collect().await;
-                        n += 1;
-                    }
-                }
-                n
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await.unwrap_or(0);
-        }
-        Ok::<u64, Infallible>(total)
-    })?;
+    let requests = clients.block_on(serve::load(addr, until));
     let symbolizer = match profiler {
         Some(p) => format!("{:?}", p.stop()?.stats.symbolizer),
         None => "none".into(),
     };
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
-            .unwrap_or_default()
-    };
     println!(
         "RESULT requests={requests} hwm_kib={} rss_anon_kib={} rss_file_kib={} symbolizer={symbolizer}",
-        field("VmHWM:"),
-        field("RssAnon:"),
-        field("RssFile:"),
+        serve::status_kib("VmHWM:"),
+        serve::status_kib("RssAnon:"),
+        serve::status_kib("RssFile:"),
     );
     Ok(())
 }
@@ -162,21 +90,11 @@ fn run_child(mode: &str) -> ChildRun {
         "child {mode} failed: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RESULT "))
-        .unwrap_or_else(|| panic!("child {mode} printed no result: {stdout}"))
-        .to_owned();
-    let value = |key: &str| -> u64 {
-        line.split(' ')
-            .find_map(|kv| kv.strip_prefix(key))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {line}"))
-    };
+    let result = apps::ResultLine::find(&stdout, &format!("child {mode}"));
     ChildRun {
-        requests: value("requests="),
-        hwm_kib: value("hwm_kib="),
-        line,
+        requests: result.value("requests"),
+        hwm_kib: result.value("hwm_kib"),
+        line: result.0,
     }
 }
 

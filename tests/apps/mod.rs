@@ -1,5 +1,8 @@
 //! The release test service in `tests/apps/unwind-app`, built as users build it: a
-//! package of its own, outside this workspace, in release with line tables.
+//! package of its own, outside this workspace, in release with line tables; and the
+//! `RESULT` line its runs print.
+// Each test that includes this module uses a part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,4 +78,28 @@ pub fn build(flavour: &str, rustflags: &str, features: &[&str], bin: &str) -> Pa
         "building `{bin}` of the test application ({flavour}) failed"
     );
     target.join("release").join(bin)
+}
+
+/// The `RESULT key=value ...` line of a service run (`src/bin/service.rs`, or the child
+/// of `tests/symbolize_service.rs`).
+pub struct ResultLine(pub String);
+
+impl ResultLine {
+    /// The line in `stdout`; a test failure naming `what` ran when there is none.
+    pub fn find(stdout: &str, what: &str) -> ResultLine {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("RESULT "))
+            .unwrap_or_else(|| panic!("{what} printed no result: {stdout}"));
+        ResultLine(line.to_owned())
+    }
+
+    /// The number after `key=`; a test failure when there is none.
+    pub fn value(&self, key: &str) -> u64 {
+        self.0
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {}", self.0))
+    }
 }
