@@ -9,7 +9,7 @@
 
 mod apps;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const WINDOWS: u32 = 4;
@@ -17,42 +17,11 @@ const PAIRS: usize = 3;
 /// Peak resident memory the profiler may add (median of the pairs).
 const MAX_ADDED_HWM_KIB: u64 = 32 * 1024;
 
-/// What one run of the service printed.
-struct Run {
-    requests: u64,
-    hwm_kib: u64,
-    files: u64,
-    line: String,
-}
-
-fn run(service: &Path, mode: &str, out: &Path) -> Run {
-    let output = Command::new(service)
-        .arg(mode)
-        .arg(out)
-        .arg(WINDOWS.to_string())
-        .output()
-        .expect("run the service");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "service {mode} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result = apps::ResultLine::find(&stdout, &format!("service {mode}"));
-    Run {
-        requests: result.value("requests"),
-        hwm_kib: result.value("hwm_kib"),
-        files: result.value("files"),
-        line: result.0,
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("span-profiler-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// One run of the service and the line it printed.
+fn run(service: &Path, mode: &str, out: &Path) -> apps::ResultLine {
+    let mut command = Command::new(service);
+    command.arg(mode).arg(out).arg(WINDOWS.to_string());
+    apps::ResultLine::of_run(&mut command, &format!("service {mode}"))
 }
 
 #[test]
@@ -66,24 +35,28 @@ fn the_profiler_adds_at_most_32_mib_to_the_release_services_peak_resident_set() 
     let size_mib = std::fs::metadata(&service).map_or(0, |m| m.len()) >> 20;
     let mut added = Vec::new();
     for pair in 0..PAIRS {
-        let dir = temp_dir(&format!("release-service-{pair}"));
+        let dir = apps::temp_dir(&format!("release-service-{pair}"));
         let bare = run(&service, "bare", &dir);
         let profiled = run(&service, "profiled", &dir);
-        println!("pair {pair}: bare     {}", bare.line);
-        println!("pair {pair}: profiled {}", profiled.line);
+        println!("pair {pair}: bare     {}", bare.0);
+        println!("pair {pair}: profiled {}", profiled.0);
         assert!(
-            bare.requests > 0 && profiled.requests > 0,
+            bare.value("requests") > 0 && profiled.value("requests") > 0,
             "no requests served: {} / {}",
-            bare.line,
-            profiled.line
+            bare.0,
+            profiled.0
         );
         assert!(
-            profiled.files >= u64::from(WINDOWS) - 1,
+            profiled.value("files") >= u64::from(WINDOWS) - 1,
             "only {} windows written: {}",
-            profiled.files,
-            profiled.line
+            profiled.value("files"),
+            profiled.0
         );
-        added.push(profiled.hwm_kib.saturating_sub(bare.hwm_kib));
+        added.push(
+            profiled
+                .value("hwm_kib")
+                .saturating_sub(bare.value("hwm_kib")),
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
     added.sort_unstable();

@@ -21,7 +21,7 @@ mod tools;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tools::go;
 
 use span_profiler::Profiler;
@@ -47,17 +47,7 @@ fn child(mode: &str) -> Result<(), Box<dyn std::error::Error>> {
         ),
         None => None,
     };
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()?;
-    let addr = serve::serve(&server)?;
-    let clients = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let until = Instant::now() + WINDOW * WINDOWS + WINDOW / 2;
-    let requests = clients.block_on(serve::load(addr, until));
+    let requests = serve::serve_under_load(WINDOW * WINDOWS + WINDOW / 2, false)?;
     let symbolizer = match profiler {
         Some(p) => format!("{:?}", p.stop()?.stats.symbolizer),
         None => "none".into(),
@@ -80,30 +70,14 @@ struct ChildRun {
 
 fn run_child(mode: &str) -> ChildRun {
     let exe = std::env::current_exe().expect("own path");
-    let out = Command::new(exe)
-        .env(CHILD_ENV, mode)
-        .output()
-        .expect("child runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "child {mode} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result = apps::ResultLine::find(&stdout, &format!("child {mode}"));
+    let mut command = Command::new(exe);
+    command.env(CHILD_ENV, mode);
+    let result = apps::ResultLine::of_run(&mut command, &format!("child {mode}"));
     ChildRun {
         requests: result.value("requests"),
         hwm_kib: result.value("hwm_kib"),
         line: result.0,
     }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("span-profiler-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 fn profile_files(dir: &Path) -> Vec<PathBuf> {
@@ -226,7 +200,7 @@ fn brackets_balanced(name: &str) -> bool {
 
 fn sampled_frames_of_this_binary_have_qualified_names_and_whole_generic_lists() {
     let Some(go) = go() else { return };
-    let dir = temp_dir("symbolize-service-names");
+    let dir = apps::temp_dir("symbolize-service-names");
     let run = run_child(&format!("profiled:{}", dir.display()));
     assert!(run.requests > 0, "{}", run.line);
     let files = profile_files(&dir);
@@ -298,7 +272,7 @@ fn sampled_frames_of_this_binary_have_qualified_names_and_whole_generic_lists() 
 }
 
 fn the_profiler_adds_at_most_32_mib_to_the_peak_resident_set_under_load() {
-    let dir = temp_dir("symbolize-service-rss");
+    let dir = apps::temp_dir("symbolize-service-rss");
     let bare = run_child("bare");
     let profiled = run_child(&format!("profiled:{}", dir.display()));
     let windows = profile_files(&dir).len();

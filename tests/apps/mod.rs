@@ -80,11 +80,33 @@ pub fn build(flavour: &str, rustflags: &str, features: &[&str], bin: &str) -> Pa
     target.join("release").join(bin)
 }
 
+/// A fresh, empty directory `span-profiler-test-<name>-<pid>` in the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("span-profiler-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
 /// The `RESULT key=value ...` line of a service run (`src/bin/service.rs`, or the child
 /// of `tests/symbolize_service.rs`).
 pub struct ResultLine(pub String);
 
 impl ResultLine {
+    /// Runs `command`, which must succeed, and returns its line; `what` names it in
+    /// failures.
+    pub fn of_run(command: &mut Command, what: &str) -> ResultLine {
+        let output = command.output().expect("the run starts");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{what} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ResultLine::find(&stdout, what)
+    }
+
     /// The line in `stdout`; a test failure naming `what` ran when there is none.
     pub fn find(stdout: &str, what: &str) -> ResultLine {
         let line = stdout

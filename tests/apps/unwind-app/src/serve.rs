@@ -4,7 +4,7 @@
 //! hyper client.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::Path as UrlPath;
 use axum::routing::get;
@@ -83,6 +83,24 @@ pub async fn load(addr: SocketAddr, until: Instant) -> u64 {
         total += t.await.unwrap_or(0);
     }
     total
+}
+
+/// Serves the app on a 4-worker runtime (its threads armed as they start when
+/// `arm_threads`) and loads it from a 2-worker runtime for `duration`; returns the
+/// requests answered.
+pub fn serve_under_load(duration: Duration, arm_threads: bool) -> std::io::Result<u64> {
+    let mut server = tokio::runtime::Builder::new_multi_thread();
+    server.worker_threads(4).enable_all();
+    if arm_threads {
+        server.on_thread_start(span_profiler::arm_current_thread);
+    }
+    let server = server.build()?;
+    let addr = serve(&server)?;
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    Ok(clients.block_on(load(addr, Instant::now() + duration)))
 }
 
 /// A `kB` field of `/proc/self/status` (`VmHWM:`, `RssAnon:`, ...), in KiB.

@@ -12,7 +12,7 @@
 #[path = "../serve.rs"]
 mod serve;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use span_profiler::{Profiler, ProfilingTracerProvider};
 
@@ -37,18 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let sdk = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     opentelemetry::global::set_tracer_provider(ProfilingTracerProvider::new(sdk));
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .on_thread_start(span_profiler::arm_current_thread)
-        .enable_all()
-        .build()?;
-    let addr = serve::serve(&server)?;
-    let clients = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let until = Instant::now() + WINDOW * windows + WINDOW / 2;
-    let requests = clients.block_on(serve::load(addr, until));
+    let requests = serve::serve_under_load(WINDOW * windows + WINDOW / 2, true)?;
     let (files, symbolizer) = match profiler {
         Some(p) => {
             let report = p.stop()?;
