@@ -107,7 +107,18 @@ pub(crate) fn bounded_value(mut value: String) -> String {
 /// [`bounded_value`] for a value that may be borrowed: a value within the limit stays
 /// as it is (borrowed values are not copied).
 #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+#[inline]
 pub(crate) fn bounded_cow(value: Cow<'static, str>) -> Cow<'static, str> {
+    // The common case, inlined into the tracer's path: a name within the limit.
+    if value.len() <= MAX_LABEL_VALUE_BYTES {
+        return value;
+    }
+    cut_cow(value)
+}
+
+/// [`bounded_cow`] for a value over the limit.
+#[cold]
+fn cut_cow(value: Cow<'static, str>) -> Cow<'static, str> {
     match cut_at(&value) {
         None => value,
         Some(end) => match value {
@@ -200,11 +211,14 @@ pub(crate) fn span_id_hex(id: u64) -> String {
     hex_string(digits.to_vec())
 }
 
-/// `digits` (ASCII hex digits) as a `String` of the same capacity.
+/// `digits` (ASCII hex digits, as `write_hex` writes them) as a `String` of the same
+/// capacity.
 fn hex_string(digits: Vec<u8>) -> String {
-    // Every byte is an ASCII hex digit, so the check passes; checking 16 or 32 bytes at
-    // once costs less than pushing them one `char` at a time.
-    String::from_utf8(digits).unwrap_or_default()
+    debug_assert!(digits.iter().all(u8::is_ascii_hexdigit));
+    // SAFETY: callers pass only bytes written by `write_hex`, each taken from
+    // `HEX_DIGITS`, so every byte is ASCII and the bytes are valid UTF-8. (The checked
+    // conversion cost as much as writing the digits, once per local root span.)
+    unsafe { String::from_utf8_unchecked(digits) }
 }
 
 /// Formats a trace id exactly as OpenTelemetry's `TraceId` prints it (32 lowercase hex

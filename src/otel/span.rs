@@ -20,10 +20,10 @@ use super::map;
 /// [`.profiled()`]: crate::ProfiledExt::profiled
 #[derive(Debug)]
 pub struct ProfilingSpan<S> {
-    inner: S,
+    pub(super) inner: S,
     /// The span id whose map entry this span inserted and must remove; `None` when it
     /// owns no entry (invalid span context, an id already present, or already ended).
-    entry: Option<u64>,
+    pub(super) entry: Option<u64>,
     /// A local root's task metrics, written on the span when it ends (feature
     /// `task-metrics`); `None` for other spans and once written.
     #[cfg(feature = "task-metrics")]

@@ -58,10 +58,15 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
             || (local_root && config.span_name == LabelScope::LocalRoot))
             .then(|| builder.name.clone());
 
-        let mut span = self.inner.build_with_context(builder, parent_cx);
+        // Wrapped at once and returned from this one place: the inner span (hundreds of
+        // bytes with the SDK) is then built where the result goes instead of being
+        // copied into it.
+        let mut profiling_span =
+            ProfilingSpan::new(self.inner.build_with_context(builder, parent_cx), None);
+        let span = &mut profiling_span.inner;
         let sc = span.span_context();
         if !sc.is_valid() {
-            return ProfilingSpan::new(span, None);
+            return profiling_span;
         }
         let span_id = span_id_u64(sc);
         let sampled = sc.is_sampled();
@@ -120,8 +125,7 @@ impl<T: Tracer> Tracer for ProfilingTracer<T> {
             .flatten()
             .map(super::metrics::Recorder::new);
         let owned = map::insert(span_id, node).then_some(span_id);
-        #[allow(unused_mut)]
-        let mut profiling_span = ProfilingSpan::new(span, owned);
+        profiling_span.entry = owned;
         #[cfg(feature = "task-metrics")]
         if owned.is_some() {
             profiling_span.set_recorder(recorder);
