@@ -178,7 +178,15 @@ pub(crate) struct ParseCount {
 impl DwarfUnits {
     /// Indexes the units of `file`'s DWARF (their address ranges only).
     pub(crate) fn index(file: &ObjectFile) -> Self {
+        Self::index_units(file, true)
+    }
+
+    /// [`Self::index`], reading each unit's ranges from its root entry alone (`root_only`,
+    /// see [`root_unit`]) or from a whole `gimli::Unit` (what a unit the shortcut cannot
+    /// read falls back to).
+    fn index_units(file: &ObjectFile, root_only: bool) -> Self {
         let dwarf = load(file);
+        let debug_abbrev = file.section(gimli::SectionId::DebugAbbrev);
         let mut ranges = Vec::new();
         let mut units = Vec::new();
         let mut offsets = Vec::new();
@@ -190,7 +198,12 @@ impl DwarfUnits {
             if offsets.len() % RELEASE_EVERY_UNITS == 0 {
                 file.release_pages();
             }
-            let Ok(unit) = dwarf.unit(header) else {
+            let root = if root_only {
+                root_unit(&dwarf, debug_abbrev, file.endian(), header)
+            } else {
+                None
+            };
+            let Some(unit) = root.or_else(|| dwarf.unit(header).ok()) else {
                 continue;
             };
             let index = units.len() as u32;
@@ -506,6 +519,119 @@ struct UnitReader<'h, 'a> {
     unit: Option<Unit<'a>>,
     /// `.debug_info` bytes of the entries read (for [`DwarfUnits::unreleased`]).
     read: usize,
+}
+
+/// The unit `header` heads, with only what its address ranges need: the abbreviation
+/// of its root entry (not the unit's whole table) and the bases its root entry sets. No
+/// string, line program header or other entry is read, which `gimli::Unit::new` would
+/// all do. Range lists read through it are the same as through the whole unit. `None`
+/// when the root's abbreviation cannot be found or read (the caller then builds the
+/// whole unit, or skips it).
+fn root_unit<'a>(
+    dwarf: &Dwarf<'a>,
+    debug_abbrev: &'a [u8],
+    endian: RunTimeEndian,
+    header: gimli::UnitHeader<Reader<'a>>,
+) -> Option<Unit<'a>> {
+    use gimli::Reader as _;
+    let code = header
+        .range_from(header.root_offset()..)
+        .ok()?
+        .read_uleb128()
+        .ok()?;
+    let bytes = abbreviation_bytes(debug_abbrev, header.debug_abbrev_offset().0, code)?;
+    // The slice holds that one abbreviation and no terminator: parsing stops at its end.
+    let abbreviations = gimli::DebugAbbrev::new(bytes, endian)
+        .abbreviations(gimli::DebugAbbrevOffset(0))
+        .ok()?;
+    let encoding = header.encoding();
+    let mut unit = gimli::Unit {
+        header,
+        abbreviations: Arc::new(abbreviations),
+        name: None,
+        comp_dir: None,
+        low_pc: 0,
+        str_offsets_base: gimli::DebugStrOffsetsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        addr_base: gimli::DebugAddrBase(0),
+        loclists_base: gimli::DebugLocListsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        rnglists_base: gimli::DebugRngListsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        line_program: None,
+        dwo_id: None,
+    };
+    let mut low_pc = None;
+    {
+        let mut entries = unit.header.entries_raw(&unit.abbreviations, None).ok()?;
+        let abbreviation = entries.read_abbreviation().ok()??;
+        for spec in abbreviation.attributes() {
+            let attr = entries.read_attribute(*spec).ok()?;
+            match (attr.name(), attr.value()) {
+                (gimli::DW_AT_low_pc, value) => low_pc = Some(value),
+                (gimli::DW_AT_str_offsets_base, AttributeValue::DebugStrOffsetsBase(base)) => {
+                    unit.str_offsets_base = base;
+                }
+                (
+                    gimli::DW_AT_addr_base | gimli::DW_AT_GNU_addr_base,
+                    AttributeValue::DebugAddrBase(base),
+                ) => unit.addr_base = base,
+                (gimli::DW_AT_loclists_base, AttributeValue::DebugLocListsBase(base)) => {
+                    unit.loclists_base = base;
+                }
+                (
+                    gimli::DW_AT_rnglists_base | gimli::DW_AT_GNU_ranges_base,
+                    AttributeValue::DebugRngListsBase(base),
+                ) => unit.rnglists_base = base,
+                _ => {}
+            }
+        }
+    }
+    // As `gimli::Unit::new`: the base address of the unit's range lists.
+    if let Some(value) = low_pc {
+        if let Some(addr) = dwarf.attr_address(&unit, value).ok()? {
+            unit.low_pc = addr;
+        }
+    }
+    Some(unit)
+}
+
+/// The bytes of abbreviation `code` in the table at `offset` of `.debug_abbrev`, found
+/// by skipping the abbreviations before it unbuilt. `None` when the table ends (or the
+/// bytes run out or are malformed) before `code`.
+fn abbreviation_bytes(debug_abbrev: &[u8], offset: usize, code: u64) -> Option<&[u8]> {
+    use gimli::Reader as _;
+    let table = debug_abbrev.get(offset..)?;
+    // Only LEB128 numbers and single bytes are read: the byte order does not matter.
+    let mut input = EndianSlice::new(table, RunTimeEndian::Little);
+    loop {
+        let start = table.len() - input.len();
+        let this = input.read_uleb128().ok()?;
+        if this == 0 {
+            return None;
+        }
+        input.read_uleb128().ok()?; // tag
+        input.read_u8().ok()?; // has children
+        loop {
+            let name = input.read_uleb128().ok()?;
+            let form = input.read_uleb128().ok()?;
+            if name == 0 && form == 0 {
+                break;
+            }
+            if form == u64::from(gimli::DW_FORM_implicit_const.0) {
+                input.read_sleb128().ok()?;
+            }
+        }
+        if this == code {
+            return table.get(start..table.len() - input.len());
+        }
+    }
 }
 
 /// A `gimli::Dwarf` over the file's sections, in place (nothing is parsed yet).
@@ -879,5 +1005,104 @@ impl<'a> UnitReader<'_, 'a> {
             self.unit = Some(self.dwarf.unit(header).ok()?);
         }
         Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_from_root_entries_equals_the_index_from_whole_units() {
+        let exe = std::env::current_exe().unwrap();
+        let file = ObjectFile::open(&exe).expect("the test binary opens");
+        assert!(file.has_dwarf);
+        let root = DwarfUnits::index_units(&file, true);
+        let whole = DwarfUnits::index_units(&file, false);
+        assert!(root.units.len() > 10, "{} units", root.units.len());
+        assert_eq!(root.headers, whole.headers);
+        let offsets = |d: &DwarfUnits| d.units.iter().map(|u| u.offset).collect::<Vec<_>>();
+        assert_eq!(offsets(&root), offsets(&whole));
+        let ranges = |d: &DwarfUnits| {
+            d.ranges
+                .iter()
+                .map(|r| (r.begin, r.len, r.unit))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ranges(&root), ranges(&whole));
+    }
+
+    /// `.debug_abbrev` with code 1 (a type entry, an implicit constant) before code 2
+    /// (the compile unit: `low_pc` as an address, `high_pc` as a length).
+    const ABBREV: &[u8] = &[
+        1, 0x24, 0, 0x0b, 0x21, 0x7f, 0, 0, // code 1: DW_TAG_base_type, byte_size implicit -1
+        2, 0x11, 1, 0x11, 0x01, 0x12, 0x06, 0, 0, // code 2: compile_unit, low_pc, high_pc
+        0,
+    ];
+
+    /// A DWARF 4 unit whose root entry has abbreviation `code`: low_pc 0x1000, 0x20 long.
+    fn debug_info(code: u8) -> Vec<u8> {
+        let mut body = vec![4, 0, 0, 0, 0, 0, 8]; // version 4, abbrev offset 0, 8-byte addresses
+        body.push(code);
+        body.extend_from_slice(&0x1000u64.to_le_bytes());
+        body.extend_from_slice(&0x20u32.to_le_bytes());
+        body.push(0); // end of the root's children
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn ranges_of(info: &[u8], abbrev: &[u8]) -> Option<Vec<(u64, u64)>> {
+        let endian = RunTimeEndian::Little;
+        let loaded: Result<Dwarf<'_>, std::convert::Infallible> = gimli::Dwarf::load(|id| {
+            Ok(EndianSlice::new(
+                match id {
+                    gimli::SectionId::DebugInfo => info,
+                    gimli::SectionId::DebugAbbrev => abbrev,
+                    _ => &[],
+                },
+                endian,
+            ))
+        });
+        let dwarf = loaded.unwrap();
+        let header = dwarf.units().next().ok()??;
+        let unit = root_unit(&dwarf, abbrev, endian, header)?;
+        let mut out = Vec::new();
+        let mut iter = dwarf.unit_ranges(&unit).ok()?;
+        while let Ok(Some(r)) = iter.next() {
+            out.push((r.begin, r.end));
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn a_root_entry_is_read_with_its_abbreviation_alone() {
+        assert_eq!(
+            ranges_of(&debug_info(2), ABBREV),
+            Some(vec![(0x1000, 0x1020)])
+        );
+        let second = abbreviation_bytes(ABBREV, 0, 2).unwrap();
+        assert_eq!(second, &ABBREV[8..17]);
+    }
+
+    #[test]
+    fn a_root_abbreviation_missing_or_malformed_gives_none_and_no_panic() {
+        // The code is not in the table.
+        assert_eq!(ranges_of(&debug_info(3), ABBREV), None);
+        // The table is cut inside the abbreviation, or its offset is past the section.
+        for cut in 0..ABBREV.len() - 1 {
+            assert_eq!(
+                abbreviation_bytes(&ABBREV[..cut], 0, 2),
+                None,
+                "cut at {cut}"
+            );
+            let _ = ranges_of(&debug_info(2), &ABBREV[..cut]);
+        }
+        assert_eq!(abbreviation_bytes(ABBREV, ABBREV.len() + 1, 1), None);
+        // A LEB128 number that never ends.
+        assert_eq!(abbreviation_bytes(&[0x80; 32], 0, 1), None);
+        // Malformed attribute specification (name 0): gimli refuses the abbreviation.
+        let bad: &[u8] = &[2, 0x11, 0, 0x00, 0x01, 0, 0, 0];
+        assert_eq!(ranges_of(&debug_info(2), bad), None);
     }
 }
