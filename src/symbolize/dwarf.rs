@@ -673,6 +673,8 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
             });
         }
         let mut rows = program.rows();
+        // Where each sequence starts in `rows` (its rows are in address order already).
+        let mut sequences: Vec<usize> = vec![0];
         while let Some((header, row)) = rows.next_row()? {
             if row.end_sequence() {
                 out.rows.push(Row {
@@ -680,6 +682,7 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
                     file: END,
                     line: 0,
                 });
+                sequences.push(out.rows.len());
                 continue;
             }
             let file = out.file_ids.id(row.file_index(), &mut out.files, || {
@@ -701,8 +704,7 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
                 line,
             });
         }
-        // Sequence ends first where a sequence starts at the address another one ends.
-        out.rows.sort_by_key(|r| (r.addr, r.file != END));
+        out.rows = sort_rows(std::mem::take(&mut out.rows), &sequences);
         read_functions(dwarf, &unit, release, &mut out.functions)?;
     }
     // Abbreviation codes are numbered from 1 (densely, as compilers write them).
@@ -728,6 +730,44 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
         rnglists_base: unit.rnglists_base,
     });
     Ok(out)
+}
+
+/// Sort key of a row: by address, a sequence's end first where another sequence starts
+/// at the address it ends at.
+fn row_key(row: &Row) -> (u64, bool) {
+    (row.addr, row.file != END)
+}
+
+/// `rows` sorted by [`row_key`], stably, in a vector of exactly their length.
+/// `sequences` are where each sequence of `rows` starts (the first at 0); a line program
+/// lists its sequences (one per function, in Rust) in no particular order but the rows
+/// of each in address order, so the sequences are ordered as blocks. Where that does
+/// not give rows in order, with no key shared across two blocks (bad or unusual line
+/// programs), the rows are sorted one by one instead: both give the same order.
+fn sort_rows(rows: Vec<Row>, sequences: &[usize]) -> Vec<Row> {
+    let mut blocks: Vec<&[Row]> = sequences
+        .iter()
+        .zip(sequences.iter().skip(1).chain([&rows.len()]))
+        .filter_map(|(&start, &end)| rows.get(start..end).filter(|b| !b.is_empty()))
+        .collect();
+    blocks.sort_by_key(|b| row_key(&b[0]));
+    let ordered = blocks.iter().all(|b| b.is_sorted_by_key(row_key))
+        && blocks
+            .windows(2)
+            .all(|w| row_key(&w[0][w[0].len() - 1]) < row_key(&w[1][0]));
+    if ordered {
+        let mut out = Vec::with_capacity(rows.len());
+        for block in blocks {
+            out.extend_from_slice(block);
+        }
+        out
+    } else {
+        drop(blocks);
+        let mut rows = rows;
+        rows.sort_by_key(row_key);
+        rows.shrink_to_fit();
+        rows
+    }
 }
 
 /// Line-table file index to index into `ParsedUnit::files`, filled for every file of the
@@ -1030,6 +1070,57 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(ranges(&root), ranges(&whole));
+    }
+
+    /// Rows in sequences of random lengths, each in address order, the sequences in
+    /// random order, sometimes touching or overlapping, sometimes empty or unordered.
+    #[test]
+    fn rows_sorted_as_sequences_are_the_rows_sorted_one_by_one() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for case in 0..2_000 {
+            let mut rows = Vec::new();
+            let mut sequences = vec![0];
+            for _ in 0..next(12) {
+                let mut addr = next(if case % 2 == 0 { 4_000 } else { 64 }) * 16;
+                for _ in 0..next(6) {
+                    rows.push(Row {
+                        addr,
+                        file: next(3) as u32,
+                        line: next(100) as u32,
+                    });
+                    addr += if case % 7 == 0 {
+                        next(3) * 8
+                    } else {
+                        1 + next(40)
+                    };
+                    if case % 11 == 0 {
+                        addr = addr.saturating_sub(next(60));
+                    }
+                }
+                rows.push(Row {
+                    addr,
+                    file: END,
+                    line: 0,
+                });
+                sequences.push(rows.len());
+            }
+            let mut expected = rows.clone();
+            expected.sort_by_key(row_key);
+            let got = sort_rows(rows, &sequences);
+            let view = |r: &[Row]| {
+                r.iter()
+                    .map(|r| (r.addr, r.file, r.line))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(view(&got), view(&expected), "case {case}");
+            assert_eq!(got.capacity(), got.len());
+        }
     }
 
     /// `.debug_abbrev` with code 1 (a type entry, an implicit constant) before code 2
