@@ -80,7 +80,7 @@ struct Function {
 }
 
 /// One inlined call holding a looked-up address.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct InlinedCall {
     /// `.debug_info` offset of the entry its name is read from ([`NO_ORIGIN`]: none).
     origin: usize,
@@ -634,6 +634,99 @@ fn abbreviation_bytes(debug_abbrev: &[u8], offset: usize, code: u64) -> Option<&
     }
 }
 
+/// The code ranges of an inlined call, as `gimli::Dwarf::die_ranges` gives them.
+enum CallRanges<'a> {
+    List(gimli::RngListIter<Reader<'a>>),
+    /// `[low_pc, high_pc)`, when both are given.
+    Single(Option<(u64, u64)>),
+}
+
+/// What a lookup reads of one inlined call's entry.
+struct CallEntry<'a> {
+    ranges: CallRanges<'a>,
+    call: InlinedCall,
+}
+
+/// Reads the attributes of the inlined call whose `abbreviation` was just read from
+/// `entries`: its code ranges (by the rules of `gimli::Dwarf::die_ranges`, with the same
+/// errors: `None`), its origin and its call site. Other attributes are stepped over.
+fn read_inlined_call<'a>(
+    dwarf: &Dwarf<'a>,
+    unit: &Unit<'a>,
+    entries: &mut gimli::EntriesRaw<'_, Reader<'a>>,
+    abbreviation: &gimli::Abbreviation,
+) -> Option<CallEntry<'a>> {
+    let mut list = None;
+    let mut low = None;
+    let mut high = None;
+    let mut size = None;
+    let mut origin = None;
+    let mut call_file = None;
+    let mut call_line = None;
+    for spec in abbreviation.attributes() {
+        match spec.name() {
+            gimli::DW_AT_low_pc
+            | gimli::DW_AT_high_pc
+            | gimli::DW_AT_ranges
+            | gimli::DW_AT_abstract_origin
+            | gimli::DW_AT_call_file
+            | gimli::DW_AT_call_line => {}
+            _ => {
+                entries.skip_attributes(std::slice::from_ref(spec)).ok()?;
+                continue;
+            }
+        }
+        let attr = entries.read_attribute(*spec).ok()?;
+        // `die_ranges` stops at the first range list; the first of each other attribute
+        // counts, as `attr_value` finds it.
+        match (attr.name(), attr.value()) {
+            _ if list.is_some()
+                && matches!(
+                    attr.name(),
+                    gimli::DW_AT_low_pc | gimli::DW_AT_high_pc | gimli::DW_AT_ranges
+                ) => {}
+            (gimli::DW_AT_low_pc, value) => low = Some(dwarf.attr_address(unit, value).ok()??),
+            (gimli::DW_AT_high_pc, AttributeValue::Udata(n)) => size = Some(n),
+            (gimli::DW_AT_high_pc, value) => high = Some(dwarf.attr_address(unit, value).ok()??),
+            (gimli::DW_AT_ranges, value) => list = dwarf.attr_ranges(unit, value).ok()?,
+            (gimli::DW_AT_abstract_origin, value) if origin.is_none() => origin = Some(value),
+            (gimli::DW_AT_call_file, value) if call_file.is_none() => call_file = Some(value),
+            (gimli::DW_AT_call_line, value) if call_line.is_none() => call_line = Some(value),
+            _ => {}
+        }
+    }
+    let ranges = match list {
+        Some(list) => CallRanges::List(list),
+        None => CallRanges::Single(low.and_then(|begin| {
+            let end = size.map(|n| begin.wrapping_add(n)).or(high)?;
+            Some((begin, end))
+        })),
+    };
+    let origin = match origin {
+        Some(AttributeValue::UnitRef(offset)) => offset
+            .to_debug_info_offset(&unit.header)
+            .map_or(NO_ORIGIN, |o| o.0),
+        Some(AttributeValue::DebugInfoRef(offset)) => offset.0,
+        _ => NO_ORIGIN,
+    };
+    let call_file = match call_file {
+        Some(AttributeValue::FileIndex(index) | AttributeValue::Udata(index)) => Some(index),
+        _ => None,
+    };
+    let call_line = match call_line {
+        Some(AttributeValue::Udata(line)) => u32::try_from(line).unwrap_or(u32::MAX),
+        _ => 0,
+    };
+    Some(CallEntry {
+        ranges,
+        call: InlinedCall {
+            origin,
+            call_file,
+            call_line,
+        },
+    })
+}
+
 /// A `gimli::Dwarf` over the file's sections, in place (nothing is parsed yet).
 fn load(file: &ObjectFile) -> Dwarf<'_> {
     let endian = file.endian();
@@ -915,64 +1008,61 @@ impl<'a> UnitReader<'_, 'a> {
     fn inlined_calls(&mut self, unit: usize, entry: usize, addr: u64) -> Option<Vec<InlinedCall>> {
         self.open_unit_containing(gimli::DebugInfoOffset(unit))?;
         let unit = self.unit.as_ref()?;
-        let mut entries = unit.entries_at_offset(gimli::UnitOffset(entry)).ok()?;
-        entries.next_dfs().ok()??;
+        // Raw entries: the attributes of an entry that is skipped are stepped over, not
+        // parsed; those of an inlined call are read one by one.
+        let mut entries = unit
+            .header
+            .entries_raw(&unit.abbreviations, Some(gimli::UnitOffset(entry)))
+            .ok()?;
+        // The function's own entry.
+        let function = entries.read_abbreviation().ok()??;
+        entries.skip_attributes(function.attributes()).ok()?;
         // (entry depth, call), outermost first.
         let mut chain: Vec<(isize, InlinedCall)> = Vec::new();
         // Entries deeper than this are skipped: they cannot hold `addr` (an inlined call
         // not holding it) or are not this function's code (a nested function).
         let mut skip_below: Option<isize> = None;
-        while let Some(entry) = entries.next_dfs().ok()? {
-            let depth = entry.depth();
+        while !entries.is_empty() {
+            let depth = entries.next_depth();
             if depth <= 0 {
                 break;
             }
+            // `None`: the end of a list of children.
+            let Some(abbreviation) = entries.read_abbreviation().ok()? else {
+                continue;
+            };
             if skip_below.is_some_and(|d| depth > d) {
+                entries.skip_attributes(abbreviation.attributes()).ok()?;
                 continue;
             }
             skip_below = None;
-            match entry.tag() {
-                gimli::DW_TAG_subprogram => skip_below = Some(depth),
+            match abbreviation.tag() {
+                gimli::DW_TAG_subprogram => {
+                    skip_below = Some(depth);
+                    entries.skip_attributes(abbreviation.attributes()).ok()?;
+                }
                 gimli::DW_TAG_inlined_subroutine => {
+                    let read = read_inlined_call(&self.dwarf, unit, &mut entries, abbreviation)?;
                     let mut holds = false;
-                    let mut ranges = self.dwarf.die_ranges(unit, entry).ok()?;
-                    while let Some(r) = ranges.next().ok()? {
-                        holds |= r.begin <= addr && addr < r.end;
+                    match read.ranges {
+                        CallRanges::List(mut list) => {
+                            while let Some(r) = list.next().ok()? {
+                                holds |= r.begin <= addr && addr < r.end;
+                            }
+                        }
+                        CallRanges::Single(Some((begin, end))) => {
+                            holds = begin <= addr && addr < end;
+                        }
+                        CallRanges::Single(None) => {}
                     }
                     // Overlapping siblings (bad debug info): the first one found wins.
                     if !holds || chain.last().is_some_and(|(d, _)| *d >= depth) {
                         skip_below = Some(depth);
                         continue;
                     }
-                    let origin = match entry.attr_value(gimli::DW_AT_abstract_origin) {
-                        Some(AttributeValue::UnitRef(offset)) => offset
-                            .to_debug_info_offset(&unit.header)
-                            .map_or(NO_ORIGIN, |o| o.0),
-                        Some(AttributeValue::DebugInfoRef(offset)) => offset.0,
-                        _ => NO_ORIGIN,
-                    };
-                    let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
-                        Some(AttributeValue::FileIndex(index) | AttributeValue::Udata(index)) => {
-                            Some(index)
-                        }
-                        _ => None,
-                    };
-                    let call_line = match entry.attr_value(gimli::DW_AT_call_line) {
-                        Some(AttributeValue::Udata(line)) => {
-                            u32::try_from(line).unwrap_or(u32::MAX)
-                        }
-                        _ => 0,
-                    };
-                    chain.push((
-                        depth,
-                        InlinedCall {
-                            origin,
-                            call_file,
-                            call_line,
-                        },
-                    ));
+                    chain.push((depth, read.call));
                 }
-                _ => {}
+                _ => entries.skip_attributes(abbreviation.attributes()).ok()?,
             }
         }
         self.read += entries
@@ -1121,6 +1211,113 @@ mod tests {
             assert_eq!(view(&got), view(&expected), "case {case}");
             assert_eq!(got.capacity(), got.len());
         }
+    }
+
+    /// The inlined calls read with a tree cursor, every attribute of every entry parsed
+    /// (how lookups read them before raw entries).
+    fn inlined_calls_by_cursor(
+        dwarf: &Dwarf<'_>,
+        unit: &Unit<'_>,
+        entry: usize,
+        addr: u64,
+    ) -> Option<Vec<InlinedCall>> {
+        let mut entries = unit.entries_at_offset(gimli::UnitOffset(entry)).ok()?;
+        entries.next_dfs().ok()??;
+        let mut chain: Vec<(isize, InlinedCall)> = Vec::new();
+        let mut skip_below: Option<isize> = None;
+        while let Some(entry) = entries.next_dfs().ok()? {
+            let depth = entry.depth();
+            if depth <= 0 {
+                break;
+            }
+            if skip_below.is_some_and(|d| depth > d) {
+                continue;
+            }
+            skip_below = None;
+            match entry.tag() {
+                gimli::DW_TAG_subprogram => skip_below = Some(depth),
+                gimli::DW_TAG_inlined_subroutine => {
+                    let mut holds = false;
+                    let mut ranges = dwarf.die_ranges(unit, entry).ok()?;
+                    while let Some(r) = ranges.next().ok()? {
+                        holds |= r.begin <= addr && addr < r.end;
+                    }
+                    if !holds || chain.last().is_some_and(|(d, _)| *d >= depth) {
+                        skip_below = Some(depth);
+                        continue;
+                    }
+                    let origin = match entry.attr_value(gimli::DW_AT_abstract_origin) {
+                        Some(AttributeValue::UnitRef(offset)) => offset
+                            .to_debug_info_offset(&unit.header)
+                            .map_or(NO_ORIGIN, |o| o.0),
+                        Some(AttributeValue::DebugInfoRef(offset)) => offset.0,
+                        _ => NO_ORIGIN,
+                    };
+                    let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
+                        Some(AttributeValue::FileIndex(index) | AttributeValue::Udata(index)) => {
+                            Some(index)
+                        }
+                        _ => None,
+                    };
+                    let call_line = match entry.attr_value(gimli::DW_AT_call_line) {
+                        Some(AttributeValue::Udata(line)) => {
+                            u32::try_from(line).unwrap_or(u32::MAX)
+                        }
+                        _ => 0,
+                    };
+                    chain.push((
+                        depth,
+                        InlinedCall {
+                            origin,
+                            call_file,
+                            call_line,
+                        },
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Some(chain.into_iter().rev().map(|(_, call)| call).collect())
+    }
+
+    #[test]
+    fn inlined_calls_from_raw_entries_equal_those_from_parsed_entries() {
+        let exe = std::env::current_exe().unwrap();
+        let file = ObjectFile::open(&exe).expect("the test binary opens");
+        let units = DwarfUnits::index(&file);
+        let dwarf = load(&file);
+        let (mut compared, mut with_calls) = (0, 0);
+        for slot in units.units.iter().step_by(3).take(300) {
+            let Ok(parsed) = parse_unit(&dwarf, slot.offset, &|| {}) else {
+                continue;
+            };
+            let Some(unit) = parsed.unit(&dwarf) else {
+                continue;
+            };
+            let mut reader = UnitReader {
+                dwarf: load(&file),
+                headers: &units.headers,
+                unit: None,
+                read: 0,
+            };
+            for f in parsed.functions.iter().step_by(7).take(40) {
+                for addr in [f.begin, f.begin + (f.end - f.begin) / 2, f.end - 1] {
+                    let raw = reader.inlined_calls(slot.offset, f.entry, addr);
+                    let cursor = inlined_calls_by_cursor(&dwarf, &unit, f.entry, addr);
+                    assert_eq!(
+                        raw, cursor,
+                        "unit {:#x} entry {:#x} address {addr:#x}",
+                        slot.offset, f.entry
+                    );
+                    compared += 1;
+                    with_calls += usize::from(raw.is_some_and(|c| !c.is_empty()));
+                }
+            }
+        }
+        assert!(
+            compared > 1_000 && with_calls > 100,
+            "{compared} lookups, {with_calls} with calls"
+        );
     }
 
     /// `.debug_abbrev` with code 1 (a type entry, an implicit constant) before code 2
