@@ -832,35 +832,73 @@ fn row_key(row: &Row) -> (u64, bool) {
 }
 
 /// `rows` sorted by [`row_key`], stably, in a vector of exactly their length.
-/// `sequences` are where each sequence of `rows` starts (the first at 0); a line program
-/// lists its sequences (one per function, in Rust) in no particular order but the rows
-/// of each in address order, so the sequences are ordered as blocks. Where that does
-/// not give rows in order, with no key shared across two blocks (bad or unusual line
-/// programs), the rows are sorted one by one instead: both give the same order.
+///
+/// `sequences` are where each sequence of `rows` starts (the first at 0). A line program
+/// lists its sequences (one per function, in Rust) in no particular order, but the rows
+/// of each in address order: the sequences are ordered as blocks. Blocks whose keys
+/// overlap (the sequences of functions the linker dropped all start at address 0) are
+/// sorted together row by row, in their original order; keys never repeat across such
+/// groups, so the result is the stable sort of all rows.
 fn sort_rows(rows: Vec<Row>, sequences: &[usize]) -> Vec<Row> {
-    let mut blocks: Vec<&[Row]> = sequences
-        .iter()
-        .zip(sequences.iter().skip(1).chain([&rows.len()]))
-        .filter_map(|(&start, &end)| rows.get(start..end).filter(|b| !b.is_empty()))
-        .collect();
-    blocks.sort_by_key(|b| row_key(&b[0]));
-    let ordered = blocks.iter().all(|b| b.is_sorted_by_key(row_key))
-        && blocks
-            .windows(2)
-            .all(|w| row_key(&w[0][w[0].len() - 1]) < row_key(&w[1][0]));
-    if ordered {
-        let mut out = Vec::with_capacity(rows.len());
-        for block in blocks {
-            out.extend_from_slice(block);
-        }
-        out
-    } else {
-        drop(blocks);
-        let mut rows = rows;
-        rows.sort_by_key(row_key);
-        rows.shrink_to_fit();
-        rows
+    struct Block {
+        start: usize,
+        end: usize,
+        min: (u64, bool),
+        max: (u64, bool),
+        sorted: bool,
     }
+    let mut blocks: Vec<Block> = Vec::with_capacity(sequences.len());
+    for (i, &start) in sequences.iter().enumerate() {
+        let end = sequences.get(i + 1).copied().unwrap_or(rows.len());
+        let Some(block) = rows.get(start..end).filter(|b| !b.is_empty()) else {
+            continue;
+        };
+        let sorted = block.is_sorted_by_key(row_key);
+        let (min, max) = if sorted {
+            (row_key(&block[0]), row_key(&block[block.len() - 1]))
+        } else {
+            let keys = block.iter().map(row_key);
+            (
+                keys.clone().min().unwrap_or_default(),
+                keys.max().unwrap_or_default(),
+            )
+        };
+        blocks.push(Block {
+            start,
+            end,
+            min,
+            max,
+            sorted,
+        });
+    }
+    blocks.sort_by_key(|b| b.min);
+    let mut out = Vec::with_capacity(rows.len());
+    let mut i = 0;
+    while i < blocks.len() {
+        // The group of blocks from `i` whose keys overlap.
+        let mut j = i + 1;
+        let mut max = blocks[i].max;
+        while j < blocks.len() && blocks[j].min <= max {
+            max = max.max(blocks[j].max);
+            j += 1;
+        }
+        let group = &mut blocks[i..j];
+        if let [block] = group {
+            if block.sorted {
+                out.extend_from_slice(&rows[block.start..block.end]);
+                i = j;
+                continue;
+            }
+        }
+        group.sort_by_key(|b| b.start);
+        let from = out.len();
+        for block in group.iter() {
+            out.extend_from_slice(&rows[block.start..block.end]);
+        }
+        out[from..].sort_by_key(row_key);
+        i = j;
+    }
+    out
 }
 
 /// Line-table file index to index into `ParsedUnit::files`, filled for every file of the
