@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::id_hash::IdHashBuilder;
+use crate::id_hash::{IdHashBuilder, NameHashBuilder};
 use crate::modules::{loaded_modules, Module};
 use crate::symbolize::dwarf::{DwarfUnits, ParseCount};
 use crate::symbolize::names;
@@ -110,7 +110,7 @@ struct ModuleDebug {
     /// The file's DWARF units; `None` without DWARF or with [`SymbolDetail::FunctionsOnly`].
     dwarf: Option<DwarfUnits>,
     /// Start line per function entry address (a cache of DWARF lookups).
-    start_lines: HashMap<u64, u32>,
+    start_lines: HashMap<u64, u32, IdHashBuilder>,
     /// The DWARF index was dropped because the indexes alone exceeded the budget.
     dwarf_dropped: bool,
 }
@@ -172,9 +172,9 @@ pub(crate) struct Symbolizer {
     /// Modules in discovery order; indices are stable (rescans only append).
     modules: Vec<Module>,
     debug: Vec<DebugState>,
-    cache: HashMap<usize, Arc<Symbolized>>,
+    cache: HashMap<usize, Arc<Symbolized>, IdHashBuilder>,
     cache_bytes: usize,
-    strings: HashSet<Arc<str>>,
+    strings: HashSet<Arc<str>, NameHashBuilder>,
     string_bytes: usize,
     last_scan: Instant,
     counts: Footprint,
@@ -207,9 +207,9 @@ impl Symbolizer {
             options,
             modules,
             debug,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
             cache_bytes: 0,
-            strings: HashSet::new(),
+            strings: HashSet::default(),
             string_bytes: 0,
             last_scan: Instant::now(),
             counts: Footprint::default(),
@@ -391,7 +391,7 @@ impl Symbolizer {
             d.dwarf = None;
             d.file.drop_dwarf();
             d.dwarf_dropped = true;
-            d.start_lines = HashMap::new();
+            d.start_lines = HashMap::default();
         }
         let fixed = self.index_bytes();
         let room = budget.saturating_sub(fixed + self.cache_bytes + self.string_bytes);
@@ -491,7 +491,7 @@ impl Symbolizer {
                     DebugState::Loaded(Box::new(ModuleDebug {
                         file,
                         dwarf,
-                        start_lines: HashMap::new(),
+                        start_lines: HashMap::default(),
                         dwarf_dropped: false,
                     }))
                 }
