@@ -180,6 +180,9 @@ pub(crate) struct Symbolizer {
     counts: Footprint,
     /// Crate names of local packages, read from their manifests.
     crate_names: names::CrateNames,
+    /// The system name and readable name of the function of the last lookup (interned):
+    /// the next address is often in the same function, and demangling is costly.
+    last_function: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl std::fmt::Debug for Symbolizer {
@@ -214,6 +217,7 @@ impl Symbolizer {
             last_scan: Instant::now(),
             counts: Footprint::default(),
             crate_names: names::CrateNames::default(),
+            last_function: None,
         }
     }
 
@@ -414,6 +418,7 @@ impl Symbolizer {
             self.cache.shrink_to_fit();
             self.strings.clear();
             self.strings.shrink_to_fit();
+            self.last_function = None;
             self.cache_bytes = 0;
             self.string_bytes = 0;
             self.counts.cache_flushes += 1;
@@ -544,10 +549,15 @@ impl Symbolizer {
         self.counts.units_parsed += count.units_parsed;
         self.counts.dwarf_errors += count.errors;
         let outer = match symbol {
-            Some(symbol) => Some((
-                names::without_generics(&names::demangle(symbol.name)),
-                symbol.name.to_owned(),
-            )),
+            Some(symbol) => {
+                // Addresses come in address order (see `prepare`): most share the
+                // function of the one before.
+                let readable = match &self.last_function {
+                    Some((system, readable)) if **system == *symbol.name => readable.to_string(),
+                    _ => names::without_generics(&names::demangle(symbol.name)),
+                };
+                Some((readable, symbol.name.to_owned()))
+            }
             // DWARF knows the address but the symbol table does not (stripped symbols).
             None if !dwarf_frames.is_empty() => {
                 let base = self.modules[index].name.rsplit('/').next().unwrap_or("");
@@ -589,6 +599,7 @@ impl Symbolizer {
                 raw.push((name, system_name, file.to_owned(), frame.line));
             }
         }
+        let named_by_symbol = symbol.is_some();
         let Some((outer_name, outer_system)) = outer else {
             return Vec::new();
         };
@@ -603,6 +614,9 @@ impl Symbolizer {
                 line,
                 start_line: if i == outermost { start_line } else { 0 },
             });
+        }
+        if let (true, Some(f)) = (named_by_symbol, frames.last()) {
+            self.last_function = Some((f.system_name.clone(), f.name.clone()));
         }
         frames
     }
