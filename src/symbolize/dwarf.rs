@@ -80,7 +80,7 @@ struct Function {
 }
 
 /// One inlined call holding a looked-up address.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct InlinedCall {
     /// `.debug_info` offset of the entry its name is read from ([`NO_ORIGIN`]: none).
     origin: usize,
@@ -178,7 +178,15 @@ pub(crate) struct ParseCount {
 impl DwarfUnits {
     /// Indexes the units of `file`'s DWARF (their address ranges only).
     pub(crate) fn index(file: &ObjectFile) -> Self {
+        Self::index_units(file, true)
+    }
+
+    /// [`Self::index`], reading each unit's ranges from its root entry alone (`root_only`,
+    /// see [`root_unit`]) or from a whole `gimli::Unit` (what a unit the shortcut cannot
+    /// read falls back to).
+    fn index_units(file: &ObjectFile, root_only: bool) -> Self {
         let dwarf = load(file);
+        let debug_abbrev = file.section(gimli::SectionId::DebugAbbrev);
         let mut ranges = Vec::new();
         let mut units = Vec::new();
         let mut offsets = Vec::new();
@@ -190,7 +198,12 @@ impl DwarfUnits {
             if offsets.len() % RELEASE_EVERY_UNITS == 0 {
                 file.release_pages();
             }
-            let Ok(unit) = dwarf.unit(header) else {
+            let root = if root_only {
+                root_unit(&dwarf, debug_abbrev, file.endian(), header)
+            } else {
+                None
+            };
+            let Some(unit) = root.or_else(|| dwarf.unit(header).ok()) else {
                 continue;
             };
             let index = units.len() as u32;
@@ -508,6 +521,212 @@ struct UnitReader<'h, 'a> {
     read: usize,
 }
 
+/// The unit `header` heads, with only what its address ranges need: the abbreviation
+/// of its root entry (not the unit's whole table) and the bases its root entry sets. No
+/// string, line program header or other entry is read, which `gimli::Unit::new` would
+/// all do. Range lists read through it are the same as through the whole unit. `None`
+/// when the root's abbreviation cannot be found or read (the caller then builds the
+/// whole unit, or skips it).
+fn root_unit<'a>(
+    dwarf: &Dwarf<'a>,
+    debug_abbrev: &'a [u8],
+    endian: RunTimeEndian,
+    header: gimli::UnitHeader<Reader<'a>>,
+) -> Option<Unit<'a>> {
+    use gimli::Reader as _;
+    let code = header
+        .range_from(header.root_offset()..)
+        .ok()?
+        .read_uleb128()
+        .ok()?;
+    let bytes = abbreviation_bytes(debug_abbrev, header.debug_abbrev_offset().0, code)?;
+    // The slice holds that one abbreviation and no terminator: parsing stops at its end.
+    let abbreviations = gimli::DebugAbbrev::new(bytes, endian)
+        .abbreviations(gimli::DebugAbbrevOffset(0))
+        .ok()?;
+    let encoding = header.encoding();
+    let mut unit = gimli::Unit {
+        header,
+        abbreviations: Arc::new(abbreviations),
+        name: None,
+        comp_dir: None,
+        low_pc: 0,
+        str_offsets_base: gimli::DebugStrOffsetsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        addr_base: gimli::DebugAddrBase(0),
+        loclists_base: gimli::DebugLocListsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        rnglists_base: gimli::DebugRngListsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        line_program: None,
+        dwo_id: None,
+    };
+    let mut low_pc = None;
+    {
+        let mut entries = unit.header.entries_raw(&unit.abbreviations, None).ok()?;
+        let abbreviation = entries.read_abbreviation().ok()??;
+        for spec in abbreviation.attributes() {
+            let attr = entries.read_attribute(*spec).ok()?;
+            match (attr.name(), attr.value()) {
+                (gimli::DW_AT_low_pc, value) => low_pc = Some(value),
+                (gimli::DW_AT_str_offsets_base, AttributeValue::DebugStrOffsetsBase(base)) => {
+                    unit.str_offsets_base = base;
+                }
+                (
+                    gimli::DW_AT_addr_base | gimli::DW_AT_GNU_addr_base,
+                    AttributeValue::DebugAddrBase(base),
+                ) => unit.addr_base = base,
+                (gimli::DW_AT_loclists_base, AttributeValue::DebugLocListsBase(base)) => {
+                    unit.loclists_base = base;
+                }
+                (
+                    gimli::DW_AT_rnglists_base | gimli::DW_AT_GNU_ranges_base,
+                    AttributeValue::DebugRngListsBase(base),
+                ) => unit.rnglists_base = base,
+                _ => {}
+            }
+        }
+    }
+    // As `gimli::Unit::new`: the base address of the unit's range lists.
+    if let Some(value) = low_pc {
+        if let Some(addr) = dwarf.attr_address(&unit, value).ok()? {
+            unit.low_pc = addr;
+        }
+    }
+    Some(unit)
+}
+
+/// The bytes of abbreviation `code` in the table at `offset` of `.debug_abbrev`, found
+/// by skipping the abbreviations before it unbuilt. `None` when the table ends (or the
+/// bytes run out or are malformed) before `code`.
+fn abbreviation_bytes(debug_abbrev: &[u8], offset: usize, code: u64) -> Option<&[u8]> {
+    use gimli::Reader as _;
+    let table = debug_abbrev.get(offset..)?;
+    // Only LEB128 numbers and single bytes are read: the byte order does not matter.
+    let mut input = EndianSlice::new(table, RunTimeEndian::Little);
+    loop {
+        let start = table.len() - input.len();
+        let this = input.read_uleb128().ok()?;
+        if this == 0 {
+            return None;
+        }
+        input.read_uleb128().ok()?; // tag
+        input.read_u8().ok()?; // has children
+        loop {
+            let name = input.read_uleb128().ok()?;
+            let form = input.read_uleb128().ok()?;
+            if name == 0 && form == 0 {
+                break;
+            }
+            if form == u64::from(gimli::DW_FORM_implicit_const.0) {
+                input.read_sleb128().ok()?;
+            }
+        }
+        if this == code {
+            return table.get(start..table.len() - input.len());
+        }
+    }
+}
+
+/// The code ranges of an inlined call, as `gimli::Dwarf::die_ranges` gives them.
+enum CallRanges<'a> {
+    List(gimli::RngListIter<Reader<'a>>),
+    /// `[low_pc, high_pc)`, when both are given.
+    Single(Option<(u64, u64)>),
+}
+
+/// What a lookup reads of one inlined call's entry.
+struct CallEntry<'a> {
+    ranges: CallRanges<'a>,
+    call: InlinedCall,
+}
+
+/// Reads the attributes of the inlined call whose `abbreviation` was just read from
+/// `entries`: its code ranges (by the rules of `gimli::Dwarf::die_ranges`, with the same
+/// errors: `None`), its origin and its call site. Other attributes are stepped over.
+fn read_inlined_call<'a>(
+    dwarf: &Dwarf<'a>,
+    unit: &Unit<'a>,
+    entries: &mut gimli::EntriesRaw<'_, Reader<'a>>,
+    abbreviation: &gimli::Abbreviation,
+) -> Option<CallEntry<'a>> {
+    let mut list = None;
+    let mut low = None;
+    let mut high = None;
+    let mut size = None;
+    let mut origin = None;
+    let mut call_file = None;
+    let mut call_line = None;
+    for spec in abbreviation.attributes() {
+        match spec.name() {
+            gimli::DW_AT_low_pc
+            | gimli::DW_AT_high_pc
+            | gimli::DW_AT_ranges
+            | gimli::DW_AT_abstract_origin
+            | gimli::DW_AT_call_file
+            | gimli::DW_AT_call_line => {}
+            _ => {
+                entries.skip_attributes(std::slice::from_ref(spec)).ok()?;
+                continue;
+            }
+        }
+        let attr = entries.read_attribute(*spec).ok()?;
+        // `die_ranges` stops at the first range list; the first of each other attribute
+        // counts, as `attr_value` finds it.
+        match (attr.name(), attr.value()) {
+            _ if list.is_some()
+                && matches!(
+                    attr.name(),
+                    gimli::DW_AT_low_pc | gimli::DW_AT_high_pc | gimli::DW_AT_ranges
+                ) => {}
+            (gimli::DW_AT_low_pc, value) => low = Some(dwarf.attr_address(unit, value).ok()??),
+            (gimli::DW_AT_high_pc, AttributeValue::Udata(n)) => size = Some(n),
+            (gimli::DW_AT_high_pc, value) => high = Some(dwarf.attr_address(unit, value).ok()??),
+            (gimli::DW_AT_ranges, value) => list = dwarf.attr_ranges(unit, value).ok()?,
+            (gimli::DW_AT_abstract_origin, value) if origin.is_none() => origin = Some(value),
+            (gimli::DW_AT_call_file, value) if call_file.is_none() => call_file = Some(value),
+            (gimli::DW_AT_call_line, value) if call_line.is_none() => call_line = Some(value),
+            _ => {}
+        }
+    }
+    let ranges = match list {
+        Some(list) => CallRanges::List(list),
+        None => CallRanges::Single(low.and_then(|begin| {
+            let end = size.map(|n| begin.wrapping_add(n)).or(high)?;
+            Some((begin, end))
+        })),
+    };
+    let origin = match origin {
+        Some(AttributeValue::UnitRef(offset)) => offset
+            .to_debug_info_offset(&unit.header)
+            .map_or(NO_ORIGIN, |o| o.0),
+        Some(AttributeValue::DebugInfoRef(offset)) => offset.0,
+        _ => NO_ORIGIN,
+    };
+    let call_file = match call_file {
+        Some(AttributeValue::FileIndex(index) | AttributeValue::Udata(index)) => Some(index),
+        _ => None,
+    };
+    let call_line = match call_line {
+        Some(AttributeValue::Udata(line)) => u32::try_from(line).unwrap_or(u32::MAX),
+        _ => 0,
+    };
+    Some(CallEntry {
+        ranges,
+        call: InlinedCall {
+            origin,
+            call_file,
+            call_line,
+        },
+    })
+}
+
 /// A `gimli::Dwarf` over the file's sections, in place (nothing is parsed yet).
 fn load(file: &ObjectFile) -> Dwarf<'_> {
     let endian = file.endian();
@@ -547,6 +766,8 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
             });
         }
         let mut rows = program.rows();
+        // Where each sequence starts in `rows` (its rows are in address order already).
+        let mut sequences: Vec<usize> = vec![0];
         while let Some((header, row)) = rows.next_row()? {
             if row.end_sequence() {
                 out.rows.push(Row {
@@ -554,6 +775,7 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
                     file: END,
                     line: 0,
                 });
+                sequences.push(out.rows.len());
                 continue;
             }
             let file = out.file_ids.id(row.file_index(), &mut out.files, || {
@@ -575,8 +797,7 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
                 line,
             });
         }
-        // Sequence ends first where a sequence starts at the address another one ends.
-        out.rows.sort_by_key(|r| (r.addr, r.file != END));
+        out.rows = sort_rows(std::mem::take(&mut out.rows), &sequences);
         read_functions(dwarf, &unit, release, &mut out.functions)?;
     }
     // Abbreviation codes are numbered from 1 (densely, as compilers write them).
@@ -602,6 +823,82 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
         rnglists_base: unit.rnglists_base,
     });
     Ok(out)
+}
+
+/// Sort key of a row: by address, a sequence's end first where another sequence starts
+/// at the address it ends at.
+fn row_key(row: &Row) -> (u64, bool) {
+    (row.addr, row.file != END)
+}
+
+/// `rows` sorted by [`row_key`], stably, in a vector of exactly their length.
+///
+/// `sequences` are where each sequence of `rows` starts (the first at 0). A line program
+/// lists its sequences (one per function, in Rust) in no particular order, but the rows
+/// of each in address order: the sequences are ordered as blocks. Blocks whose keys
+/// overlap (the sequences of functions the linker dropped all start at address 0) are
+/// sorted together row by row, in their original order; keys never repeat across such
+/// groups, so the result is the stable sort of all rows.
+fn sort_rows(rows: Vec<Row>, sequences: &[usize]) -> Vec<Row> {
+    struct Block {
+        start: usize,
+        end: usize,
+        min: (u64, bool),
+        max: (u64, bool),
+        sorted: bool,
+    }
+    let mut blocks: Vec<Block> = Vec::with_capacity(sequences.len());
+    for (i, &start) in sequences.iter().enumerate() {
+        let end = sequences.get(i + 1).copied().unwrap_or(rows.len());
+        let Some(block) = rows.get(start..end).filter(|b| !b.is_empty()) else {
+            continue;
+        };
+        let sorted = block.is_sorted_by_key(row_key);
+        let (min, max) = if sorted {
+            (row_key(&block[0]), row_key(&block[block.len() - 1]))
+        } else {
+            let keys = block.iter().map(row_key);
+            (
+                keys.clone().min().unwrap_or_default(),
+                keys.max().unwrap_or_default(),
+            )
+        };
+        blocks.push(Block {
+            start,
+            end,
+            min,
+            max,
+            sorted,
+        });
+    }
+    blocks.sort_by_key(|b| b.min);
+    let mut out = Vec::with_capacity(rows.len());
+    let mut i = 0;
+    while i < blocks.len() {
+        // The group of blocks from `i` whose keys overlap.
+        let mut j = i + 1;
+        let mut max = blocks[i].max;
+        while j < blocks.len() && blocks[j].min <= max {
+            max = max.max(blocks[j].max);
+            j += 1;
+        }
+        let group = &mut blocks[i..j];
+        if let [block] = group {
+            if block.sorted {
+                out.extend_from_slice(&rows[block.start..block.end]);
+                i = j;
+                continue;
+            }
+        }
+        group.sort_by_key(|b| b.start);
+        let from = out.len();
+        for block in group.iter() {
+            out.extend_from_slice(&rows[block.start..block.end]);
+        }
+        out[from..].sort_by_key(row_key);
+        i = j;
+    }
+    out
 }
 
 /// Line-table file index to index into `ParsedUnit::files`, filled for every file of the
@@ -749,64 +1046,61 @@ impl<'a> UnitReader<'_, 'a> {
     fn inlined_calls(&mut self, unit: usize, entry: usize, addr: u64) -> Option<Vec<InlinedCall>> {
         self.open_unit_containing(gimli::DebugInfoOffset(unit))?;
         let unit = self.unit.as_ref()?;
-        let mut entries = unit.entries_at_offset(gimli::UnitOffset(entry)).ok()?;
-        entries.next_dfs().ok()??;
+        // Raw entries: the attributes of an entry that is skipped are stepped over, not
+        // parsed; those of an inlined call are read one by one.
+        let mut entries = unit
+            .header
+            .entries_raw(&unit.abbreviations, Some(gimli::UnitOffset(entry)))
+            .ok()?;
+        // The function's own entry.
+        let function = entries.read_abbreviation().ok()??;
+        entries.skip_attributes(function.attributes()).ok()?;
         // (entry depth, call), outermost first.
         let mut chain: Vec<(isize, InlinedCall)> = Vec::new();
         // Entries deeper than this are skipped: they cannot hold `addr` (an inlined call
         // not holding it) or are not this function's code (a nested function).
         let mut skip_below: Option<isize> = None;
-        while let Some(entry) = entries.next_dfs().ok()? {
-            let depth = entry.depth();
+        while !entries.is_empty() {
+            let depth = entries.next_depth();
             if depth <= 0 {
                 break;
             }
+            // `None`: the end of a list of children.
+            let Some(abbreviation) = entries.read_abbreviation().ok()? else {
+                continue;
+            };
             if skip_below.is_some_and(|d| depth > d) {
+                entries.skip_attributes(abbreviation.attributes()).ok()?;
                 continue;
             }
             skip_below = None;
-            match entry.tag() {
-                gimli::DW_TAG_subprogram => skip_below = Some(depth),
+            match abbreviation.tag() {
+                gimli::DW_TAG_subprogram => {
+                    skip_below = Some(depth);
+                    entries.skip_attributes(abbreviation.attributes()).ok()?;
+                }
                 gimli::DW_TAG_inlined_subroutine => {
+                    let read = read_inlined_call(&self.dwarf, unit, &mut entries, abbreviation)?;
                     let mut holds = false;
-                    let mut ranges = self.dwarf.die_ranges(unit, entry).ok()?;
-                    while let Some(r) = ranges.next().ok()? {
-                        holds |= r.begin <= addr && addr < r.end;
+                    match read.ranges {
+                        CallRanges::List(mut list) => {
+                            while let Some(r) = list.next().ok()? {
+                                holds |= r.begin <= addr && addr < r.end;
+                            }
+                        }
+                        CallRanges::Single(Some((begin, end))) => {
+                            holds = begin <= addr && addr < end;
+                        }
+                        CallRanges::Single(None) => {}
                     }
                     // Overlapping siblings (bad debug info): the first one found wins.
                     if !holds || chain.last().is_some_and(|(d, _)| *d >= depth) {
                         skip_below = Some(depth);
                         continue;
                     }
-                    let origin = match entry.attr_value(gimli::DW_AT_abstract_origin) {
-                        Some(AttributeValue::UnitRef(offset)) => offset
-                            .to_debug_info_offset(&unit.header)
-                            .map_or(NO_ORIGIN, |o| o.0),
-                        Some(AttributeValue::DebugInfoRef(offset)) => offset.0,
-                        _ => NO_ORIGIN,
-                    };
-                    let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
-                        Some(AttributeValue::FileIndex(index) | AttributeValue::Udata(index)) => {
-                            Some(index)
-                        }
-                        _ => None,
-                    };
-                    let call_line = match entry.attr_value(gimli::DW_AT_call_line) {
-                        Some(AttributeValue::Udata(line)) => {
-                            u32::try_from(line).unwrap_or(u32::MAX)
-                        }
-                        _ => 0,
-                    };
-                    chain.push((
-                        depth,
-                        InlinedCall {
-                            origin,
-                            call_file,
-                            call_line,
-                        },
-                    ));
+                    chain.push((depth, read.call));
                 }
-                _ => {}
+                _ => entries.skip_attributes(abbreviation.attributes()).ok()?,
             }
         }
         self.read += entries
@@ -879,5 +1173,262 @@ impl<'a> UnitReader<'_, 'a> {
             self.unit = Some(self.dwarf.unit(header).ok()?);
         }
         Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_from_root_entries_equals_the_index_from_whole_units() {
+        let exe = std::env::current_exe().unwrap();
+        let file = ObjectFile::open(&exe).expect("the test binary opens");
+        assert!(file.has_dwarf);
+        let root = DwarfUnits::index_units(&file, true);
+        let whole = DwarfUnits::index_units(&file, false);
+        assert!(root.units.len() > 10, "{} units", root.units.len());
+        assert_eq!(root.headers, whole.headers);
+        let offsets = |d: &DwarfUnits| d.units.iter().map(|u| u.offset).collect::<Vec<_>>();
+        assert_eq!(offsets(&root), offsets(&whole));
+        let ranges = |d: &DwarfUnits| {
+            d.ranges
+                .iter()
+                .map(|r| (r.begin, r.len, r.unit))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ranges(&root), ranges(&whole));
+    }
+
+    /// Rows in sequences of random lengths, each in address order, the sequences in
+    /// random order, sometimes touching or overlapping, sometimes empty or unordered.
+    #[test]
+    fn rows_sorted_as_sequences_are_the_rows_sorted_one_by_one() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for case in 0..2_000 {
+            let mut rows = Vec::new();
+            let mut sequences = vec![0];
+            for _ in 0..next(12) {
+                let mut addr = next(if case % 2 == 0 { 4_000 } else { 64 }) * 16;
+                for _ in 0..next(6) {
+                    rows.push(Row {
+                        addr,
+                        file: next(3) as u32,
+                        line: next(100) as u32,
+                    });
+                    addr += if case % 7 == 0 {
+                        next(3) * 8
+                    } else {
+                        1 + next(40)
+                    };
+                    if case % 11 == 0 {
+                        addr = addr.saturating_sub(next(60));
+                    }
+                }
+                rows.push(Row {
+                    addr,
+                    file: END,
+                    line: 0,
+                });
+                sequences.push(rows.len());
+            }
+            let mut expected = rows.clone();
+            expected.sort_by_key(row_key);
+            let got = sort_rows(rows, &sequences);
+            let view = |r: &[Row]| {
+                r.iter()
+                    .map(|r| (r.addr, r.file, r.line))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(view(&got), view(&expected), "case {case}");
+            assert_eq!(got.capacity(), got.len());
+        }
+    }
+
+    /// The inlined calls read with a tree cursor, every attribute of every entry parsed
+    /// (how lookups read them before raw entries).
+    fn inlined_calls_by_cursor(
+        dwarf: &Dwarf<'_>,
+        unit: &Unit<'_>,
+        entry: usize,
+        addr: u64,
+    ) -> Option<Vec<InlinedCall>> {
+        let mut entries = unit.entries_at_offset(gimli::UnitOffset(entry)).ok()?;
+        entries.next_dfs().ok()??;
+        let mut chain: Vec<(isize, InlinedCall)> = Vec::new();
+        let mut skip_below: Option<isize> = None;
+        while let Some(entry) = entries.next_dfs().ok()? {
+            let depth = entry.depth();
+            if depth <= 0 {
+                break;
+            }
+            if skip_below.is_some_and(|d| depth > d) {
+                continue;
+            }
+            skip_below = None;
+            match entry.tag() {
+                gimli::DW_TAG_subprogram => skip_below = Some(depth),
+                gimli::DW_TAG_inlined_subroutine => {
+                    let mut holds = false;
+                    let mut ranges = dwarf.die_ranges(unit, entry).ok()?;
+                    while let Some(r) = ranges.next().ok()? {
+                        holds |= r.begin <= addr && addr < r.end;
+                    }
+                    if !holds || chain.last().is_some_and(|(d, _)| *d >= depth) {
+                        skip_below = Some(depth);
+                        continue;
+                    }
+                    let origin = match entry.attr_value(gimli::DW_AT_abstract_origin) {
+                        Some(AttributeValue::UnitRef(offset)) => offset
+                            .to_debug_info_offset(&unit.header)
+                            .map_or(NO_ORIGIN, |o| o.0),
+                        Some(AttributeValue::DebugInfoRef(offset)) => offset.0,
+                        _ => NO_ORIGIN,
+                    };
+                    let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
+                        Some(AttributeValue::FileIndex(index) | AttributeValue::Udata(index)) => {
+                            Some(index)
+                        }
+                        _ => None,
+                    };
+                    let call_line = match entry.attr_value(gimli::DW_AT_call_line) {
+                        Some(AttributeValue::Udata(line)) => {
+                            u32::try_from(line).unwrap_or(u32::MAX)
+                        }
+                        _ => 0,
+                    };
+                    chain.push((
+                        depth,
+                        InlinedCall {
+                            origin,
+                            call_file,
+                            call_line,
+                        },
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Some(chain.into_iter().rev().map(|(_, call)| call).collect())
+    }
+
+    #[test]
+    fn inlined_calls_from_raw_entries_equal_those_from_parsed_entries() {
+        let exe = std::env::current_exe().unwrap();
+        let file = ObjectFile::open(&exe).expect("the test binary opens");
+        let units = DwarfUnits::index(&file);
+        let dwarf = load(&file);
+        let (mut compared, mut with_calls) = (0, 0);
+        for slot in units.units.iter().step_by(3).take(300) {
+            let Ok(parsed) = parse_unit(&dwarf, slot.offset, &|| {}) else {
+                continue;
+            };
+            let Some(unit) = parsed.unit(&dwarf) else {
+                continue;
+            };
+            let mut reader = UnitReader {
+                dwarf: load(&file),
+                headers: &units.headers,
+                unit: None,
+                read: 0,
+            };
+            for f in parsed.functions.iter().step_by(7).take(40) {
+                for addr in [f.begin, f.begin + (f.end - f.begin) / 2, f.end - 1] {
+                    let raw = reader.inlined_calls(slot.offset, f.entry, addr);
+                    let cursor = inlined_calls_by_cursor(&dwarf, &unit, f.entry, addr);
+                    assert_eq!(
+                        raw, cursor,
+                        "unit {:#x} entry {:#x} address {addr:#x}",
+                        slot.offset, f.entry
+                    );
+                    compared += 1;
+                    with_calls += usize::from(raw.is_some_and(|c| !c.is_empty()));
+                }
+            }
+        }
+        assert!(
+            compared > 1_000 && with_calls > 100,
+            "{compared} lookups, {with_calls} with calls"
+        );
+    }
+
+    /// `.debug_abbrev` with code 1 (a type entry, an implicit constant) before code 2
+    /// (the compile unit: `low_pc` as an address, `high_pc` as a length).
+    const ABBREV: &[u8] = &[
+        1, 0x24, 0, 0x0b, 0x21, 0x7f, 0, 0, // code 1: DW_TAG_base_type, byte_size implicit -1
+        2, 0x11, 1, 0x11, 0x01, 0x12, 0x06, 0, 0, // code 2: compile_unit, low_pc, high_pc
+        0,
+    ];
+
+    /// A DWARF 4 unit whose root entry has abbreviation `code`: low_pc 0x1000, 0x20 long.
+    fn debug_info(code: u8) -> Vec<u8> {
+        let mut body = vec![4, 0, 0, 0, 0, 0, 8]; // version 4, abbrev offset 0, 8-byte addresses
+        body.push(code);
+        body.extend_from_slice(&0x1000u64.to_le_bytes());
+        body.extend_from_slice(&0x20u32.to_le_bytes());
+        body.push(0); // end of the root's children
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn ranges_of(info: &[u8], abbrev: &[u8]) -> Option<Vec<(u64, u64)>> {
+        let endian = RunTimeEndian::Little;
+        let loaded: Result<Dwarf<'_>, std::convert::Infallible> = gimli::Dwarf::load(|id| {
+            Ok(EndianSlice::new(
+                match id {
+                    gimli::SectionId::DebugInfo => info,
+                    gimli::SectionId::DebugAbbrev => abbrev,
+                    _ => &[],
+                },
+                endian,
+            ))
+        });
+        let dwarf = loaded.unwrap();
+        let header = dwarf.units().next().ok()??;
+        let unit = root_unit(&dwarf, abbrev, endian, header)?;
+        let mut out = Vec::new();
+        let mut iter = dwarf.unit_ranges(&unit).ok()?;
+        while let Ok(Some(r)) = iter.next() {
+            out.push((r.begin, r.end));
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn a_root_entry_is_read_with_its_abbreviation_alone() {
+        assert_eq!(
+            ranges_of(&debug_info(2), ABBREV),
+            Some(vec![(0x1000, 0x1020)])
+        );
+        let second = abbreviation_bytes(ABBREV, 0, 2).unwrap();
+        assert_eq!(second, &ABBREV[8..17]);
+    }
+
+    #[test]
+    fn a_root_abbreviation_missing_or_malformed_gives_none_and_no_panic() {
+        // The code is not in the table.
+        assert_eq!(ranges_of(&debug_info(3), ABBREV), None);
+        // The table is cut inside the abbreviation, or its offset is past the section.
+        for cut in 0..ABBREV.len() - 1 {
+            assert_eq!(
+                abbreviation_bytes(&ABBREV[..cut], 0, 2),
+                None,
+                "cut at {cut}"
+            );
+            let _ = ranges_of(&debug_info(2), &ABBREV[..cut]);
+        }
+        assert_eq!(abbreviation_bytes(ABBREV, ABBREV.len() + 1, 1), None);
+        // A LEB128 number that never ends.
+        assert_eq!(abbreviation_bytes(&[0x80; 32], 0, 1), None);
+        // Malformed attribute specification (name 0): gimli refuses the abbreviation.
+        let bad: &[u8] = &[2, 0x11, 0, 0x00, 0x01, 0, 0, 0];
+        assert_eq!(ranges_of(&debug_info(2), bad), None);
     }
 }

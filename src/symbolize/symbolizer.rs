@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::id_hash::IdHashBuilder;
+use crate::id_hash::{IdHashBuilder, NameHashBuilder};
 use crate::modules::{loaded_modules, Module};
 use crate::symbolize::dwarf::{DwarfUnits, ParseCount};
 use crate::symbolize::names;
@@ -110,7 +110,7 @@ struct ModuleDebug {
     /// The file's DWARF units; `None` without DWARF or with [`SymbolDetail::FunctionsOnly`].
     dwarf: Option<DwarfUnits>,
     /// Start line per function entry address (a cache of DWARF lookups).
-    start_lines: HashMap<u64, u32>,
+    start_lines: HashMap<u64, u32, IdHashBuilder>,
     /// The DWARF index was dropped because the indexes alone exceeded the budget.
     dwarf_dropped: bool,
 }
@@ -172,14 +172,17 @@ pub(crate) struct Symbolizer {
     /// Modules in discovery order; indices are stable (rescans only append).
     modules: Vec<Module>,
     debug: Vec<DebugState>,
-    cache: HashMap<usize, Arc<Symbolized>>,
+    cache: HashMap<usize, Arc<Symbolized>, IdHashBuilder>,
     cache_bytes: usize,
-    strings: HashSet<Arc<str>>,
+    strings: HashSet<Arc<str>, NameHashBuilder>,
     string_bytes: usize,
     last_scan: Instant,
     counts: Footprint,
     /// Crate names of local packages, read from their manifests.
     crate_names: names::CrateNames,
+    /// The system name and readable name of the function of the last lookup (interned):
+    /// the next address is often in the same function, and demangling is costly.
+    last_function: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl std::fmt::Debug for Symbolizer {
@@ -207,13 +210,14 @@ impl Symbolizer {
             options,
             modules,
             debug,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
             cache_bytes: 0,
-            strings: HashSet::new(),
+            strings: HashSet::default(),
             string_bytes: 0,
             last_scan: Instant::now(),
             counts: Footprint::default(),
             crate_names: names::CrateNames::default(),
+            last_function: None,
         }
     }
 
@@ -391,7 +395,7 @@ impl Symbolizer {
             d.dwarf = None;
             d.file.drop_dwarf();
             d.dwarf_dropped = true;
-            d.start_lines = HashMap::new();
+            d.start_lines = HashMap::default();
         }
         let fixed = self.index_bytes();
         let room = budget.saturating_sub(fixed + self.cache_bytes + self.string_bytes);
@@ -414,6 +418,7 @@ impl Symbolizer {
             self.cache.shrink_to_fit();
             self.strings.clear();
             self.strings.shrink_to_fit();
+            self.last_function = None;
             self.cache_bytes = 0;
             self.string_bytes = 0;
             self.counts.cache_flushes += 1;
@@ -491,7 +496,7 @@ impl Symbolizer {
                     DebugState::Loaded(Box::new(ModuleDebug {
                         file,
                         dwarf,
-                        start_lines: HashMap::new(),
+                        start_lines: HashMap::default(),
                         dwarf_dropped: false,
                     }))
                 }
@@ -544,10 +549,15 @@ impl Symbolizer {
         self.counts.units_parsed += count.units_parsed;
         self.counts.dwarf_errors += count.errors;
         let outer = match symbol {
-            Some(symbol) => Some((
-                names::without_generics(&names::demangle(symbol.name)),
-                symbol.name.to_owned(),
-            )),
+            Some(symbol) => {
+                // Addresses come in address order (see `prepare`): most share the
+                // function of the one before.
+                let readable = match &self.last_function {
+                    Some((system, readable)) if **system == *symbol.name => readable.to_string(),
+                    _ => names::without_generics(&names::demangle(symbol.name)),
+                };
+                Some((readable, symbol.name.to_owned()))
+            }
             // DWARF knows the address but the symbol table does not (stripped symbols).
             None if !dwarf_frames.is_empty() => {
                 let base = self.modules[index].name.rsplit('/').next().unwrap_or("");
@@ -589,6 +599,7 @@ impl Symbolizer {
                 raw.push((name, system_name, file.to_owned(), frame.line));
             }
         }
+        let named_by_symbol = symbol.is_some();
         let Some((outer_name, outer_system)) = outer else {
             return Vec::new();
         };
@@ -603,6 +614,9 @@ impl Symbolizer {
                 line,
                 start_line: if i == outermost { start_line } else { 0 },
             });
+        }
+        if let (true, Some(f)) = (named_by_symbol, frames.last()) {
+            self.last_function = Some((f.system_name.clone(), f.name.clone()));
         }
         frames
     }
