@@ -78,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     println!(
-        "elapsed_s  rss_kib  rss_anon_kib  hwm_kib  requests  samples  alloc_sampled  files_written  files_deleted  dropped"
+        "elapsed_s  rss_kib  rss_anon_kib  hwm_kib  requests  samples  alloc_sampled  files_written  files_deleted  dropped  symbolizer_kib  label_sets"
     );
     let started = Instant::now();
     rt.block_on(async {
@@ -99,7 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if Instant::now() >= next_report {
                 let s = profiler.stats();
                 println!(
-                    "{:>9}  {:>7}  {:>12}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>13}  {:>7}",
+                    "{:>9}  {:>7}  {:>12}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>13}  {:>7}  {:>14}  {:>10}",
                     started.elapsed().as_secs(),
                     status_kib("VmRSS"),
                     status_kib("RssAnon"),
@@ -109,7 +109,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     s.alloc.sampled,
                     s.files_written,
                     s.files_deleted,
-                    s.dropped.buffer_full + s.dropped.other
+                    s.dropped.buffer_full + s.dropped.other,
+                    s.symbolizer.bytes / 1024,
+                    s.label_sets_live
                 );
                 next_report += every;
             }
