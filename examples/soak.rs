@@ -6,7 +6,8 @@
 //! profiler samples CPU at 100 Hz and allocations through [`ProfiledAllocator`], and writes
 //! 10 s windows to a temporary directory with a 20-file retention cap.
 //!
-//! Run: `cargo run --release --example soak` (`SOAK_SECONDS`, default 1800; a line every
+//! Run: `cargo run --release --example soak` (`SOAK_SECONDS`, default 1800; `SOAK_BUDGET_MIB`,
+//! the symbolizer budget, default 8; a line every
 //! `SOAK_REPORT_SECONDS`, default 60). The columns `rss_anon_kib` (anonymous memory: heap
 //! and tables, not the mapped binary) and `hwm_kib` (peak RSS) are the ones to watch: after
 //! the second minute `rss_anon_kib` should stay flat.
@@ -14,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use span_profiler::alloc::ProfiledAllocator;
-use span_profiler::{Labels, ProfiledExt, Profiler};
+use span_profiler::{Labels, ProfiledExt, Profiler, Symbolization, DEFAULT_SYMBOLIZER_BUDGET};
 
 #[global_allocator]
 static ALLOC: ProfiledAllocator = ProfiledAllocator::system();
@@ -68,10 +69,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = env_secs("SOAK_SECONDS", 1800);
     let every = env_secs("SOAK_REPORT_SECONDS", 60);
     let dir = std::env::temp_dir().join(format!("span-profiler-soak-{}", std::process::id()));
+    // `SOAK_BUDGET_MIB`: the symbolizer's memory budget (default: the profiler's, 8 MiB).
+    let budget = std::env::var("SOAK_BUDGET_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(DEFAULT_SYMBOLIZER_BUDGET, |mib| mib << 20);
     let profiler = Profiler::builder()
         .application_name("soak")
         .output_dir(&dir)
         .max_files(20)
+        .symbolize(Symbolization::full().memory_budget(budget))
         .start()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
