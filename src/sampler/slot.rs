@@ -40,13 +40,7 @@ pub(crate) fn replace(id: u64) -> u64 {
         slot.id.store(id, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
         if id != 0 {
-            // Relaxed: a hint; a thread that misses a session start is found by the
-            // sampler's next discovery scan instead.
-            let session = super::SESSION_COOKIE.load(Ordering::Relaxed);
-            if session != 0 && slot.armed_session.get() != session {
-                slot.armed_session.set(session);
-                arm_this_thread(session);
-            }
+            arm_once(slot);
         }
         prev
     })
@@ -64,18 +58,20 @@ pub(crate) fn current() -> u64 {
 /// Arms the calling thread's timer now if a sampler session runs and this thread has not
 /// asked for it in this session (the public `arm_current_thread`).
 pub(crate) fn arm_now() {
-    // Relaxed: a hint, as in `replace`; a thread that misses a session start is found by
-    // the sampler's next discovery scan instead.
+    SLOT.with(arm_once);
+}
+
+/// Asks for this thread's timer once per sampler session: the first label write of a
+/// session, or [`arm_now`].
+#[inline]
+fn arm_once(slot: &SlotCell) {
+    // Relaxed: a hint; a thread that misses a session start is found by the sampler's
+    // next discovery scan instead.
     let session = super::SESSION_COOKIE.load(Ordering::Relaxed);
-    if session == 0 {
-        return;
+    if session != 0 && slot.armed_session.get() != session {
+        slot.armed_session.set(session);
+        arm_this_thread(session);
     }
-    SLOT.with(|slot| {
-        if slot.armed_session.get() != session {
-            slot.armed_session.set(session);
-            arm_this_thread(session);
-        }
-    });
 }
 
 #[cold]
