@@ -41,6 +41,15 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// glibc's view of its heap in KiB: (bytes in use, bytes free inside its arenas). Free
+/// bytes that grow while in-use bytes stay flat are fragmentation, not a leak.
+fn malloc_kib() -> (usize, usize) {
+    // SAFETY: mallinfo2 only reads the allocator's statistics (it takes the arenas' locks,
+    // never held across this call) and returns them by value.
+    let m = unsafe { libc::mallinfo2() };
+    ((m.uordblks + m.hblkhd) / 1024, m.fordblks / 1024)
+}
+
 #[inline(never)]
 fn soak_work(n: u64) -> u64 {
     (0..n).fold(0u64, |acc, i| {
@@ -85,7 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     println!(
-        "elapsed_s  rss_kib  rss_anon_kib  hwm_kib  requests  samples  alloc_sampled  files_written  files_deleted  dropped  symbolizer_kib  label_sets"
+        "elapsed_s  rss_kib  rss_anon_kib  hwm_kib  requests  samples  alloc_sampled  files_written  files_deleted  dropped  symbolizer_kib  label_sets  heap_used_kib  heap_free_kib"
     );
     let started = Instant::now();
     rt.block_on(async {
@@ -105,8 +114,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             if Instant::now() >= next_report {
                 let s = profiler.stats();
+                let (heap_used, heap_free) = malloc_kib();
                 println!(
-                    "{:>9}  {:>7}  {:>12}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>13}  {:>7}  {:>14}  {:>10}",
+                    "{:>9}  {:>7}  {:>12}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>13}  {:>7}  {:>14}  {:>10}  {:>13}  {:>13}",
                     started.elapsed().as_secs(),
                     status_kib("VmRSS"),
                     status_kib("RssAnon"),
@@ -118,7 +128,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     s.files_deleted,
                     s.dropped.buffer_full + s.dropped.other,
                     s.symbolizer.bytes / 1024,
-                    s.label_sets_live
+                    s.label_sets_live,
+                    heap_used,
+                    heap_free
                 );
                 next_report += every;
             }

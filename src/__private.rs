@@ -31,6 +31,23 @@ pub mod symbolize {
         let frames = addrs.iter().map(|&a| s.symbolize(a).frames.len()).sum();
         (frames, s.footprint().bytes)
     }
+
+    /// Symbolizes `addrs` with a new symbolizer as [`symbolize_cold`] does, then calls
+    /// `inspect` with the symbolizer's counted heap bytes while it is still alive (so that
+    /// a test's counting allocator can compare them with what it really holds).
+    pub fn inspect_cold<R>(
+        addrs: &[usize],
+        symbolization: Symbolization,
+        inspect: impl FnOnce(u64) -> R,
+    ) -> R {
+        let mut s = Symbolizer::with_options(symbolization);
+        s.prepare(addrs.iter().copied());
+        for &a in addrs {
+            drop(s.symbolize(a));
+        }
+        s.end_window();
+        inspect(s.footprint().bytes)
+    }
 }
 
 /// The label id in force on this thread (what the signal handler would read).

@@ -16,6 +16,7 @@ use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 
 use crate::id_hash::IdHashBuilder;
 use crate::symbolize::objfile::ObjectFile;
+use crate::symbolize::{allocation_bytes, table_bytes, vec_bytes};
 
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
 type Dwarf<'a> = gimli::Dwarf<Reader<'a>>;
@@ -119,7 +120,8 @@ struct ParsedUnit {
     /// Names of inlined functions read so far, by the `.debug_info` offset they were read
     /// from.
     names: HashMap<usize, DwarfName, IdHashBuilder>,
-    /// Heap bytes of all of the above (estimated for the strings' allocations).
+    /// Heap bytes of all of the above but the slots of `names` (see
+    /// [`ParsedUnit::heap_bytes`]).
     bytes: usize,
     /// `.debug_info` bytes of the unit's entries.
     entry_bytes: usize,
@@ -136,8 +138,33 @@ struct UnitBases {
     rnglists_base: gimli::DebugRngListsBase,
 }
 
-/// Estimated heap bytes of one abbreviation (its entry and a few attribute specs).
-const ABBREVIATION_BYTES: usize = 128;
+/// Attribute specifications gimli keeps inside an abbreviation; more go to a vector.
+const INLINE_ATTRIBUTES: usize = 5;
+
+/// Heap bytes of a unit's parsed abbreviations, as gimli keeps them: codes numbered from 1
+/// (densely, as compilers write them) in one vector grown by doubling, each abbreviation
+/// with more than [`INLINE_ATTRIBUTES`] specifications in a vector of its own (grown from
+/// five by doubling), the whole behind an `Arc`.
+fn abbreviations_bytes(abbreviations: &gimli::Abbreviations) -> usize {
+    let mut count = 0usize;
+    let mut spilled = 0;
+    while let Some(abbreviation) = abbreviations.get(count as u64 + 1) {
+        count += 1;
+        let specs = abbreviation.attributes().len();
+        if specs > INLINE_ATTRIBUTES {
+            let mut capacity = INLINE_ATTRIBUTES;
+            while capacity < specs {
+                capacity *= 2;
+            }
+            spilled +=
+                allocation_bytes(capacity * std::mem::size_of::<gimli::AttributeSpecification>());
+        }
+    }
+    let slots = count.next_power_of_two().max(4);
+    allocation_bytes(std::mem::size_of::<gimli::Abbreviations>() + 2 * std::mem::size_of::<usize>())
+        + allocation_bytes(slots * std::mem::size_of::<gimli::Abbreviation>())
+        + spilled
+}
 
 /// One frame found in DWARF, innermost first.
 #[derive(Debug, Clone)]
@@ -264,9 +291,9 @@ impl DwarfUnits {
 
     /// Heap bytes: the index plus the units parsed and kept.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.ranges.capacity() * std::mem::size_of::<UnitRange>()
-            + self.units.capacity() * std::mem::size_of::<UnitSlot>()
-            + self.headers.capacity() * std::mem::size_of::<usize>()
+        vec_bytes(&self.ranges)
+            + vec_bytes(&self.units)
+            + vec_bytes(&self.headers)
             + self.parsed_bytes
     }
 
@@ -292,7 +319,7 @@ impl DwarfUnits {
                 .min_by_key(|u| u.last_used);
             let Some(slot) = oldest else { break };
             if let Some(parsed) = slot.parsed.take() {
-                self.parsed_bytes -= parsed.bytes;
+                self.parsed_bytes -= parsed.heap_bytes();
                 dropped += 1;
             }
         }
@@ -324,9 +351,9 @@ impl DwarfUnits {
             unit: None,
             read: 0,
         };
-        let before = parsed.bytes;
+        let before = parsed.heap_bytes();
         let frames = parsed.frames(addr, inlined, &mut reader);
-        self.parsed_bytes += parsed.bytes - before;
+        self.parsed_bytes += parsed.heap_bytes() - before;
         self.unreleased += reader.read;
         self.release_if_due(file);
         frames
@@ -387,7 +414,7 @@ impl DwarfUnits {
                     // towards the next release with the lookups'.
                     self.unreleased += parsed.entry_bytes + parsed.files.len() * FAULT_AROUND_BYTES;
                     count.units_parsed += 1;
-                    self.parsed_bytes += parsed.bytes;
+                    self.parsed_bytes += parsed.heap_bytes();
                     slot.parsed = Some(Box::new(parsed));
                 }
                 Err(_) => {
@@ -401,6 +428,11 @@ impl DwarfUnits {
 }
 
 impl ParsedUnit {
+    /// Heap bytes held, the names' table included.
+    fn heap_bytes(&self) -> usize {
+        self.bytes + table_bytes::<(usize, DwarfName)>(self.names.capacity())
+    }
+
     /// `(file, line)` of the row covering `addr`.
     fn location(&self, addr: u64) -> Option<(u32, u32)> {
         let i = self
@@ -474,9 +506,7 @@ impl ParsedUnit {
             offset => reader.name_at(offset),
         }
         .unwrap_or_else(empty_name);
-        self.bytes += std::mem::size_of::<(usize, DwarfName)>()
-            + string_bytes(&name.name)
-            + name.linkage.as_deref().map_or(0, string_bytes);
+        self.bytes += string_bytes(&name.name) + name.linkage.as_deref().map_or(0, string_bytes);
         self.names.insert(origin, name.clone());
         name
     }
@@ -738,9 +768,9 @@ fn load(file: &ObjectFile) -> Dwarf<'_> {
     }
 }
 
-/// Heap bytes of a string kept in a unit (its allocation and the `Arc` counts).
+/// Heap bytes of a string kept in a unit (one allocation: the `Arc` counts and the text).
 fn string_bytes(s: &str) -> usize {
-    s.len() + 2 * std::mem::size_of::<usize>()
+    allocation_bytes(s.len() + 2 * std::mem::size_of::<usize>())
 }
 
 /// Parses the unit at `offset`: line rows, file names, inlined calls.
@@ -800,20 +830,16 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
         out.rows = sort_rows(std::mem::take(&mut out.rows), &sequences);
         read_functions(dwarf, &unit, release, &mut out.functions)?;
     }
-    // Abbreviation codes are numbered from 1 (densely, as compilers write them).
-    let abbreviations = (1..)
-        .take_while(|&code| unit.abbreviations.get(code).is_some())
-        .count();
     out.rows.shrink_to_fit();
     out.functions.shrink_to_fit();
     out.files.shrink_to_fit();
-    out.bytes = std::mem::size_of::<ParsedUnit>()
-        + out.rows.capacity() * std::mem::size_of::<Row>()
-        + out.functions.capacity() * std::mem::size_of::<Function>()
-        + out.file_ids.ids.capacity() * std::mem::size_of::<u32>()
-        + out.files.capacity() * std::mem::size_of::<Arc<str>>()
+    out.bytes = allocation_bytes(std::mem::size_of::<ParsedUnit>())
+        + vec_bytes(&out.rows)
+        + vec_bytes(&out.functions)
+        + vec_bytes(&out.file_ids.ids)
+        + vec_bytes(&out.files)
         + out.files.iter().map(|f| string_bytes(f)).sum::<usize>()
-        + abbreviations * ABBREVIATION_BYTES;
+        + abbreviations_bytes(&unit.abbreviations);
     out.bases = Some(UnitBases {
         abbreviations: unit.abbreviations.clone(),
         low_pc: unit.low_pc,

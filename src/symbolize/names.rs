@@ -224,7 +224,8 @@ pub(crate) struct CrateNames {
 impl CrateNames {
     /// Heap bytes held (an estimate: the map's slots and strings).
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.by_dir.capacity() * 64 + self.bytes
+        crate::symbolize::table_bytes::<(Box<str>, Option<ManifestNames>)>(self.by_dir.capacity())
+            + self.bytes
     }
 
     fn manifest(&mut self, package_dir: &str) -> Option<&ManifestNames> {

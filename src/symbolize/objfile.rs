@@ -12,6 +12,7 @@ use std::sync::Arc;
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 use crate::symbolize::mapped::Mapped;
+use crate::symbolize::{allocation_bytes, vec_bytes};
 
 /// The DWARF sections the symbolizer reads.
 pub(crate) const DWARF_SECTIONS: [gimli::SectionId; 11] = [
@@ -189,13 +190,14 @@ impl ObjectFile {
             .sections
             .iter()
             .map(|s| match s {
-                SectionData::Owned(b) => b.len(),
+                SectionData::Owned(b) => allocation_bytes(b.len()),
                 _ => 0,
             })
             .sum();
-        self.symbols.capacity() * std::mem::size_of::<SymbolEntry>()
+        vec_bytes(&self.symbols)
+            + vec_bytes(&self.sections)
             + owned
-            + std::mem::size_of::<Self>()
+            + allocation_bytes(std::mem::size_of::<Self>())
     }
 
     /// Heap bytes of the decompressed DWARF sections (0 when they are used in place).

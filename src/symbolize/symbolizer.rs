@@ -29,7 +29,7 @@ use crate::symbolize::dwarf::{DwarfUnits, ParseCount};
 use crate::symbolize::names;
 use crate::symbolize::objfile::{hex, ObjectFile};
 use crate::symbolize::symbolization::{SymbolDetail, Symbolization};
-use crate::symbolize::SYMBOLIZE;
+use crate::symbolize::{allocation_bytes, table_bytes, SYMBOLIZE};
 
 /// How often an address outside every known module may trigger a new module scan (a
 /// library loaded with `dlopen` after the last scan).
@@ -120,7 +120,7 @@ impl ModuleDebug {
     fn index_bytes(&self) -> usize {
         self.file.heap_bytes()
             + self.dwarf.as_ref().map_or(0, DwarfUnits::index_bytes)
-            + self.start_lines.capacity() * 24
+            + table_bytes::<(u64, u32)>(self.start_lines.capacity())
     }
 }
 
@@ -152,18 +152,18 @@ pub(crate) fn lookup_addresses(stacks: &[Arc<[usize]>]) -> impl Iterator<Item = 
     })
 }
 
-/// Heap bytes of one cache entry holding `frames` frames (map slot, `Arc` allocation and
-/// frame vector; the strings are counted where they are interned).
+/// Heap bytes of one cache entry holding `frames` frames (the `Arc` allocation and the
+/// frame vector; its table slot is counted with the table, the strings where they are
+/// interned).
 fn entry_bytes(frames: usize) -> usize {
-    3 * std::mem::size_of::<usize>()
-        + 2 * std::mem::size_of::<usize>()
-        + std::mem::size_of::<Symbolized>()
-        + frames * std::mem::size_of::<FrameSymbol>()
+    allocation_bytes(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Symbolized>())
+        + allocation_bytes(frames * std::mem::size_of::<FrameSymbol>())
 }
 
-/// Heap bytes of one interned string (its allocation with `Arc` counts, and its set slot).
+/// Heap bytes of one interned string (one allocation: the `Arc` counts and the text; its
+/// set slot is counted with the set).
 fn string_bytes(s: &str) -> usize {
-    s.len() + 3 * std::mem::size_of::<usize>()
+    allocation_bytes(s.len() + 2 * std::mem::size_of::<usize>())
 }
 
 /// Symbolizes addresses of this process; one per writer, reused across windows.
@@ -173,8 +173,10 @@ pub(crate) struct Symbolizer {
     modules: Vec<Module>,
     debug: Vec<DebugState>,
     cache: HashMap<usize, Arc<Symbolized>, IdHashBuilder>,
+    /// Heap bytes of the cache's entries (not of its table).
     cache_bytes: usize,
     strings: HashSet<Arc<str>, NameHashBuilder>,
+    /// Heap bytes of the interned strings (not of their set).
     string_bytes: usize,
     last_scan: Instant,
     counts: Footprint,
@@ -236,8 +238,7 @@ impl Symbolizer {
     /// Sizes and tallies now.
     pub(crate) fn footprint(&self) -> Footprint {
         let mut f = self.counts;
-        f.bytes = (self.index_bytes() + self.parsed_bytes() + self.cache_bytes + self.string_bytes)
-            as u64;
+        f.bytes = (self.index_bytes() + self.parsed_bytes() + self.cached_bytes()) as u64;
         f.index_bytes = self.index_bytes() as u64;
         f.cache_entries = self.cache.len() as u64;
         f.units_kept = self
@@ -296,6 +297,14 @@ impl Symbolizer {
 
     fn index_bytes(&self) -> usize {
         self.loaded().map(ModuleDebug::index_bytes).sum::<usize>() + self.crate_names.heap_bytes()
+    }
+
+    /// Heap bytes of the address cache and the interned strings, tables included.
+    fn cached_bytes(&self) -> usize {
+        self.cache_bytes
+            + table_bytes::<(usize, Arc<Symbolized>)>(self.cache.capacity())
+            + self.string_bytes
+            + table_bytes::<Arc<str>>(self.strings.capacity())
     }
 
     fn parsed_bytes(&self) -> usize {
@@ -398,7 +407,7 @@ impl Symbolizer {
             d.start_lines = HashMap::default();
         }
         let fixed = self.index_bytes();
-        let room = budget.saturating_sub(fixed + self.cache_bytes + self.string_bytes);
+        let room = budget.saturating_sub(fixed + self.cached_bytes());
         if self.parsed_bytes() > room {
             let mut left = room;
             // Modules in order; each keeps what fits after the ones before it.
@@ -413,7 +422,7 @@ impl Symbolizer {
                 }
             }
         }
-        if fixed + self.parsed_bytes() + self.cache_bytes + self.string_bytes > budget {
+        if fixed + self.parsed_bytes() + self.cached_bytes() > budget {
             self.cache.clear();
             self.cache.shrink_to_fit();
             self.strings.clear();
