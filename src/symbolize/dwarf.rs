@@ -407,7 +407,7 @@ impl DwarfUnits {
         if slot.parsed.is_none() {
             let dwarf = load(file);
             let release = || file.release_pages();
-            match parse_unit(&dwarf, slot.offset, &release) {
+            match parse_unit(&dwarf, slot.offset, file.code_start, &release) {
                 Ok(parsed) => {
                     // Its entries were read once (given back every few MiB within the
                     // parse), and each file path is a scattered string read: count them
@@ -773,8 +773,15 @@ fn string_bytes(s: &str) -> usize {
     allocation_bytes(s.len() + 2 * std::mem::size_of::<usize>())
 }
 
-/// Parses the unit at `offset`: line rows, file names, inlined calls.
-fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Result<ParsedUnit> {
+/// Parses the unit at `offset`: line rows, file names, inlined calls. Line sequences and
+/// functions that start below `code_start` (the file's first code address) are left out:
+/// the linker dropped them.
+fn parse_unit(
+    dwarf: &Dwarf<'_>,
+    offset: usize,
+    code_start: u64,
+    release: &dyn Fn(),
+) -> gimli::Result<ParsedUnit> {
     let header = dwarf
         .debug_info
         .header_from_offset(gimli::DebugInfoOffset(offset))?;
@@ -798,14 +805,28 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
         let mut rows = program.rows();
         // Where each sequence starts in `rows` (its rows are in address order already).
         let mut sequences: Vec<usize> = vec![0];
+        // Whether the sequence being read starts below the file's code: the linker
+        // dropped its function and left a placeholder address (0, what lld and GNU ld
+        // write), so no sampled address can be in it, and its rows would only shadow
+        // real code near the start of the file. In Rust binaries most sequences are
+        // such (generic code instantiated in every unit and kept in one).
+        let mut dropped = None;
         while let Some((header, row)) = rows.next_row()? {
+            let skip = *dropped.get_or_insert(row.address() < code_start);
             if row.end_sequence() {
+                dropped = None;
+                if skip {
+                    continue;
+                }
                 out.rows.push(Row {
                     addr: row.address(),
                     file: END,
                     line: 0,
                 });
                 sequences.push(out.rows.len());
+                continue;
+            }
+            if skip {
                 continue;
             }
             let file = out.file_ids.id(row.file_index(), &mut out.files, || {
@@ -828,7 +849,7 @@ fn parse_unit(dwarf: &Dwarf<'_>, offset: usize, release: &dyn Fn()) -> gimli::Re
             });
         }
         out.rows = sort_rows(std::mem::take(&mut out.rows), &sequences);
-        read_functions(dwarf, &unit, release, &mut out.functions)?;
+        read_functions(dwarf, &unit, code_start, release, &mut out.functions)?;
     }
     out.rows.shrink_to_fit();
     out.functions.shrink_to_fit();
@@ -1007,6 +1028,7 @@ fn comp_dir(unit: &Unit<'_>) -> String {
 fn read_functions(
     dwarf: &Dwarf<'_>,
     unit: &Unit<'_>,
+    code_start: u64,
     release: &dyn Fn(),
     out: &mut Vec<Function>,
 ) -> gimli::Result<()> {
@@ -1039,8 +1061,9 @@ fn read_functions(
                 _ => {}
             }
         }
+        // A range below the file's code is a dropped function's (see `parse_unit`).
         let mut push = |begin: u64, end: u64| {
-            if begin < end {
+            if begin < end && begin >= code_start {
                 out.push(Function { begin, end, entry });
             }
         };
@@ -1352,7 +1375,7 @@ mod tests {
         let dwarf = load(&file);
         let (mut compared, mut with_calls) = (0, 0);
         for slot in units.units.iter().step_by(3).take(300) {
-            let Ok(parsed) = parse_unit(&dwarf, slot.offset, &|| {}) else {
+            let Ok(parsed) = parse_unit(&dwarf, slot.offset, file.code_start, &|| {}) else {
                 continue;
             };
             let Some(unit) = parsed.unit(&dwarf) else {
@@ -1381,6 +1404,54 @@ mod tests {
         assert!(
             compared > 1_000 && with_calls > 100,
             "{compared} lookups, {with_calls} with calls"
+        );
+    }
+
+    #[test]
+    fn leaving_out_dropped_functions_changes_no_lookup() {
+        let exe = std::env::current_exe().unwrap();
+        let file = ObjectFile::open(&exe).expect("the test binary opens");
+        assert!(file.code_start > 0, "no code start found");
+        let units = DwarfUnits::index(&file);
+        let dwarf = load(&file);
+        let (mut compared, mut rows_all, mut rows_kept) = (0, 0, 0);
+        for slot in units.units.iter().step_by(3).take(300) {
+            let parse = |code_start| parse_unit(&dwarf, slot.offset, code_start, &|| {});
+            let (Ok(mut all), Ok(mut kept)) = (parse(0), parse(file.code_start)) else {
+                continue;
+            };
+            rows_all += all.rows.len();
+            rows_kept += kept.rows.len();
+            assert!(kept.functions.iter().all(|f| f.begin >= file.code_start));
+            let functions = kept.functions.iter().step_by(5).take(40);
+            let addrs: Vec<u64> = functions
+                .flat_map(|f| [f.begin, f.begin + (f.end - f.begin) / 2, f.end - 1])
+                .chain(kept.rows.iter().step_by(11).take(40).map(|r| r.addr))
+                .collect();
+            for addr in addrs {
+                let mut frames = |parsed: &mut ParsedUnit| {
+                    let mut reader = UnitReader {
+                        dwarf: load(&file),
+                        headers: &units.headers,
+                        unit: None,
+                        read: 0,
+                    };
+                    format!("{:?}", parsed.frames(addr, true, &mut reader))
+                };
+                assert_eq!(
+                    frames(&mut all),
+                    frames(&mut kept),
+                    "unit {:#x} address {addr:#x}",
+                    slot.offset
+                );
+                compared += 1;
+            }
+        }
+        println!("{compared} lookups; rows {rows_all} -> {rows_kept}");
+        assert!(compared > 1_000, "{compared} lookups");
+        assert!(
+            rows_kept < rows_all,
+            "no dropped sequence among {rows_all} rows"
         );
     }
 

@@ -65,6 +65,10 @@ pub(crate) struct ObjectFile {
     little_endian: bool,
     pub(crate) build_id: Option<Box<[u8]>>,
     pub(crate) has_dwarf: bool,
+    /// The lowest address of the file's code (its executable sections); 0 when unknown.
+    /// Debug info below it describes functions the linker dropped (see
+    /// [`DwarfUnits`](crate::symbolize::dwarf::DwarfUnits)).
+    pub(crate) code_start: u64,
 }
 
 /// A function symbol found for an address.
@@ -89,6 +93,12 @@ impl ObjectFile {
             .flatten()
             .map(|b| b.to_vec().into_boxed_slice());
         let little_endian = file.is_little_endian();
+        let code_start = file
+            .sections()
+            .filter(|s| s.kind() == object::SectionKind::Text && s.size() > 0)
+            .map(|s| s.address())
+            .min()
+            .unwrap_or(0);
         let mut symbols = read_symbols(&file, map.bytes());
         let mut symbols_in_debug_file = false;
         let mut dwarf_map = map.clone();
@@ -125,6 +135,7 @@ impl ObjectFile {
             little_endian,
             build_id,
             has_dwarf,
+            code_start,
         })
     }
 
