@@ -1429,7 +1429,7 @@ mod tests {
                 .chain(kept.rows.iter().step_by(11).take(40).map(|r| r.addr))
                 .collect();
             for addr in addrs {
-                let mut frames = |parsed: &mut ParsedUnit| {
+                let frames = |parsed: &mut ParsedUnit| {
                     let mut reader = UnitReader {
                         dwarf: load(&file),
                         headers: &units.headers,
