@@ -167,6 +167,11 @@ pub struct SymbolizerStats {
     pub units_evicted: u64,
     /// Times the address cache was emptied to stay within the budget.
     pub cache_flushes: u64,
+    /// Cached addresses dropped after a minute without a lookup (the cache keeps what
+    /// recent windows needed).
+    pub addresses_expired: u64,
+    /// Parsed debug-info units dropped after a minute without a lookup.
+    pub units_expired: u64,
     /// Addresses named from the symbol table only (no file, line or inlined frames)
     /// because the indexes alone filled the budget.
     pub symbol_only: u64,
@@ -185,6 +190,8 @@ impl From<crate::symbolize::symbolizer::Footprint> for SymbolizerStats {
             units_parsed: f.units_parsed,
             units_evicted: f.units_evicted,
             cache_flushes: f.cache_flushes,
+            addresses_expired: f.addresses_expired,
+            units_expired: f.units_expired,
             symbol_only: f.symbol_only,
             dwarf_errors: f.dwarf_errors,
         }

@@ -44,6 +44,8 @@ struct UnitSlot {
     parsed: Option<Box<ParsedUnit>>,
     /// Value of [`DwarfUnits::clock`] at the last lookup (for least-recently-used eviction).
     last_used: u64,
+    /// The symbolizer's window of the last lookup (see [`DwarfUnits::drop_unused_since`]).
+    last_window: u32,
 }
 
 /// One line-table row: from `addr` on, the code is `file:line` (`file == END`: no code).
@@ -191,6 +193,8 @@ pub(crate) struct DwarfUnits {
     unreleased: usize,
     /// Bytes of the parsed units kept now.
     parsed_bytes: usize,
+    /// The symbolizer's window now (see [`DwarfUnits::set_window`]).
+    window: u32,
 }
 
 /// Tallies of one lookup, for the symbolizer's counters.
@@ -258,6 +262,7 @@ impl DwarfUnits {
                     offset,
                     parsed: None,
                     last_used: 0,
+                    last_window: 0,
                 });
             }
         }
@@ -284,6 +289,7 @@ impl DwarfUnits {
             units,
             headers: offsets,
             clock: 0,
+            window: 0,
             unreleased: 0,
             parsed_bytes: 0,
         }
@@ -305,6 +311,25 @@ impl DwarfUnits {
     /// Units parsed and kept now.
     pub(crate) fn parsed_units(&self) -> usize {
         self.units.iter().filter(|u| u.parsed.is_some()).count()
+    }
+
+    /// Sets the window that lookups from now on belong to (the symbolizer's count).
+    pub(crate) fn set_window(&mut self, window: u32) {
+        self.window = window;
+    }
+
+    /// Drops the parsed units last used before window `first`. Returns how many.
+    pub(crate) fn drop_unused_since(&mut self, first: u32) -> u64 {
+        let mut dropped = 0;
+        for slot in &mut self.units {
+            if slot.last_window < first {
+                if let Some(parsed) = slot.parsed.take() {
+                    self.parsed_bytes -= parsed.heap_bytes();
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
     }
 
     /// Drops parsed units, least recently used first, until at most `limit` bytes of
@@ -404,6 +429,7 @@ impl DwarfUnits {
         let clock = self.clock;
         let slot = self.units.get_mut(index)?;
         slot.last_used = clock;
+        slot.last_window = self.window;
         if slot.parsed.is_none() {
             let dwarf = load(file);
             let release = || file.release_pages();

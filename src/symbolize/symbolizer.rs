@@ -97,6 +97,10 @@ pub(crate) struct Footprint {
     pub(crate) units_evicted: u64,
     /// Times the address cache was emptied to stay within the budget.
     pub(crate) cache_flushes: u64,
+    /// Cached addresses dropped after [`KEEP_UNUSED`] without a lookup.
+    pub(crate) addresses_expired: u64,
+    /// Parsed units dropped after [`KEEP_UNUSED`] without a lookup.
+    pub(crate) units_expired: u64,
     /// Addresses named from the symbol table only (no file, line or inlined frames)
     /// because the indexes alone filled the budget.
     pub(crate) symbol_only: u64,
@@ -109,8 +113,9 @@ struct ModuleDebug {
     file: ObjectFile,
     /// The file's DWARF units; `None` without DWARF or with [`SymbolDetail::FunctionsOnly`].
     dwarf: Option<DwarfUnits>,
-    /// Start line per function entry address (a cache of DWARF lookups).
-    start_lines: HashMap<u64, u32, IdHashBuilder>,
+    /// Start line per function entry address (a cache of DWARF lookups), with the window
+    /// it was last used in.
+    start_lines: HashMap<u64, (u32, u32), IdHashBuilder>,
     /// The DWARF index was dropped because the indexes alone exceeded the budget.
     dwarf_dropped: bool,
 }
@@ -120,7 +125,7 @@ impl ModuleDebug {
     fn index_bytes(&self) -> usize {
         self.file.heap_bytes()
             + self.dwarf.as_ref().map_or(0, DwarfUnits::index_bytes)
-            + table_bytes::<(u64, u32)>(self.start_lines.capacity())
+            + table_bytes::<(u64, (u32, u32))>(self.start_lines.capacity())
     }
 }
 
@@ -166,13 +171,34 @@ fn string_bytes(s: &str) -> usize {
     allocation_bytes(s.len() + 2 * std::mem::size_of::<usize>())
 }
 
+/// How long a cached address, a parsed unit or a start line may go unused before it is
+/// dropped (at the end of a window): the symbolizer keeps what recent windows needed, so
+/// its memory follows the working set instead of filling the budget with addresses seen
+/// once an hour ago.
+const KEEP_UNUSED: Duration = Duration::from_secs(60);
+
+/// A cached address: its frames and the window it was last looked up in.
+struct CacheEntry {
+    symbolized: Arc<Symbolized>,
+    window: u32,
+}
+
+/// Gives a table's memory back when at most a quarter of it is used.
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+    table: &mut HashMap<K, V, S>,
+) {
+    if table.capacity() > 4 * table.len().max(64) {
+        table.shrink_to_fit();
+    }
+}
+
 /// Symbolizes addresses of this process; one per writer, reused across windows.
 pub(crate) struct Symbolizer {
     options: Symbolization,
     /// Modules in discovery order; indices are stable (rescans only append).
     modules: Vec<Module>,
     debug: Vec<DebugState>,
-    cache: HashMap<usize, Arc<Symbolized>, IdHashBuilder>,
+    cache: HashMap<usize, CacheEntry, IdHashBuilder>,
     /// Heap bytes of the cache's entries (not of its table).
     cache_bytes: usize,
     strings: HashSet<Arc<str>, NameHashBuilder>,
@@ -180,6 +206,10 @@ pub(crate) struct Symbolizer {
     string_bytes: usize,
     last_scan: Instant,
     counts: Footprint,
+    /// Windows ended so far: the number of the window being symbolized now.
+    window: u32,
+    /// When each window not yet [`KEEP_UNUSED`] old ended, oldest first.
+    window_ends: std::collections::VecDeque<(Instant, u32)>,
     /// Crate names of local packages, read from their manifests.
     crate_names: names::CrateNames,
     /// The system name and readable name of the function of the last lookup (interned):
@@ -218,6 +248,8 @@ impl Symbolizer {
             string_bytes: 0,
             last_scan: Instant::now(),
             counts: Footprint::default(),
+            window: 0,
+            window_ends: std::collections::VecDeque::new(),
             crate_names: names::CrateNames::default(),
             last_function: None,
         }
@@ -250,10 +282,82 @@ impl Symbolizer {
     }
 
     /// Called after each window is encoded: gives the mapped files' pages back to the
-    /// page cache (parsed state stays, within the budget).
+    /// page cache, and drops what has not been used for [`KEEP_UNUSED`] (parsed state
+    /// used since stays, within the budget).
     pub(crate) fn end_window(&mut self) {
+        self.end_window_at(Instant::now());
+    }
+
+    /// [`Self::end_window`] with the time it happens at (tests pass their own).
+    pub(crate) fn end_window_at(&mut self, now: Instant) {
         for d in self.loaded() {
             d.file.release_pages();
+        }
+        self.window_ends.push_back((now, self.window));
+        self.window = self.window.wrapping_add(1);
+        let window = self.window;
+        for d in self.debug.iter_mut() {
+            if let DebugState::Loaded(d) = d {
+                if let Some(dwarf) = d.dwarf.as_mut() {
+                    dwarf.set_window(window);
+                }
+            }
+        }
+        // The newest window that ended at least `KEEP_UNUSED` ago: whatever was last used
+        // in it or before goes.
+        let mut expired = None;
+        while let Some(&(ended, number)) = self.window_ends.front() {
+            if now.saturating_duration_since(ended) < KEEP_UNUSED {
+                break;
+            }
+            expired = Some(number);
+            self.window_ends.pop_front();
+        }
+        if let Some(number) = expired {
+            self.drop_unused_since(number.wrapping_add(1));
+        }
+    }
+
+    /// Drops cache entries, parsed units and start lines last used before window `first`
+    /// (and the interned names only they held).
+    fn drop_unused_since(&mut self, first: u32) {
+        // Window numbers only grow (a wrap takes 4 billion windows).
+        let stale = |window: u32| window < first;
+        let before = self.cache.len();
+        let mut freed = 0;
+        self.cache.retain(|_, entry| {
+            let keep = !stale(entry.window);
+            if !keep {
+                freed += entry_bytes(entry.symbolized.frames.len());
+            }
+            keep
+        });
+        self.cache_bytes -= freed;
+        self.counts.addresses_expired += (before - self.cache.len()) as u64;
+        for d in self.debug.iter_mut() {
+            if let DebugState::Loaded(d) = d {
+                if let Some(dwarf) = d.dwarf.as_mut() {
+                    self.counts.units_expired += dwarf.drop_unused_since(first);
+                }
+                d.start_lines.retain(|_, (_, window)| !stale(*window));
+                shrink_if_sparse(&mut d.start_lines);
+            }
+        }
+        if before != self.cache.len() {
+            shrink_if_sparse(&mut self.cache);
+            // Names no cached address (and no memo) holds any more.
+            let mut freed = 0;
+            self.strings.retain(|s| {
+                let keep = Arc::strong_count(s) > 1;
+                if !keep {
+                    freed += string_bytes(s);
+                }
+                keep
+            });
+            self.string_bytes -= freed;
+            if self.strings.capacity() > 4 * self.strings.len().max(64) {
+                self.strings.shrink_to_fit();
+            }
         }
     }
 
@@ -302,7 +406,7 @@ impl Symbolizer {
     /// Heap bytes of the address cache and the interned strings, tables included.
     fn cached_bytes(&self) -> usize {
         self.cache_bytes
-            + table_bytes::<(usize, Arc<Symbolized>)>(self.cache.capacity())
+            + table_bytes::<(usize, CacheEntry)>(self.cache.capacity())
             + self.string_bytes
             + table_bytes::<Arc<str>>(self.strings.capacity())
     }
@@ -339,8 +443,9 @@ impl Symbolizer {
 
     /// The frames at `addr` (a leaf PC, or a return address minus one), cached.
     pub(crate) fn symbolize(&mut self, addr: usize) -> Arc<Symbolized> {
-        if let Some(hit) = self.cache.get(&addr) {
-            return hit.clone();
+        if let Some(hit) = self.cache.get_mut(&addr) {
+            hit.window = self.window;
+            return hit.symbolized.clone();
         }
         let mut module = self.module_of(addr);
         if module.is_none() && self.last_scan.elapsed() >= RESCAN_INTERVAL {
@@ -376,7 +481,13 @@ impl Symbolizer {
         };
         let result = Arc::new(Symbolized { module, frames });
         self.cache_bytes += entry_bytes(result.frames.len());
-        self.cache.insert(addr, result.clone());
+        self.cache.insert(
+            addr,
+            CacheEntry {
+                symbolized: result.clone(),
+                window: self.window,
+            },
+        );
         self.enforce_budget();
         result
     }
@@ -493,13 +604,18 @@ impl Symbolizer {
     fn ensure_loaded(&mut self, index: usize) {
         if matches!(self.debug[index], DebugState::NotLoaded) {
             let full = self.options.detail() == SymbolDetail::Full;
+            let window = self.window;
             let state = match self.modules[index]
                 .path
                 .as_deref()
                 .and_then(ObjectFile::open)
             {
                 Some(file) => {
-                    let dwarf = (full && file.has_dwarf).then(|| DwarfUnits::index(&file));
+                    let dwarf = (full && file.has_dwarf).then(|| {
+                        let mut dwarf = DwarfUnits::index(&file);
+                        dwarf.set_window(window);
+                        dwarf
+                    });
                     // Indexing read every symbol and unit header once; none is needed now.
                     file.release_pages();
                     DebugState::Loaded(Box::new(ModuleDebug {
@@ -542,13 +658,16 @@ impl Symbolizer {
         let symbol = debug.file.symbol(svma);
         let start_line = match (symbol, debug.dwarf.as_mut()) {
             (Some(symbol), Some(dwarf)) if dwarf_allowed => {
-                match debug.start_lines.get(&symbol.addr) {
-                    Some(&line) => line,
+                match debug.start_lines.get_mut(&symbol.addr) {
+                    Some((line, window)) => {
+                        *window = self.window;
+                        *line
+                    }
                     None => {
                         let line = dwarf
                             .line_at(&debug.file, symbol.addr, &mut count)
                             .unwrap_or(0);
-                        debug.start_lines.insert(symbol.addr, line);
+                        debug.start_lines.insert(symbol.addr, (line, self.window));
                         line
                     }
                 }
@@ -681,6 +800,56 @@ mod tests {
 
     fn this_file() -> &'static str {
         file!()
+    }
+
+    #[test]
+    fn what_goes_unused_for_a_minute_is_dropped_and_what_is_used_stays() {
+        // A budget nothing here reaches: what goes, goes for being unused.
+        let mut s = Symbolizer::with_options(Symbolization::full().memory_budget(256 << 20));
+        let addrs = s.main_program_addresses(2_000);
+        let (old, recent) = addrs.split_at(1_000);
+        let t0 = Instant::now();
+        let first: Vec<_> = old.iter().map(|&a| s.symbolize(a)).collect();
+        s.end_window_at(t0);
+        let with_old = s.footprint();
+        assert_eq!(with_old.cache_entries, old.len() as u64);
+        // Six more windows over a minute: only `recent` is looked up, in each of them.
+        for i in 1..=6u64 {
+            for &a in recent {
+                s.symbolize(a);
+            }
+            s.end_window_at(t0 + Duration::from_secs(10 * i + 1));
+        }
+        let f = s.footprint();
+        assert_eq!(f.addresses_expired, old.len() as u64, "{f:?}");
+        assert_eq!(f.cache_entries, recent.len() as u64, "{f:?}");
+        assert!(f.units_expired > 0, "{f:?}");
+        assert!(f.units_kept > 0, "{f:?}");
+        // About what a symbolizer that only ever saw `recent` holds.
+        let mut fresh = Symbolizer::with_options(Symbolization::full().memory_budget(256 << 20));
+        for &a in recent {
+            fresh.symbolize(a);
+        }
+        let only_recent = fresh.footprint();
+        assert!(
+            f.bytes <= only_recent.bytes + only_recent.bytes / 10,
+            "{f:?}, {with_old:?} before, {only_recent:?} fresh"
+        );
+        // What was dropped is found again, the same.
+        for (&a, before) in old.iter().zip(&first) {
+            assert_eq!(*s.symbolize(a), **before, "address {a:#x}");
+        }
+        // Looked up in every window, an address is never dropped, however long it runs.
+        let kept = s.footprint().addresses_expired;
+        for i in 7..=20u64 {
+            for &a in recent {
+                s.symbolize(a);
+            }
+            s.end_window_at(t0 + Duration::from_secs(10 * i + 1));
+        }
+        let f = s.footprint();
+        assert_eq!(f.addresses_expired, kept + old.len() as u64, "{f:?}");
+        assert_eq!(f.cache_entries, recent.len() as u64, "{f:?}");
     }
 
     #[test]
