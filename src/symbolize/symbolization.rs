@@ -33,7 +33,9 @@ pub enum SymbolDetail {
 /// system library's compressed debug file, decompressed) loses its debug info and its
 /// addresses are named from the symbol table only. Each of these steps is
 /// counted in [`Stats::symbolizer`](crate::Stats::symbolizer). A single unit being parsed
-/// may pass the budget for the duration of that lookup.
+/// may pass the budget for the duration of that lookup. Whatever the budget, cached
+/// addresses and parsed units that no lookup used for a minute are dropped when a window
+/// ends, so a long-running process keeps what recent windows needed.
 ///
 /// ```
 /// use span_profiler::{Profiler, Symbolization};
