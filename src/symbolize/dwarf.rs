@@ -1258,7 +1258,7 @@ mod tests {
     #[test]
     fn the_index_from_root_entries_equals_the_index_from_whole_units() {
         let exe = std::env::current_exe().unwrap();
-        let file = ObjectFile::open(&exe).expect("the test binary opens");
+        let file = ObjectFile::open(&exe, usize::MAX).expect("the test binary opens");
         assert!(file.has_dwarf);
         let root = DwarfUnits::index_units(&file, true);
         let whole = DwarfUnits::index_units(&file, false);
@@ -1396,7 +1396,7 @@ mod tests {
     #[test]
     fn inlined_calls_from_raw_entries_equal_those_from_parsed_entries() {
         let exe = std::env::current_exe().unwrap();
-        let file = ObjectFile::open(&exe).expect("the test binary opens");
+        let file = ObjectFile::open(&exe, usize::MAX).expect("the test binary opens");
         let units = DwarfUnits::index(&file);
         let dwarf = load(&file);
         let (mut compared, mut with_calls) = (0, 0);
@@ -1436,7 +1436,7 @@ mod tests {
     #[test]
     fn leaving_out_dropped_functions_changes_no_lookup() {
         let exe = std::env::current_exe().unwrap();
-        let file = ObjectFile::open(&exe).expect("the test binary opens");
+        let file = ObjectFile::open(&exe, usize::MAX).expect("the test binary opens");
         assert!(file.code_start > 0, "no code start found");
         let units = DwarfUnits::index(&file);
         let dwarf = load(&file);

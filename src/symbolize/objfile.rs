@@ -65,6 +65,9 @@ pub(crate) struct ObjectFile {
     little_endian: bool,
     pub(crate) build_id: Option<Box<[u8]>>,
     pub(crate) has_dwarf: bool,
+    /// The DWARF was left unread because decompressing it would take more heap than
+    /// [`ObjectFile::open`] allowed.
+    pub(crate) dwarf_too_large: bool,
     /// The lowest address of the file's code (its executable sections); 0 when unknown.
     /// Debug info below it describes functions the linker dropped (see
     /// [`DwarfUnits`](crate::symbolize::dwarf::DwarfUnits)).
@@ -83,8 +86,11 @@ pub(crate) struct FoundSymbol<'a> {
 impl ObjectFile {
     /// Maps and indexes `path`, and its separate debug file
     /// (`/usr/lib/debug/.build-id/xx/yyyy.debug`) when it has no DWARF of its own. `None`
-    /// when the file cannot be mapped or is not an object file.
-    pub(crate) fn open(path: &Path) -> Option<Self> {
+    /// when the file cannot be mapped or is not an object file. Compressed DWARF sections
+    /// (common in distributions' debug files) are decompressed onto the heap, but only if
+    /// they take at most `max_decompressed` bytes together: beyond that the file is used
+    /// without DWARF (`dwarf_too_large`), rather than decompressed and dropped again.
+    pub(crate) fn open(path: &Path, max_decompressed: usize) -> Option<Self> {
         let map = Arc::new(Mapped::open(path)?);
         let file = object::File::parse(map.bytes()).ok()?;
         let build_id = file
@@ -102,9 +108,11 @@ impl ObjectFile {
         let mut symbols = read_symbols(&file, map.bytes());
         let mut symbols_in_debug_file = false;
         let mut dwarf_map = map.clone();
-        let mut sections = read_sections(&file, map.bytes());
-        let mut has_dwarf = file.section_by_name(".debug_line").is_some();
-        if !has_dwarf {
+        let mut dwarf_too_large = false;
+        let mut sections =
+            read_sections(&file, map.bytes(), max_decompressed, &mut dwarf_too_large);
+        let mut has_dwarf = file.section_by_name(".debug_line").is_some() && !dwarf_too_large;
+        if !has_dwarf && !dwarf_too_large {
             let debug = build_id
                 .as_deref()
                 .and_then(separate_debug_file)
@@ -113,8 +121,13 @@ impl ObjectFile {
                 let debug = Arc::new(debug);
                 if let Ok(debug_file) = object::File::parse(debug.bytes()) {
                     if debug_file.section_by_name(".debug_line").is_some() {
-                        sections = read_sections(&debug_file, debug.bytes());
-                        has_dwarf = true;
+                        sections = read_sections(
+                            &debug_file,
+                            debug.bytes(),
+                            max_decompressed,
+                            &mut dwarf_too_large,
+                        );
+                        has_dwarf = !dwarf_too_large;
                         let more = read_symbols(&debug_file, debug.bytes());
                         if more.len() > symbols.len() {
                             symbols = more;
@@ -135,6 +148,7 @@ impl ObjectFile {
             little_endian,
             build_id,
             has_dwarf,
+            dwarf_too_large,
             code_start,
         })
     }
@@ -251,7 +265,24 @@ fn separate_debug_file(build_id: &[u8]) -> Option<PathBuf> {
 }
 
 /// Where each of [`DWARF_SECTIONS`] is: a range of the map, or decompressed bytes.
-fn read_sections(file: &object::File<'_>, base: &[u8]) -> Vec<SectionData> {
+fn read_sections(
+    file: &object::File<'_>,
+    base: &[u8],
+    max_decompressed: usize,
+    too_large: &mut bool,
+) -> Vec<SectionData> {
+    // What decompressing would allocate, read from the sections' compression headers.
+    let decompressed: u64 = DWARF_SECTIONS
+        .iter()
+        .filter_map(|id| file.section_by_name(id.name()))
+        .filter_map(|section| section.compressed_file_range().ok())
+        .filter(|range| range.format != object::CompressionFormat::None)
+        .map(|range| range.uncompressed_size)
+        .sum();
+    if decompressed > max_decompressed as u64 {
+        *too_large = true;
+        return DWARF_SECTIONS.iter().map(|_| SectionData::Absent).collect();
+    }
     DWARF_SECTIONS
         .iter()
         .map(|id| {
@@ -311,4 +342,52 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This test binary with its DWARF sections compressed (as distributions ship debug
+    /// files), by binutils' `objcopy`; `None` (skipped) without it, unless
+    /// `SPAN_PROFILER_REQUIRE_TOOLS=1`.
+    fn compressed_copy() -> Option<PathBuf> {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::env::temp_dir().join(format!("span-profiler-zdebug-{}", std::process::id()));
+        let status = std::process::Command::new("objcopy")
+            .arg("--compress-debug-sections=zlib")
+            .arg(&exe)
+            .arg(&out)
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(out),
+            other => {
+                assert!(
+                    std::env::var("SPAN_PROFILER_REQUIRE_TOOLS").as_deref() != Ok("1"),
+                    "`objcopy` is required (SPAN_PROFILER_REQUIRE_TOOLS=1): {other:?}"
+                );
+                eprintln!("SKIPPED: `objcopy` cannot run: {other:?}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn compressed_dwarf_over_the_limit_is_never_decompressed() {
+        let Some(path) = compressed_copy() else {
+            return;
+        };
+        let whole = ObjectFile::open(&path, usize::MAX).expect("the copy opens");
+        assert!(whole.has_dwarf && !whole.dwarf_too_large);
+        let decompressed = whole.owned_dwarf_bytes();
+        assert!(decompressed > 1 << 20, "{decompressed} bytes decompressed");
+        drop(whole);
+
+        let limited = ObjectFile::open(&path, decompressed - 1).expect("the copy opens");
+        let _ = std::fs::remove_file(&path);
+        assert!(!limited.has_dwarf && limited.dwarf_too_large);
+        assert_eq!(limited.owned_dwarf_bytes(), 0);
+        // Function names stay.
+        assert!(limited.has_symbols());
+    }
 }

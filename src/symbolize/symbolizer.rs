@@ -116,7 +116,8 @@ struct ModuleDebug {
     /// Start line per function entry address (a cache of DWARF lookups), with the window
     /// it was last used in.
     start_lines: HashMap<u64, (u32, u32), IdHashBuilder>,
-    /// The DWARF index was dropped because the indexes alone exceeded the budget.
+    /// The DWARF index was dropped because the indexes alone exceeded the budget, or
+    /// never built because decompressing the DWARF would have.
     dwarf_dropped: bool,
 }
 
@@ -605,10 +606,13 @@ impl Symbolizer {
         if matches!(self.debug[index], DebugState::NotLoaded) {
             let full = self.options.detail() == SymbolDetail::Full;
             let window = self.window;
+            // Decompressed DWARF counts as index, and the indexes may take half the budget
+            // (see `enforce_budget`); with function names only, nothing is decompressed.
+            let max_decompressed = if full { self.options.budget() / 2 } else { 0 };
             let state = match self.modules[index]
                 .path
                 .as_deref()
-                .and_then(ObjectFile::open)
+                .and_then(|path| ObjectFile::open(path, max_decompressed))
             {
                 Some(file) => {
                     let dwarf = (full && file.has_dwarf).then(|| {
@@ -619,10 +623,10 @@ impl Symbolizer {
                     // Indexing read every symbol and unit header once; none is needed now.
                     file.release_pages();
                     DebugState::Loaded(Box::new(ModuleDebug {
+                        dwarf_dropped: full && file.dwarf_too_large,
                         file,
                         dwarf,
                         start_lines: HashMap::default(),
-                        dwarf_dropped: false,
                     }))
                 }
                 None => DebugState::Unavailable,
