@@ -33,12 +33,12 @@ pub mod symbolize {
     }
 
     /// Symbolizes `addrs` with a new symbolizer as [`symbolize_cold`] does, then calls
-    /// `inspect` with the symbolizer's counted heap bytes while it is still alive (so that
-    /// a test's counting allocator can compare them with what it really holds).
+    /// `inspect` with the symbolizer's stats while it is still alive (so that a test's
+    /// counting allocator can compare its bytes with what it really holds).
     pub fn inspect_cold<R>(
         addrs: &[usize],
         symbolization: Symbolization,
-        inspect: impl FnOnce(u64) -> R,
+        inspect: impl FnOnce(crate::SymbolizerStats) -> R,
     ) -> R {
         let mut s = Symbolizer::with_options(symbolization);
         s.prepare(addrs.iter().copied());
@@ -46,7 +46,7 @@ pub mod symbolize {
             drop(s.symbolize(a));
         }
         s.end_window();
-        inspect(s.footprint().bytes)
+        inspect(s.footprint().into())
     }
 }
 
