@@ -315,7 +315,8 @@ pub(crate) fn module_path_of_file(
 
 /// The readable name of an inlined frame: its DWARF `linkage` name (demangled) when there
 /// is one, else its short `name` qualified by the module path of `file` unless it is
-/// already qualified. Generic arguments are removed either way.
+/// already qualified or a symbol-style name starting with `__`. Generic arguments are
+/// removed either way.
 pub(crate) fn inlined_name(
     linkage: Option<&str>,
     name: &str,
@@ -327,7 +328,9 @@ pub(crate) fn inlined_name(
         return without_generics(&demangle(linkage));
     }
     let short = without_generics(name);
-    if short.contains("::") {
+    // Already a path; or a symbol-style name (`__rust_alloc`, `__rdl_alloc`: the
+    // allocator shims the compiler makes), which no module defines.
+    if short.contains("::") || short.starts_with("__") {
         return short;
     }
     match module_path_of_file(file, hint, crates) {
@@ -620,6 +623,17 @@ mod tests {
                 &mut crates
             ),
             "core::ptr::drop_in_place"
+        );
+        // The compiler's allocator shims belong to no module, wherever they are inlined.
+        assert_eq!(
+            inlined_name(
+                None,
+                "__rust_alloc",
+                "/work/shop/src/main.rs",
+                None,
+                &mut crates
+            ),
+            "__rust_alloc"
         );
     }
 

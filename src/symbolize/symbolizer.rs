@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::id_hash::{IdHashBuilder, NameHashBuilder};
 use crate::modules::{loaded_modules, Module};
-use crate::symbolize::dwarf::{DwarfUnits, ParseCount};
+use crate::symbolize::dwarf::{DwarfFrame, DwarfUnits, ParseCount};
 use crate::symbolize::names;
 use crate::symbolize::objfile::{hex, ObjectFile};
 use crate::symbolize::symbolization::{SymbolDetail, Symbolization};
@@ -156,6 +156,21 @@ pub(crate) fn lookup_addresses(stacks: &[Arc<[usize]>]) -> impl Iterator<Item = 
             .enumerate()
             .map(|(depth, &frame)| lookup_address(depth, frame))
     })
+}
+
+/// The file inlined frame `i` of `frames` shows, and the file its name is derived from.
+/// A row with line 0 is code the compiler made without a source line: its file is the
+/// unit's, whatever function the code belongs to (an allocation inlined into an
+/// application function shows the application's file), so it locates nothing. Such a
+/// frame shows no file, and its name is derived from the file it was called from (the
+/// next frame out), the closest thing to where it is defined that the line table gives.
+fn inlined_frame_files(frames: &[DwarfFrame], i: usize) -> (&str, &str) {
+    let own = frames[i].file.as_deref().unwrap_or("");
+    if frames[i].line != 0 {
+        return (own, own);
+    }
+    let caller = frames.get(i + 1).and_then(|f| f.file.as_deref());
+    ("", caller.unwrap_or(""))
 }
 
 /// Heap bytes of one cache entry holding `frames` frames (the `Arc` allocation and the
@@ -713,13 +728,13 @@ impl Symbolizer {
             }),
             _ => None,
         };
-        for frame in &dwarf_frames {
+        for (i, frame) in dwarf_frames.iter().enumerate() {
             if let Some(inlined) = &frame.inlined {
-                let file = frame.file.as_deref().unwrap_or("");
+                let (file, naming_file) = inlined_frame_files(&dwarf_frames, i);
                 let name = names::inlined_name(
                     inlined.linkage.as_deref(),
                     &inlined.name,
-                    file,
+                    naming_file,
                     hint,
                     &mut self.crate_names,
                 );
@@ -804,6 +819,35 @@ mod tests {
 
     fn this_file() -> &'static str {
         file!()
+    }
+
+    #[test]
+    fn an_inlined_frame_at_line_0_is_named_from_where_it_was_called() {
+        let frame = |inlined: Option<&str>, file: &str, line| DwarfFrame {
+            inlined: inlined.map(|n| crate::symbolize::dwarf::DwarfName {
+                name: Arc::from(n),
+                linkage: None,
+            }),
+            file: Some(Arc::from(file)),
+            line,
+        };
+        let raw_vec =
+            "/rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/raw_vec/mod.rs";
+        let app = "/work/shop/src/main.rs";
+        let frames = [
+            frame(Some("try_allocate_in"), app, 0),
+            frame(Some("with_capacity_in"), raw_vec, 433),
+            frame(None, app, 42),
+        ];
+        assert_eq!(inlined_frame_files(&frames, 0), ("", raw_vec));
+        assert_eq!(inlined_frame_files(&frames, 1), (raw_vec, raw_vec));
+        let mut crates = names::CrateNames::default();
+        let hint = names::CrateHint {
+            function: "shop::render",
+            file: app,
+        };
+        let name = names::inlined_name(None, "try_allocate_in", raw_vec, Some(hint), &mut crates);
+        assert_eq!(name, "alloc::raw_vec::try_allocate_in");
     }
 
     #[test]
