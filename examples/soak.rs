@@ -7,7 +7,8 @@
 //! 10 s windows to a temporary directory with a 20-file retention cap.
 //!
 //! Run: `cargo run --release --example soak` (`SOAK_SECONDS`, default 1800; `SOAK_BUDGET_MIB`,
-//! the symbolizer budget, default 8; a line every
+//! the symbolizer budget, default 8; `SOAK_PROFILER=off`, the same run without the
+//! profiler; a line every
 //! `SOAK_REPORT_SECONDS`, default 60). The columns `rss_anon_kib` (anonymous memory: heap
 //! and tables, not the mapped binary) and `hwm_kib` (peak RSS) are the ones to watch: after
 //! the second minute `rss_anon_kib` should stay flat.
@@ -83,12 +84,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(DEFAULT_SYMBOLIZER_BUDGET, |mib| mib << 20);
-    let profiler = Profiler::builder()
-        .application_name("soak")
-        .output_dir(&dir)
-        .max_files(20)
-        .symbolize(Symbolization::full().memory_budget(budget))
-        .start()?;
+    // `SOAK_PROFILER=off`: the same workload and binary without a profiler, to tell the
+    // profiler's growth from the workload's own (allocator arenas, the blocking pool).
+    let profiler = match std::env::var("SOAK_PROFILER").as_deref() {
+        Ok("off") => None,
+        _ => Some(
+            Profiler::builder()
+                .application_name("soak")
+                .output_dir(&dir)
+                .max_files(20)
+                .symbolize(Symbolization::full().memory_budget(budget))
+                .start()?,
+        ),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -113,7 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let _ = r.await;
             }
             if Instant::now() >= next_report {
-                let s = profiler.stats();
+                let s = profiler.as_ref().map(Profiler::stats).unwrap_or_default();
                 let (heap_used, heap_free) = malloc_kib();
                 println!(
                     "{:>9}  {:>7}  {:>12}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>13}  {:>7}  {:>14}  {:>9}  {:>9}  {:>10}  {:>13}  {:>13}",
@@ -138,11 +146,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     });
-    let report = profiler.stop()?;
+    let (windows, files) = match profiler {
+        Some(profiler) => {
+            let report = profiler.stop()?;
+            (report.windows, report.files_written)
+        }
+        None => (0, 0),
+    };
     println!(
-        "done: {} windows, {} files written, final RSS {} KiB, RssAnon {} KiB, peak {} KiB",
-        report.windows,
-        report.files_written,
+        "done: {windows} windows, {files} files written, final RSS {} KiB, RssAnon {} KiB, peak {} KiB",
         status_kib("VmRSS"),
         status_kib("RssAnon"),
         status_kib("VmHWM")
