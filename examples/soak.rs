@@ -7,8 +7,8 @@
 //! 10 s windows to a temporary directory with a 20-file retention cap.
 //!
 //! Run: `cargo run --release --example soak` (`SOAK_SECONDS`, default 1800; `SOAK_BUDGET_MIB`,
-//! the symbolizer budget, default 8; `SOAK_PROFILER=off`, the same run without the
-//! profiler; a line every
+//! the symbolizer budget, default 8; `SOAK_SYMBOLIZE=functions`, symbol-table names only;
+//! `SOAK_PROFILER=off`, the same run without the profiler; a line every
 //! `SOAK_REPORT_SECONDS`, default 60). The columns `rss_anon_kib` (anonymous memory: heap
 //! and tables, not the mapped binary) and `hwm_kib` (peak RSS) are the ones to watch: after
 //! the second minute `rss_anon_kib` should stay flat.
@@ -84,6 +84,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(DEFAULT_SYMBOLIZER_BUDGET, |mib| mib << 20);
+    // `SOAK_SYMBOLIZE=functions`: symbol-table names only (no DWARF), to tell the
+    // symbolizer's share of the memory curve from the rest of the profiler's.
+    let symbolization = match std::env::var("SOAK_SYMBOLIZE").as_deref() {
+        Ok("functions") => Symbolization::functions_only(),
+        _ => Symbolization::full(),
+    };
     // `SOAK_PROFILER=off`: the same workload and binary without a profiler, to tell the
     // profiler's growth from the workload's own (allocator arenas, the blocking pool).
     let profiler = match std::env::var("SOAK_PROFILER").as_deref() {
@@ -93,7 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .application_name("soak")
                 .output_dir(&dir)
                 .max_files(20)
-                .symbolize(Symbolization::full().memory_budget(budget))
+                .symbolize(symbolization.memory_budget(budget))
                 .start()?,
         ),
     };

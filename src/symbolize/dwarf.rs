@@ -193,8 +193,6 @@ pub(crate) struct DwarfUnits {
     unreleased: usize,
     /// Bytes of the parsed units kept now.
     parsed_bytes: usize,
-    /// The symbolizer's window now (see [`DwarfUnits::set_window`]).
-    window: u32,
 }
 
 /// Tallies of one lookup, for the symbolizer's counters.
@@ -289,7 +287,6 @@ impl DwarfUnits {
             units,
             headers: offsets,
             clock: 0,
-            window: 0,
             unreleased: 0,
             parsed_bytes: 0,
         }
@@ -311,11 +308,6 @@ impl DwarfUnits {
     /// Units parsed and kept now.
     pub(crate) fn parsed_units(&self) -> usize {
         self.units.iter().filter(|u| u.parsed.is_some()).count()
-    }
-
-    /// Sets the window that lookups from now on belong to (the symbolizer's count).
-    pub(crate) fn set_window(&mut self, window: u32) {
-        self.window = window;
     }
 
     /// Drops the parsed units last used before window `first`. Returns how many.
@@ -353,18 +345,20 @@ impl DwarfUnits {
 
     /// The frames at file address `addr`, innermost first, ending with the function's
     /// own frame (its file and line; its name is the caller's to find). Empty when no
-    /// unit covers `addr`. With `inlined == false`, only the function's frame.
+    /// unit covers `addr`. With `inlined == false`, only the function's frame. `window` is
+    /// the symbolizer's window the lookup belongs to (see [`Self::drop_unused_since`]).
     pub(crate) fn frames(
         &mut self,
         file: &ObjectFile,
         addr: u64,
         inlined: bool,
+        window: u32,
         count: &mut ParseCount,
     ) -> Vec<DwarfFrame> {
         let Some(unit) = self.unit_of(addr) else {
             return Vec::new();
         };
-        if self.parsed(file, unit, count).is_none() {
+        if self.parsed(file, unit, window, count).is_none() {
             return Vec::new();
         }
         let Some(parsed) = self.units[unit].parsed.as_deref_mut() else {
@@ -384,15 +378,17 @@ impl DwarfUnits {
         frames
     }
 
-    /// The line of the row at `addr` in the unit covering it (a function's start line).
+    /// The line of the row at `addr` in the unit covering it (a function's start line);
+    /// `window` as in [`Self::frames`].
     pub(crate) fn line_at(
         &mut self,
         file: &ObjectFile,
         addr: u64,
+        window: u32,
         count: &mut ParseCount,
     ) -> Option<u32> {
         let unit = self.unit_of(addr)?;
-        let line = self.parsed(file, unit, count)?.location(addr);
+        let line = self.parsed(file, unit, window, count)?.location(addr);
         self.release_if_due(file);
         line.map(|(_, line)| line)
     }
@@ -423,13 +419,14 @@ impl DwarfUnits {
         &mut self,
         file: &ObjectFile,
         index: usize,
+        window: u32,
         count: &mut ParseCount,
     ) -> Option<&ParsedUnit> {
         self.clock += 1;
         let clock = self.clock;
         let slot = self.units.get_mut(index)?;
         slot.last_used = clock;
-        slot.last_window = self.window;
+        slot.last_window = window;
         if slot.parsed.is_none() {
             let dwarf = load(file);
             let release = || file.release_pages();

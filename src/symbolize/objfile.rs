@@ -211,29 +211,23 @@ impl ObjectFile {
 
     /// Heap bytes held (the symbol index and decompressed sections; the map is not heap).
     pub(crate) fn heap_bytes(&self) -> usize {
-        let owned: usize = self
-            .sections
-            .iter()
-            .map(|s| match s {
-                SectionData::Owned(b) => allocation_bytes(b.len()),
-                _ => 0,
-            })
-            .sum();
         vec_bytes(&self.symbols)
             + vec_bytes(&self.sections)
-            + owned
+            + self.owned_lengths().map(allocation_bytes).sum::<usize>()
             + allocation_bytes(std::mem::size_of::<Self>())
     }
 
     /// Heap bytes of the decompressed DWARF sections (0 when they are used in place).
     pub(crate) fn owned_dwarf_bytes(&self) -> usize {
-        self.sections
-            .iter()
-            .map(|s| match s {
-                SectionData::Owned(b) => b.len(),
-                _ => 0,
-            })
-            .sum()
+        self.owned_lengths().sum()
+    }
+
+    /// The lengths of the sections held on the heap (decompressed).
+    fn owned_lengths(&self) -> impl Iterator<Item = usize> + '_ {
+        self.sections.iter().filter_map(|s| match s {
+            SectionData::Owned(b) => Some(b.len()),
+            _ => None,
+        })
     }
 
     /// Forgets the DWARF sections (frees decompressed ones); symbols stay.
@@ -271,10 +265,14 @@ fn read_sections(
     max_decompressed: usize,
     too_large: &mut bool,
 ) -> Vec<SectionData> {
-    // What decompressing would allocate, read from the sections' compression headers.
-    let decompressed: u64 = DWARF_SECTIONS
+    let sections: Vec<_> = DWARF_SECTIONS
         .iter()
-        .filter_map(|id| file.section_by_name(id.name()))
+        .map(|id| file.section_by_name(id.name()))
+        .collect();
+    // What decompressing would allocate, read from the sections' compression headers.
+    let decompressed: u64 = sections
+        .iter()
+        .flatten()
         .filter_map(|section| section.compressed_file_range().ok())
         .filter(|range| range.format != object::CompressionFormat::None)
         .map(|range| range.uncompressed_size)
@@ -283,10 +281,10 @@ fn read_sections(
         *too_large = true;
         return DWARF_SECTIONS.iter().map(|_| SectionData::Absent).collect();
     }
-    DWARF_SECTIONS
+    sections
         .iter()
-        .map(|id| {
-            let Some(section) = file.section_by_name(id.name()) else {
+        .map(|section| {
+            let Some(section) = section else {
                 return SectionData::Absent;
             };
             match section.uncompressed_data() {

@@ -199,11 +199,17 @@ struct CacheEntry {
     window: u32,
 }
 
-/// Gives a table's memory back when at most a quarter of it is used.
+/// Whether a table with room for `capacity` entries and `len` in it uses at most a
+/// quarter of its memory (small tables are never sparse), so its memory is worth giving back.
+fn sparse(capacity: usize, len: usize) -> bool {
+    capacity > 4 * len.max(64)
+}
+
+/// Gives a map's memory back when it is [`sparse`].
 fn shrink_if_sparse<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
     table: &mut HashMap<K, V, S>,
 ) {
-    if table.capacity() > 4 * table.len().max(64) {
+    if sparse(table.capacity(), table.len()) {
         table.shrink_to_fit();
     }
 }
@@ -311,14 +317,6 @@ impl Symbolizer {
         }
         self.window_ends.push_back((now, self.window));
         self.window = self.window.wrapping_add(1);
-        let window = self.window;
-        for d in self.debug.iter_mut() {
-            if let DebugState::Loaded(d) = d {
-                if let Some(dwarf) = d.dwarf.as_mut() {
-                    dwarf.set_window(window);
-                }
-            }
-        }
         // The newest window that ended at least `KEEP_UNUSED` ago: whatever was last used
         // in it or before goes.
         let mut expired = None;
@@ -371,7 +369,7 @@ impl Symbolizer {
                 keep
             });
             self.string_bytes -= freed;
-            if self.strings.capacity() > 4 * self.strings.len().max(64) {
+            if sparse(self.strings.capacity(), self.strings.len()) {
                 self.strings.shrink_to_fit();
             }
         }
@@ -620,7 +618,6 @@ impl Symbolizer {
     fn ensure_loaded(&mut self, index: usize) {
         if matches!(self.debug[index], DebugState::NotLoaded) {
             let full = self.options.detail() == SymbolDetail::Full;
-            let window = self.window;
             // Decompressed DWARF counts as index, and the indexes may take half the budget
             // (see `enforce_budget`); with function names only, nothing is decompressed.
             let max_decompressed = if full { self.options.budget() / 2 } else { 0 };
@@ -630,11 +627,7 @@ impl Symbolizer {
                 .and_then(|path| ObjectFile::open(path, max_decompressed))
             {
                 Some(file) => {
-                    let dwarf = (full && file.has_dwarf).then(|| {
-                        let mut dwarf = DwarfUnits::index(&file);
-                        dwarf.set_window(window);
-                        dwarf
-                    });
+                    let dwarf = (full && file.has_dwarf).then(|| DwarfUnits::index(&file));
                     // Indexing read every symbol and unit header once; none is needed now.
                     file.release_pages();
                     DebugState::Loaded(Box::new(ModuleDebug {
@@ -663,7 +656,9 @@ impl Symbolizer {
         let debug = &mut **debug;
         let mut count = ParseCount::default();
         let dwarf_frames = match debug.dwarf.as_mut() {
-            Some(dwarf) if dwarf_allowed => dwarf.frames(&debug.file, svma, true, &mut count),
+            Some(dwarf) if dwarf_allowed => {
+                dwarf.frames(&debug.file, svma, true, self.window, &mut count)
+            }
             Some(_) => {
                 self.counts.symbol_only += 1;
                 Vec::new()
@@ -684,7 +679,7 @@ impl Symbolizer {
                     }
                     None => {
                         let line = dwarf
-                            .line_at(&debug.file, symbol.addr, &mut count)
+                            .line_at(&debug.file, symbol.addr, self.window, &mut count)
                             .unwrap_or(0);
                         debug.start_lines.insert(symbol.addr, (line, self.window));
                         line
