@@ -69,6 +69,20 @@ pub(crate) fn encode(
         return Vec::new();
     }
     symbolizer.prepare(lookup_addresses(&window.stacks));
+    encode_prepared(window, symbolizer, opts, resource)
+}
+
+/// [`encode`] once `symbolizer` has prepared the window's addresses
+/// ([`Symbolizer::prepare`]): from here on it mostly answers from its cache.
+pub(crate) fn encode_prepared(
+    window: &ClosedWindow,
+    symbolizer: &mut Symbolizer,
+    opts: &EncodeOptions,
+    resource: &[KeyValue],
+) -> Vec<Vec<u8>> {
+    if window.samples.is_empty() {
+        return Vec::new();
+    }
     let symbols = Symbols::build(window, symbolizer);
     let mut bodies = Vec::new();
     for chunk in window.samples.chunks(opts.max_samples.max(1)) {

@@ -110,6 +110,19 @@ pub(crate) fn encode(
         return Vec::new();
     }
     symbolizer.prepare(lookup_addresses(&window.stacks));
+    encode_prepared(window, symbolizer, opts)
+}
+
+/// [`encode`] once `symbolizer` has prepared the window's addresses
+/// ([`Symbolizer::prepare`]): from here on it mostly answers from its cache.
+pub(crate) fn encode_prepared(
+    window: &ClosedWindow,
+    symbolizer: &mut Symbolizer,
+    opts: &EncodeOptions,
+) -> Vec<EncodedPiece> {
+    if window.samples.is_empty() {
+        return Vec::new();
+    }
     let tables = Tables::build(window, symbolizer);
     let mut pieces = Vec::new();
     let mut piece = PieceBuilder::new(&tables, window, opts, 1);
