@@ -26,7 +26,7 @@ use super::proto::{
 };
 use crate::labels::set::{span_id_hex, LabelSet};
 use crate::symbolize::symbolizer::{MappingInfo, Symbolized};
-use crate::symbolize::{lookup_address, lookup_addresses, Symbolizer};
+use crate::symbolize::{lookup_address, Symbolizer};
 use crate::window::aggregate::WindowSample;
 use crate::window::ClosedWindow;
 
@@ -57,23 +57,25 @@ pub(crate) fn string_attribute(key: &str, value: &str) -> KeyValue {
     }
 }
 
-/// Encodes `window` into requests (uncompressed protobuf bodies), each with `resource`.
-/// An empty window gives none.
-pub(crate) fn encode(
-    window: &ClosedWindow,
-    symbolizer: &mut Symbolizer,
-    opts: &EncodeOptions,
-    resource: &[KeyValue],
-) -> Vec<Vec<u8>> {
-    if window.samples.is_empty() {
-        return Vec::new();
+cfg_internal! {
+    /// Encodes `window` into requests (uncompressed protobuf bodies), each with `resource`.
+    /// An empty window gives none.
+    pub(crate) fn encode(
+        window: &ClosedWindow,
+        symbolizer: &mut Symbolizer,
+        opts: &EncodeOptions,
+        resource: &[KeyValue],
+    ) -> Vec<Vec<u8>> {
+        if window.samples.is_empty() {
+            return Vec::new();
+        }
+        symbolizer.prepare(crate::symbolize::lookup_addresses(&window.stacks));
+        encode_prepared(window, symbolizer, opts, resource)
     }
-    symbolizer.prepare(lookup_addresses(&window.stacks));
-    encode_prepared(window, symbolizer, opts, resource)
 }
 
-/// [`encode`] once `symbolizer` has prepared the window's addresses
-/// ([`Symbolizer::prepare`]): from here on it mostly answers from its cache.
+/// Encodes `window` once `symbolizer` has prepared its addresses
+/// ([`Symbolizer::prepare`]): from here on the symbolizer mostly answers from its cache.
 pub(crate) fn encode_prepared(
     window: &ClosedWindow,
     symbolizer: &mut Symbolizer,

@@ -25,7 +25,7 @@ use crate::counters::LogOnce;
 use crate::labels::set::{span_id_hex, trace_id_hex};
 use crate::pprof::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use crate::pprof::ENCODE;
-use crate::symbolize::{lookup_address, lookup_addresses, Symbolizer};
+use crate::symbolize::{lookup_address, Symbolizer};
 use crate::window::{ClosedWindow, ProfileKind, WindowSample};
 
 /// gzip level: Go's `runtime/pprof` writes with `gzip.BestSpeed` too.
@@ -99,22 +99,24 @@ pub(crate) struct EncodedPiece {
     pub samples: usize,
 }
 
-/// Encodes `window` into one piece, or several when limits are set and exceeded. An
-/// empty window gives no piece.
-pub(crate) fn encode(
-    window: &ClosedWindow,
-    symbolizer: &mut Symbolizer,
-    opts: &EncodeOptions,
-) -> Vec<EncodedPiece> {
-    if window.samples.is_empty() {
-        return Vec::new();
+cfg_internal! {
+    /// Encodes `window` into one piece, or several when limits are set and exceeded. An
+    /// empty window gives no piece.
+    pub(crate) fn encode(
+        window: &ClosedWindow,
+        symbolizer: &mut Symbolizer,
+        opts: &EncodeOptions,
+    ) -> Vec<EncodedPiece> {
+        if window.samples.is_empty() {
+            return Vec::new();
+        }
+        symbolizer.prepare(crate::symbolize::lookup_addresses(&window.stacks));
+        encode_prepared(window, symbolizer, opts)
     }
-    symbolizer.prepare(lookup_addresses(&window.stacks));
-    encode_prepared(window, symbolizer, opts)
 }
 
-/// [`encode`] once `symbolizer` has prepared the window's addresses
-/// ([`Symbolizer::prepare`]): from here on it mostly answers from its cache.
+/// Encodes `window` once `symbolizer` has prepared its addresses
+/// ([`Symbolizer::prepare`]): from here on the symbolizer mostly answers from its cache.
 pub(crate) fn encode_prepared(
     window: &ClosedWindow,
     symbolizer: &mut Symbolizer,
