@@ -108,7 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     println!(
-        "elapsed_s  rss_kib  rss_anon_kib  hwm_kib  requests  samples  alloc_sampled  files_written  files_deleted  dropped  symbolizer_kib  sym_cache  sym_units  label_sets  heap_used_kib  heap_free_kib"
+        "elapsed_s  rss_kib  rss_anon_kib  hwm_kib  requests  samples  alloc_sampled  files_written  files_deleted  dropped  symbolizer_kib  sym_index_kib  sym_cache  sym_units  units_parsed  label_sets  heap_used_kib  heap_free_kib"
     );
     let started = Instant::now();
     rt.block_on(async {
@@ -130,7 +130,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let s = profiler.as_ref().map(Profiler::stats).unwrap_or_default();
                 let (heap_used, heap_free) = malloc_kib();
                 println!(
-                    "{:>9}  {:>7}  {:>12}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>13}  {:>7}  {:>14}  {:>9}  {:>9}  {:>10}  {:>13}  {:>13}",
+                    "{:>9}  {:>7}  {:>12}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>13}  {:>7}  {:>14}  {:>13}  {:>9}  {:>9}  {:>12}  {:>10}  {:>13}  {:>13}",
                     started.elapsed().as_secs(),
                     status_kib("VmRSS"),
                     status_kib("RssAnon"),
@@ -142,8 +142,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     s.files_deleted,
                     s.dropped.buffer_full + s.dropped.other,
                     s.symbolizer.bytes / 1024,
+                    s.symbolizer.index_bytes / 1024,
                     s.symbolizer.cache_entries,
                     s.symbolizer.units_kept,
+                    s.symbolizer.units_parsed,
                     s.label_sets_live,
                     heap_used,
                     heap_free
