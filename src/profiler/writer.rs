@@ -334,7 +334,7 @@ impl Writer {
 /// come and go a few at a time; a window's encoding allocates tables and buffers of up
 /// to tens of MiB that all go when it ends. In one arena, the long-lived entries end up
 /// scattered over pages the encodings used, and the arena's resident size creeps up
-/// window after window although the bytes in use stay flat (the soak example: 1.36 MiB in
+/// window after window although the bytes in use stay flat (the soak example: 1.32 MiB in
 /// ten minutes, all in the writer's arena). [`release_free_memory`] cannot undo that: it
 /// gives back free pages between live chunks, never a thread arena's top. On a thread of
 /// its own, the encoding allocates from another arena (glibc hands an exited thread's
