@@ -66,9 +66,6 @@ cfg_internal! {
         opts: &EncodeOptions,
         resource: &[KeyValue],
     ) -> Vec<Vec<u8>> {
-        if window.samples.is_empty() {
-            return Vec::new();
-        }
         symbolizer.prepare(crate::symbolize::lookup_addresses(&window.stacks));
         encode_prepared(window, symbolizer, opts, resource)
     }

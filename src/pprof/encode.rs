@@ -107,9 +107,6 @@ cfg_internal! {
         symbolizer: &mut Symbolizer,
         opts: &EncodeOptions,
     ) -> Vec<EncodedPiece> {
-        if window.samples.is_empty() {
-            return Vec::new();
-        }
         symbolizer.prepare(crate::symbolize::lookup_addresses(&window.stacks));
         encode_prepared(window, symbolizer, opts)
     }
