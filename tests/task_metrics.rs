@@ -170,15 +170,14 @@ fn a_span_awaiting_a_50_ms_timer_records_at_least_50_ms_of_idle_time() {
     );
     assert!(m.idle >= Duration::from_millis(50), "idle {:?}", m.idle);
     assert!(m.idle < Duration::from_secs(1), "idle {:?}", m.idle);
-    // No work was done. (Not `slow_polls == 0`: tokio-metrics calls a poll slow from 50 µs,
-    // and in a debug build on a busy machine the poll that registers the timer took
+    // No work was done. (`slow_polls` is not checked: tokio-metrics calls a poll slow from
+    // 50 µs, and in a debug build on a busy machine the poll that registers the timer took
     // 120 µs in CI; the busy time says what matters here.)
     assert!(
         m.busy < Duration::from_millis(10),
         "no work was done: busy {:?}",
         m.busy
     );
-    assert!(m.slow_polls <= m.polls, "{m:?}");
 }
 
 #[test]
