@@ -180,14 +180,15 @@ fn parse_raw(text: &str) -> RawDump {
     }
 }
 
-/// Whether `name` opens and closes its angle brackets in order (`->` is no bracket).
+/// Whether `name` opens and closes its angle brackets in order (`->` is no bracket, nor
+/// `.>`, as demangled legacy symbols spell it).
 fn brackets_balanced(name: &str) -> bool {
     let mut depth = 0i32;
     let mut prev = ' ';
     for c in name.chars() {
         match c {
             '<' => depth += 1,
-            '>' if prev != '-' => depth -= 1,
+            '>' if prev != '-' && prev != '.' => depth -= 1,
             _ => {}
         }
         if depth < 0 {

@@ -38,8 +38,9 @@ pub(crate) fn without_generics(name: &str) -> String {
         if skip > 0 {
             match c {
                 '<' => skip += 1,
-                // `->` in `fn(A) -> B` is no closing bracket.
-                '>' if prev != '-' => skip -= 1,
+                // `->` in `fn(A) -> B` is no closing bracket, nor its legacy-mangled
+                // form `.>` (`fn(A) .> B`).
+                '>' if !is_arrow_start(prev) => skip -= 1,
                 _ => {}
             }
             prev = c;
@@ -58,6 +59,13 @@ pub(crate) fn without_generics(name: &str) -> String {
         prev = c;
     }
     out
+}
+
+/// Whether `c` before a `>` makes it an arrow, not a closing bracket: `-` of `->`, or `.`
+/// of `.>`, as legacy (`_ZN`) symbols spell `->` once demangled. No generic list ends in
+/// `.`, so this never keeps a real closing bracket open.
+fn is_arrow_start(c: char) -> bool {
+    c == '-' || c == '.'
 }
 
 /// Whether a `<` following `before` opens generic arguments (after a name or `::`) rather
@@ -373,10 +381,53 @@ mod tests {
             ),
             ("tokio::runtime::task::harness::{closure#0}", "tokio::runtime::task::harness::{closure#0}"),
             ("unclosed<alloc::vec::Vec<u8", "unclosed"),
+            // A legacy symbol demangled: `->` reads `.>`.
+            (
+                "core::ptr::drop_in_place<futures_util::future::future::Map<core::pin::Pin<alloc::boxed::Box<dyn core::future::future::Future+Output = http::response::Response<axum_core::body::Body>+core::marker::Send>>,fn(http::response::Response<axum_core::body::Body>) .> core::result::Result<http::response::Response<axum_core::body::Body>,core::convert::Infallible>>>",
+                "core::ptr::drop_in_place",
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(without_generics(input), expected, "{input}");
         }
+    }
+
+    /// Whether `name` closes every angle bracket it opens, in order.
+    fn balanced(name: &str) -> bool {
+        let mut depth = 0i32;
+        let mut prev = ' ';
+        for c in name.chars() {
+            match c {
+                '<' => depth += 1,
+                '>' if !is_arrow_start(prev) => depth -= 1,
+                _ => {}
+            }
+            if depth < 0 {
+                return false;
+            }
+            prev = c;
+        }
+        depth == 0
+    }
+
+    #[test]
+    fn every_function_symbol_of_this_binary_reads_without_a_cut_generic_list() {
+        let exe = std::env::current_exe().unwrap();
+        let file = crate::symbolize::objfile::ObjectFile::open(&exe, 0).unwrap();
+        let (mut named, mut arrows) = (0, 0);
+        for addr in file.function_addresses() {
+            let Some(symbol) = file.symbol(addr) else {
+                continue;
+            };
+            let full = demangle(symbol.name);
+            let readable = without_generics(&full);
+            assert!(balanced(&readable), "{readable}\n  from {full}");
+            named += 1;
+            arrows += usize::from(full.contains(" .> ") || full.contains(" -> "));
+        }
+        assert!(named > 1000, "{named} symbols");
+        // Names with function types in their generics (the `.>` case) were checked.
+        assert!(arrows > 0);
     }
 
     #[test]
