@@ -3,8 +3,8 @@
 //!
 //! Opening a module builds a small index, address range to unit (24 bytes per range of
 //! adjacent code). The first lookup in a unit parses that unit alone: its line table
-//! (16 bytes per row) and its functions' code ranges with where their entries are
-//! (24 bytes each). Inlined calls are read per lookup, from the one function holding the
+//! (packed to about 4 bytes a row, see [`lines`](crate::symbolize::lines)) and its
+//! functions' code ranges with where their entries are (24 bytes each). Inlined calls are read per lookup, from the one function holding the
 //! address, and their names are kept once read: most of a unit's inlined calls (tens of
 //! thousands in a large Rust unit) are never sampled. A parsed unit can be dropped at any
 //! time ([`DwarfUnits::evict_to`]) and is parsed again on its next lookup.
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 
 use crate::id_hash::IdHashBuilder;
+use crate::symbolize::lines::{LineTable, Row, END};
 use crate::symbolize::objfile::ObjectFile;
 use crate::symbolize::{allocation_bytes, table_bytes, vec_bytes};
 
@@ -48,14 +49,6 @@ struct UnitSlot {
     last_window: u32,
 }
 
-/// One line-table row: from `addr` on, the code is `file:line` (`file == END`: no code).
-#[derive(Debug, Clone, Copy)]
-struct Row {
-    addr: u64,
-    file: u32,
-    line: u32,
-}
-
 /// Units indexed between two releases of the file's pages: each unit header read maps a
 /// few pages (and the kernel maps neighbours with them), so they are given back often.
 const RELEASE_EVERY_UNITS: usize = 16;
@@ -69,9 +62,6 @@ const RELEASE_EVERY_BYTES: usize = 4 << 20;
 /// 16 neighbouring cached pages with each fault ("fault-around"; `MADV_RANDOM` does not
 /// stop it), so a lookup that reads a few entries and a name counts as this much.
 const FAULT_AROUND_BYTES: usize = 64 << 10;
-
-/// `Row::file` of a sequence end.
-const END: u32 = u32::MAX;
 
 /// One code range of a function, and where its entry is.
 #[derive(Debug, Clone, Copy)]
@@ -115,8 +105,8 @@ struct ParsedUnit {
     /// Source paths, absolute where the debug info allows: every file of the line table.
     files: Vec<Arc<str>>,
     file_ids: FileIds,
-    /// Sorted by address.
-    rows: Vec<Row>,
+    /// The line table, packed.
+    lines: LineTable,
     /// Sorted by `begin`.
     functions: Vec<Function>,
     /// Names of inlined functions read so far, by the `.debug_info` offset they were read
@@ -458,12 +448,7 @@ impl ParsedUnit {
 
     /// `(file, line)` of the row covering `addr`.
     fn location(&self, addr: u64) -> Option<(u32, u32)> {
-        let i = self
-            .rows
-            .partition_point(|r| r.addr <= addr)
-            .checked_sub(1)?;
-        let row = self.rows[i];
-        (row.file != END).then_some((row.file, row.line))
+        self.lines.location(addr)
     }
 
     fn file(&self, index: u32) -> Option<Arc<str>> {
@@ -825,7 +810,8 @@ fn parse_unit(
                 file_path(dwarf, &unit, table, index, &comp_dir)
             });
         }
-        let mut rows = program.rows();
+        let mut program_rows = program.rows();
+        let mut rows: Vec<Row> = Vec::new();
         // Where each sequence starts in `rows` (its rows are in address order already).
         let mut sequences: Vec<usize> = vec![0];
         // Whether the sequence being read starts below the file's code: the linker
@@ -834,19 +820,19 @@ fn parse_unit(
         // real code near the start of the file. In Rust binaries most sequences are
         // such (generic code instantiated in every unit and kept in one).
         let mut dropped = None;
-        while let Some((header, row)) = rows.next_row()? {
+        while let Some((header, row)) = program_rows.next_row()? {
             let skip = *dropped.get_or_insert(row.address() < code_start);
             if row.end_sequence() {
                 dropped = None;
                 if skip {
                     continue;
                 }
-                out.rows.push(Row {
+                rows.push(Row {
                     addr: row.address(),
                     file: END,
                     line: 0,
                 });
-                sequences.push(out.rows.len());
+                sequences.push(rows.len());
                 continue;
             }
             if skip {
@@ -860,25 +846,24 @@ fn parse_unit(
                 .map_or(0, |l| u32::try_from(l.get()).unwrap_or(u32::MAX));
             // Rows differing only in column or flags name the same place: one is enough
             // (about a third of a Rust unit's rows).
-            if out.rows.last().is_some_and(|last| {
+            if rows.last().is_some_and(|last| {
                 last.file == file && last.line == line && last.addr <= row.address()
             }) {
                 continue;
             }
-            out.rows.push(Row {
+            rows.push(Row {
                 addr: row.address(),
                 file,
                 line,
             });
         }
-        out.rows = sort_rows(std::mem::take(&mut out.rows), &sequences);
+        out.lines = LineTable::from_sorted(&sort_rows(rows, &sequences));
         read_functions(dwarf, &unit, code_start, release, &mut out.functions)?;
     }
-    out.rows.shrink_to_fit();
     out.functions.shrink_to_fit();
     out.files.shrink_to_fit();
     out.bytes = allocation_bytes(std::mem::size_of::<ParsedUnit>())
-        + vec_bytes(&out.rows)
+        + out.lines.heap_bytes()
         + vec_bytes(&out.functions)
         + vec_bytes(&out.file_ids.ids)
         + vec_bytes(&out.files)
@@ -1437,19 +1422,20 @@ mod tests {
         assert!(file.code_start > 0, "no code start found");
         let units = DwarfUnits::index(&file);
         let dwarf = load(&file);
-        let (mut compared, mut rows_all, mut rows_kept) = (0, 0, 0);
+        let (mut compared, mut rows_all, mut rows_kept, mut packed) = (0, 0, 0, 0);
         for slot in units.units.iter().step_by(3).take(300) {
             let parse = |code_start| parse_unit(&dwarf, slot.offset, code_start, &|| {});
             let (Ok(mut all), Ok(mut kept)) = (parse(0), parse(file.code_start)) else {
                 continue;
             };
-            rows_all += all.rows.len();
-            rows_kept += kept.rows.len();
+            rows_all += all.lines.len();
+            rows_kept += kept.lines.len();
+            packed += kept.lines.heap_bytes();
             assert!(kept.functions.iter().all(|f| f.begin >= file.code_start));
             let functions = kept.functions.iter().step_by(5).take(40);
             let addrs: Vec<u64> = functions
                 .flat_map(|f| [f.begin, f.begin + (f.end - f.begin) / 2, f.end - 1])
-                .chain(kept.rows.iter().step_by(11).take(40).map(|r| r.addr))
+                .chain(kept.lines.rows().step_by(11).take(40).map(|r| r.addr))
                 .collect();
             for addr in addrs {
                 let frames = |parsed: &mut ParsedUnit| {
@@ -1470,7 +1456,12 @@ mod tests {
                 compared += 1;
             }
         }
-        println!("{compared} lookups; rows {rows_all} -> {rows_kept}");
+        println!("{compared} lookups; rows {rows_all} -> {rows_kept} in {packed} bytes");
+        // Packed, a row takes at most a third of the 16 bytes it takes plain.
+        assert!(
+            packed * 3 < rows_kept * 16,
+            "{rows_kept} rows in {packed} bytes"
+        );
         assert!(compared > 1_000, "{compared} lookups");
         assert!(
             rows_kept < rows_all,

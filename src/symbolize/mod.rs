@@ -4,6 +4,8 @@
 
 /// Per-unit DWARF: line rows and inlined calls, parsed on demand.
 pub(crate) mod dwarf;
+/// A unit's line table, packed to a few bytes a row.
+pub(crate) mod lines;
 /// A read-only memory map of a file.
 pub(crate) mod mapped;
 /// Readable names: demangling, generics removed, module paths from source files.

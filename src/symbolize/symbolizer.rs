@@ -1064,7 +1064,7 @@ mod tests {
         probe.symbolize(addrs[0]);
         // Room for the indexes (at most half the budget) and a little more: units must be
         // dropped as lookups go on.
-        let budget = 2 * probe.index_bytes() + 256 * 1024;
+        let budget = 2 * probe.index_bytes() + 64 * 1024;
         let mut s = Symbolizer::with_options(Symbolization::full().memory_budget(budget));
         for &a in addrs.iter().take(120) {
             let sym = s.symbolize(a);
