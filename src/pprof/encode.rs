@@ -168,6 +168,8 @@ struct Tables {
     strings: Vec<Arc<str>>,
     functions: Vec<GFunction>,
     mappings: Vec<GMapping>,
+    /// The main program's mapping, when a location is in it.
+    main_mapping: Option<u32>,
     locations: Vec<GLocation>,
     /// Per window stack: global location indices, leaf first.
     stacks: Vec<Vec<u32>>,
@@ -239,6 +241,7 @@ impl Tables {
         let mut function_index: HashMap<(u32, u32, u32, u32), u32> = HashMap::new();
         let mut mappings = Vec::new();
         let mut mapping_index: HashMap<usize, u32> = HashMap::new();
+        let mut main_mapping = None;
         let mut locations = Vec::new();
         let mut location_index: HashMap<usize, u32> = HashMap::new();
         let mut stacks = Vec::with_capacity(window.stacks.len());
@@ -270,6 +273,9 @@ impl Tables {
                 let mapping = sym.module.map(|module| {
                     *mapping_index.entry(module).or_insert_with(|| {
                         let info = symbolizer.mapping_info(module);
+                        if info.is_main {
+                            main_mapping = Some(mappings.len() as u32);
+                        }
                         mappings.push(GMapping {
                             memory_start: info.memory_start,
                             memory_limit: info.memory_limit,
@@ -342,6 +348,7 @@ impl Tables {
             strings: strings.strings,
             functions,
             mappings,
+            main_mapping,
             locations,
             stacks,
             label_sets,
@@ -447,7 +454,7 @@ impl PieceBuilder {
         for i in 0..fixed.len() as u32 {
             strings.set(i, generation, i);
         }
-        Self {
+        let mut piece = Self {
             generation,
             bytes: profile.encoded_len(),
             profile,
@@ -458,7 +465,13 @@ impl PieceBuilder {
             functions: LocalIds::new(tables.functions.len()),
             mappings: LocalIds::new(tables.mappings.len()),
             locations: LocalIds::new(tables.locations.len()),
+        };
+        // The main program is mapping 1, as in Go's profiles: `go tool pprof` names the
+        // profile after the first mapping ("File: shop", not "File: libc.so.6").
+        if let Some(main) = tables.main_mapping {
+            piece.mapping(tables, main, &mut Undo::default());
         }
+        piece
     }
 
     /// Adds one sample with everything it references. Returns false (and changes
@@ -790,6 +803,36 @@ mod tests {
         assert_eq!(leaf.address, frames[0] as u64);
         let caller = &p.location[(p.sample[0].location_id[1] - 1) as usize];
         assert_eq!(caller.address, frames[1] as u64 - 1);
+    }
+
+    #[test]
+    fn the_main_program_is_the_first_mapping_whatever_was_sampled_first() {
+        // The first stack is a C library function alone, the second this binary's code.
+        let libc_function = libc::getpid as *const () as usize;
+        let start = SystemTime::now() - Duration::from_secs(10);
+        let mut w = WindowAggregator::new(WindowLimits::default(), start);
+        w.add(&[libc_function], 0, 1);
+        w.add(&encoder_test_caller(), 0, 1);
+        let window = w.close(start + Duration::from_secs(10));
+        let mut symbolizer = Symbolizer::new();
+        let pieces = encode(&window, &mut symbolizer, &EncodeOptions::for_rate(100));
+        let p = &decode_all(&pieces)[0];
+        let file = |m: &Mapping| p.string_table[m.filename as usize].clone();
+        assert_eq!(p.mapping.len(), 2, "{:?}", p.mapping);
+        assert_eq!(p.mapping[0].id, 1);
+        assert_eq!(
+            file(&p.mapping[0]),
+            std::env::current_exe().unwrap().display().to_string()
+        );
+        assert!(
+            file(&p.mapping[1]).contains("libc"),
+            "{}",
+            file(&p.mapping[1])
+        );
+        // The libc location still names its own mapping.
+        let leaf = &p.location[(p.sample[0].location_id[0] - 1) as usize];
+        assert_eq!(leaf.address, libc_function as u64);
+        assert_eq!(leaf.mapping_id, 2);
     }
 
     #[test]

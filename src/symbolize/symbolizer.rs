@@ -78,6 +78,8 @@ pub(crate) struct MappingInfo {
     pub(crate) has_filenames: bool,
     /// Inlined frames came from DWARF.
     pub(crate) has_inline_frames: bool,
+    /// The module is the main program (not a shared object).
+    pub(crate) is_main: bool,
 }
 
 /// The symbolizer's own tallies and sizes, for `stats()`.
@@ -589,6 +591,7 @@ impl Symbolizer {
             has_functions,
             has_filenames,
             has_inline_frames: has_filenames,
+            is_main: self.modules[index].is_main,
         }
     }
 
