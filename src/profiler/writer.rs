@@ -134,7 +134,7 @@ pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterH
         .as_ref()
         .filter(|u| u.protocol == crate::sink::upload::Protocol::Otlp)
         .map(|u| OtlpExport {
-            resource: crate::otlp::resource(&u.application_name, &u.otlp, &u.tags),
+            resource: Arc::new(crate::otlp::resource(&u.application_name, &u.otlp, &u.tags)),
             options: crate::otlp::encode::EncodeOptions {
                 period_ns,
                 max_bytes: config.max_request_bytes,
@@ -149,7 +149,9 @@ pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterH
         uploader,
         #[cfg(feature = "upload")]
         otlp,
-        symbolizer: Symbolizer::with_options(config.symbolize),
+        symbolizer: Some(Symbolizer::with_options(config.symbolize)),
+        symbolization: config.symbolize,
+        encoder: None,
         options,
         stop_timeout: config.stop_timeout,
         stats: stats.clone(),
@@ -180,7 +182,7 @@ pub(super) fn spawn(config: &Config, stats: Arc<Mutex<Stats>>) -> Result<WriterH
 /// OTLP export: what every request carries and how windows are cut into requests.
 #[cfg(feature = "upload")]
 struct OtlpExport {
-    resource: Vec<crate::otlp::proto::KeyValue>,
+    resource: Arc<Vec<crate::otlp::proto::KeyValue>>,
     options: crate::otlp::encode::EncodeOptions,
 }
 
@@ -191,7 +193,12 @@ struct Writer {
     /// Set with `Protocol::Otlp`: uploads are OTLP requests, pprof only goes to files.
     #[cfg(feature = "upload")]
     otlp: Option<OtlpExport>,
-    symbolizer: Symbolizer,
+    /// `None` only while a window is being encoded (the encode thread has it).
+    symbolizer: Option<Symbolizer>,
+    /// The symbolizer's options (for a new one, should it be lost to a panic).
+    symbolization: crate::Symbolization,
+    /// Started with the first window.
+    encoder: Option<Encoder>,
     options: EncodeOptions,
     stop_timeout: Duration,
     stats: Arc<Mutex<Stats>>,
@@ -202,7 +209,7 @@ impl Writer {
         let mut last_error = None;
         // Ends when the collector drops its sender, after the last window.
         while let Ok(window) = rx.recv() {
-            last_error = self.write(&window);
+            last_error = self.write(window);
             if let Some((path, err)) = &last_error {
                 log::warn!(
                     target: "span_profiler",
@@ -213,6 +220,8 @@ impl Writer {
             self.publish();
             release_free_memory();
         }
+        // The encode thread ends, its arena's pages given back below.
+        self.encoder = None;
         #[cfg(feature = "upload")]
         if self.otlp.is_some() {
             crate::labels::carry_trace_ids(false);
@@ -234,37 +243,74 @@ impl Writer {
         }
     }
 
+    /// Symbolizes `window`'s addresses on this thread, then runs `encode` on the encode
+    /// thread (see [`Encoder`]) and waits for it.
+    fn encode<T: Send + 'static>(
+        &mut self,
+        window: ClosedWindow,
+        encode: impl FnOnce(&mut Symbolizer, &ClosedWindow) -> T + Send + 'static,
+    ) -> (ClosedWindow, T) {
+        let symbolization = self.symbolization;
+        let symbolizer = self
+            .symbolizer
+            .take()
+            .unwrap_or_else(|| Symbolizer::with_options(symbolization));
+        let (symbolizer, window, encoded) =
+            encode_window(&mut self.encoder, symbolizer, window, encode);
+        self.symbolizer = Some(symbolizer);
+        (window, encoded)
+    }
+
+    /// Ends the window for the symbolizer (see [`Symbolizer::end_window`]).
+    fn end_window(&mut self) {
+        if let Some(symbolizer) = self.symbolizer.as_mut() {
+            symbolizer.end_window();
+        }
+    }
+
     /// Encodes one window, writes its pieces as files and queues them for upload.
-    fn write(&mut self, window: &ClosedWindow) -> Option<(PathBuf, std::io::Error)> {
+    fn write(&mut self, window: ClosedWindow) -> Option<(PathBuf, std::io::Error)> {
         let alloc = matches!(window.kind, ProfileKind::Alloc { .. });
         #[cfg(feature = "upload")]
-        if let (Some(otlp), Some(uploader)) = (&self.otlp, &self.uploader) {
-            if alloc {
-                // OTLP export carries CPU profiles only: allocation windows go to files
-                // (when written) and are counted (`AllocStats::windows_not_exported`).
-                crate::alloc::COUNTERS.not_exported.incr();
-            } else {
-                let bodies = encode_apart(&mut self.symbolizer, window, |symbolizer| {
-                    crate::otlp::encode::encode_prepared(
-                        window,
-                        symbolizer,
-                        &otlp.options,
-                        &otlp.resource,
-                    )
-                });
-                uploader.enqueue(UploadWindow::from_bodies(bodies, window.start, window.end));
+        let window = match (&self.otlp, self.uploader.is_some()) {
+            (Some(otlp), true) => {
+                let window = if alloc {
+                    // OTLP export carries CPU profiles only: allocation windows go to
+                    // files (when written) and are counted
+                    // (`AllocStats::windows_not_exported`).
+                    crate::alloc::COUNTERS.not_exported.incr();
+                    window
+                } else {
+                    let (options, resource) = (otlp.options, otlp.resource.clone());
+                    let (window, bodies) = self.encode(window, move |symbolizer, window| {
+                        crate::otlp::encode::encode_prepared(
+                            window, symbolizer, &options, &resource,
+                        )
+                    });
+                    if let Some(uploader) = &self.uploader {
+                        uploader.enqueue(UploadWindow::from_bodies(
+                            bodies,
+                            window.start,
+                            window.end,
+                        ));
+                    }
+                    window
+                };
+                // No files: the pprof encoding is not needed.
+                if self.files.is_none() {
+                    self.end_window();
+                    return None;
+                }
+                window
             }
-            // No files: the pprof encoding is not needed.
-            if self.files.is_none() {
-                self.symbolizer.end_window();
-                return None;
-            }
-        }
-        let options = &self.options;
-        let pieces = encode_apart(&mut self.symbolizer, window, |symbolizer| {
-            encode_prepared(window, symbolizer, options)
+            _ => window,
+        };
+        let options = self.options;
+        let (window, pieces) = self.encode(window, move |symbolizer, window| {
+            encode_prepared(window, symbolizer, &options)
         });
-        self.symbolizer.end_window();
+        self.end_window();
+        let window = &window;
         let mut error = None;
         if let Some(files) = self.files.as_mut() {
             for (i, piece) in pieces.iter().enumerate() {
@@ -308,9 +354,11 @@ impl Writer {
     fn upload(&mut self, _pieces: Vec<EncodedPiece>, _window: &ClosedWindow) {}
 
     fn publish(&self) {
-        let footprint = self.symbolizer.footprint();
+        let footprint = self.symbolizer.as_ref().map(Symbolizer::footprint);
         let mut stats = lock(&self.stats);
-        stats.symbolizer = SymbolizerStats::from(footprint);
+        if let Some(footprint) = footprint {
+            stats.symbolizer = SymbolizerStats::from(footprint);
+        }
         if let Some(files) = &self.files {
             let c = files.counts;
             stats.files_written = c.written;
@@ -327,8 +375,26 @@ impl Writer {
     }
 }
 
-/// Symbolizes `window`'s addresses on this thread, then runs `encode` on a short-lived
-/// thread of its own and waits for it.
+/// Symbolizes `window`'s addresses on this thread (the symbolizer's long-lived entries stay
+/// in this thread's arena), then runs `encode` on the encode thread, started if need be,
+/// and waits for it.
+fn encode_window<T: Send + 'static>(
+    encoder: &mut Option<Encoder>,
+    mut symbolizer: Symbolizer,
+    window: ClosedWindow,
+    encode: impl FnOnce(&mut Symbolizer, &ClosedWindow) -> T + Send + 'static,
+) -> (Symbolizer, ClosedWindow, T) {
+    symbolizer.prepare(lookup_addresses(&window.stacks));
+    let encoder = encoder.get_or_insert_with(Encoder::start);
+    let ((symbolizer, window), encoded) = encoder.run((symbolizer, window), |(s, w)| encode(s, w));
+    (symbolizer, window, encoded)
+}
+
+/// A job for the encode thread: runs there and reports back through a channel of its own.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The writer's encode thread, `span-profiler-encode`: each window is encoded there, and
+/// the thread lives as long as the writer.
 ///
 /// The reason is glibc's per-thread arenas. The symbolizer's entries live for minutes and
 /// come and go a few at a time; a window's encoding allocates tables and buffers of up
@@ -337,41 +403,91 @@ impl Writer {
 /// window after window although the bytes in use stay flat (the soak example: 1.32 MiB in
 /// ten minutes, all in the writer's arena). [`release_free_memory`] cannot undo that: it
 /// gives back free pages between live chunks, never a thread arena's top. On a thread of
-/// its own, the encoding allocates from another arena (glibc hands an exited thread's
-/// arena to the next new thread), and everything in it is free again when the window is
-/// written. `encode` still reads the symbolizer: after [`Symbolizer::prepare`] it answers
-/// from its cache and allocates little.
+/// its own, the encoding allocates from another arena, and everything in it is free again
+/// when the window is written.
 ///
-/// Starting and joining a thread costs about 50 µs here, once per window. If none can be started, `encode`
-/// runs here. A panic in `encode` is resumed here, as if it had run on this thread.
-fn encode_apart<T: Send + Default>(
-    symbolizer: &mut Symbolizer,
-    window: &ClosedWindow,
-    encode: impl FnOnce(&mut Symbolizer) -> T + Send,
-) -> T {
-    symbolizer.prepare(lookup_addresses(&window.stacks));
-    let mut job = Some(encode);
-    let mut done = None;
-    thread::scope(|scope| {
+/// The thread is kept rather than started per window: glibc gives an exited thread's
+/// arena to the next thread that starts, and when that was one of the application's (a
+/// blocking-pool thread), the next window's thread made a new arena: the soak's resident
+/// set stepped up by about 3 MiB, one arena's pages, each time that happened.
+///
+/// If the thread cannot be started, or is gone, jobs run on the caller's thread.
+struct Encoder {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Encoder {
+    fn start() -> Self {
+        let (jobs, queue) = mpsc::channel::<Job>();
         let spawned = thread::Builder::new()
             .name("span-profiler-encode".into())
-            .spawn_scoped(scope, || {
-                if let Some(encode) = job.take() {
-                    done = Some(encode(symbolizer));
+            .spawn(move || {
+                // Ends when the writer drops the sender.
+                while let Ok(job) = queue.recv() {
+                    job();
                 }
+                // What the last window left free in this thread's arena.
+                release_free_memory();
             });
-        if let Ok(handle) = spawned {
-            if let Err(panic) = handle.join() {
-                std::panic::resume_unwind(panic);
+        match spawned {
+            Ok(thread) => Self {
+                jobs: Some(jobs),
+                thread: Some(thread),
+            },
+            Err(err) => {
+                static LOGGED: LogOnce = LogOnce::new();
+                if LOGGED.first() {
+                    log::warn!(target: "span_profiler", "could not start the encode thread ({err}); windows are encoded on the writer thread");
+                }
+                Self {
+                    jobs: None,
+                    thread: None,
+                }
             }
         }
-    });
-    match (done, job) {
-        (Some(encoded), _) => encoded,
-        // No thread could be started: encode here (the arenas then mix, as before).
-        (None, Some(encode)) => encode(symbolizer),
-        // The job was taken and gave nothing back only if it panicked, resumed above.
-        (None, None) => T::default(),
+    }
+
+    /// Runs `work` on `input` on the encode thread and waits for it; `input` comes back
+    /// with the result. A panic in `work` is resumed here, as if it had run on this thread.
+    fn run<I, T>(&self, input: I, work: impl FnOnce(&mut I) -> T + Send + 'static) -> (I, T)
+    where
+        I: Send + 'static,
+        T: Send + 'static,
+    {
+        let (done, result) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let mut input = input;
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut input)));
+            // The receiver waits below; it is only gone if the caller is.
+            let _ = done.send(outcome.map(|t| (input, t)));
+        });
+        // With no thread, or if it is gone (the job comes back), the job runs here.
+        let here = match &self.jobs {
+            Some(jobs) => jobs.send(job).err().map(|mpsc::SendError(job)| job),
+            None => Some(job),
+        };
+        if let Some(job) = here {
+            job();
+        }
+        match result.recv() {
+            Ok(Ok(done)) => done,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // Every job sends before it is dropped (it runs under `catch_unwind`), and the
+            // thread only stops taking jobs once `self.jobs` is dropped: unreachable.
+            Err(mpsc::RecvError) => unreachable!("an encode job was dropped without running"),
+        }
+    }
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            // Jobs catch their panics: the thread itself does not panic.
+            let _ = thread.join();
+        }
     }
 }
 
@@ -406,31 +522,55 @@ mod tests {
     }
 
     #[test]
-    fn a_window_is_symbolized_here_and_encoded_on_a_thread_of_its_own() {
+    fn windows_are_symbolized_here_and_encoded_on_one_thread_that_stays() {
         let addrs = Symbolizer::new().main_program_addresses(3);
         assert_eq!(addrs.len(), 3);
+        let mut encoder = None;
         // A fresh symbolizer: nothing is cached until the window is prepared.
-        let mut symbolizer = Symbolizer::new();
+        let symbolizer = Symbolizer::new();
         let window = window_of(vec![Arc::from(addrs)]);
-        let (encoded_on, cached_before_encoding) = encode_apart(&mut symbolizer, &window, |s| {
-            (Some(thread::current().id()), s.cached_addresses())
-        });
+        let (symbolizer, window, (first, cached_before_encoding)) =
+            encode_window(&mut encoder, symbolizer, window, |s, _| {
+                (thread::current().id(), s.cached_addresses())
+            });
         assert_eq!(cached_before_encoding, 3, "prepared on the writer's thread");
-        assert!(encoded_on.is_some());
-        assert_ne!(encoded_on, Some(thread::current().id()));
+        assert_ne!(first, thread::current().id());
+        assert_eq!(window.stacks.len(), 1, "the window comes back");
+        // The next window goes to the same thread.
+        let (symbolizer, _, second) = encode_window(&mut encoder, symbolizer, window, |_, _| {
+            thread::current().id()
+        });
+        assert_eq!(first, second);
+        assert_eq!(
+            symbolizer.cached_addresses(),
+            3,
+            "the symbolizer comes back"
+        );
     }
 
     #[test]
-    fn a_panic_while_encoding_is_resumed_on_the_writers_thread() {
-        let window = window_of(Vec::new());
-        let mut symbolizer = Symbolizer::new();
+    fn a_panic_while_encoding_is_resumed_on_the_writers_thread_and_the_thread_stays() {
+        let encoder = Encoder::start();
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            encode_apart(&mut symbolizer, &window, |_| -> Vec<u8> {
-                panic!("encoding failed")
-            })
+            encoder.run((), |_| -> Vec<u8> { panic!("encoding failed") })
         }));
         let panic = caught.expect_err("the panic reaches the caller");
         assert_eq!(panic.downcast_ref::<&str>(), Some(&"encoding failed"));
+        let ((), on) = encoder.run((), |_| thread::current().id());
+        assert_ne!(on, thread::current().id());
+    }
+
+    #[test]
+    fn without_an_encode_thread_jobs_run_here() {
+        let encoder = Encoder {
+            jobs: None,
+            thread: None,
+        };
+        let (input, on) = encoder.run(7, |n| {
+            *n += 1;
+            thread::current().id()
+        });
+        assert_eq!((input, on), (8, thread::current().id()));
     }
 
     #[test]
