@@ -9,14 +9,15 @@
 //! thousands in a large Rust unit) are never sampled. A parsed unit can be dropped at any
 //! time ([`DwarfUnits::evict_to`]) and is parsed again on its next lookup.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 
-use crate::id_hash::{IdHashBuilder, NameHashBuilder};
+use crate::id_hash::IdHashBuilder;
 use crate::symbolize::lines::{LineTable, Row, END};
 use crate::symbolize::objfile::ObjectFile;
+use crate::symbolize::strings::{string_bytes, StringSet};
 use crate::symbolize::{allocation_bytes, table_bytes, vec_bytes};
 
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
@@ -103,7 +104,7 @@ struct ParsedUnit {
     /// the abbreviations and the line program's header again.
     bases: Option<UnitBases>,
     /// Source paths, absolute where the debug info allows: every file of the line table
-    /// (shared with the other units, see [`Paths`]).
+    /// (shared with the other units, see [`DwarfUnits`]' `paths`).
     files: Vec<Arc<str>>,
     file_ids: FileIds,
     /// The line table, packed.
@@ -184,55 +185,10 @@ pub(crate) struct DwarfUnits {
     unreleased: usize,
     /// Bytes of the parsed units kept now (their shared source paths apart).
     parsed_bytes: usize,
-    /// The source paths the parsed units name.
-    paths: Paths,
-}
-
-/// The source paths of the parsed units, one copy each: the units of a Rust binary name
-/// the same standard-library and dependency files again and again (about 16,000 paths
-/// in 421 units of this crate's test binary, 2,079 of them distinct).
-#[derive(Debug, Default)]
-struct Paths {
-    set: HashSet<Arc<str>, NameHashBuilder>,
-    /// Heap bytes of the strings (not of the set).
-    bytes: usize,
-}
-
-impl Paths {
-    /// The shared copy of `path`.
-    fn intern(&mut self, path: String) -> Arc<str> {
-        if let Some(hit) = self.set.get(path.as_str()) {
-            return hit.clone();
-        }
-        let path: Arc<str> = Arc::from(path);
-        self.bytes += string_bytes(&path);
-        self.set.insert(path.clone());
-        path
-    }
-
-    /// Heap bytes held, the set's table included.
-    fn heap_bytes(&self) -> usize {
-        self.bytes + table_bytes::<Arc<str>>(self.set.capacity())
-    }
-
-    /// Forgets the paths no parsed unit names any more (called when units are dropped,
-    /// while no lookup holds a path). With no path left, the table goes too.
-    fn sweep(&mut self) {
-        let mut freed = 0;
-        self.set.retain(|path| {
-            let kept = Arc::strong_count(path) > 1;
-            if !kept {
-                freed += string_bytes(path);
-            }
-            kept
-        });
-        self.bytes -= freed;
-        if self.set.is_empty() {
-            self.set = HashSet::default();
-        } else if self.set.capacity() > 4 * self.set.len().max(64) {
-            self.set.shrink_to_fit();
-        }
-    }
+    /// The source paths the parsed units name, one copy each: the units of a Rust binary
+    /// name the same standard-library and dependency files again and again (about 16,000
+    /// paths in 421 units of this crate's test binary, 2,079 of them distinct).
+    paths: StringSet,
 }
 
 /// Tallies of one lookup, for the symbolizer's counters.
@@ -329,7 +285,7 @@ impl DwarfUnits {
             clock: 0,
             unreleased: 0,
             parsed_bytes: 0,
-            paths: Paths::default(),
+            paths: StringSet::default(),
         }
     }
 
@@ -839,11 +795,6 @@ fn load(file: &ObjectFile) -> Dwarf<'_> {
     }
 }
 
-/// Heap bytes of a string kept in a unit (one allocation: the `Arc` counts and the text).
-fn string_bytes(s: &str) -> usize {
-    allocation_bytes(s.len() + 2 * std::mem::size_of::<usize>())
-}
-
 /// Parses the unit at `offset`: line rows, file names, inlined calls. Line sequences and
 /// functions that start below `code_start` (the file's first code address) are left out:
 /// the linker dropped them.
@@ -852,7 +803,7 @@ fn parse_unit(
     offset: usize,
     code_start: u64,
     release: &dyn Fn(),
-    paths: &mut Paths,
+    paths: &mut StringSet,
 ) -> gimli::Result<ParsedUnit> {
     let header = dwarf
         .debug_info
@@ -871,7 +822,7 @@ fn parse_unit(
         let first = u64::from(table.version() < 5);
         for index in first..first + table.file_names().len() as u64 {
             out.file_ids.id(index, &mut out.files, || {
-                paths.intern(file_path(dwarf, &unit, table, index, &comp_dir))
+                paths.intern(&file_path(dwarf, &unit, table, index, &comp_dir))
             });
         }
         let mut program_rows = program.rows();
@@ -903,7 +854,13 @@ fn parse_unit(
                 continue;
             }
             let file = out.file_ids.id(row.file_index(), &mut out.files, || {
-                paths.intern(file_path(dwarf, &unit, header, row.file_index(), &comp_dir))
+                paths.intern(&file_path(
+                    dwarf,
+                    &unit,
+                    header,
+                    row.file_index(),
+                    &comp_dir,
+                ))
             });
             let line = row
                 .line()
@@ -1456,7 +1413,7 @@ mod tests {
                 slot.offset,
                 file.code_start,
                 &|| {},
-                &mut Paths::default(),
+                &mut StringSet::default(),
             );
             let Ok(parsed) = parsed else {
                 continue;
@@ -1513,16 +1470,16 @@ mod tests {
             .filter_map(|u| u.parsed.as_ref())
             .map(|p| p.files.len())
             .sum();
-        let distinct = units.paths.set.len();
+        let distinct = units.paths.len();
         assert!(distinct * 2 < named, "{distinct} distinct of {named} paths");
         // Every path is counted once, with the table.
-        let bytes: usize = units.paths.set.iter().map(|p| string_bytes(p)).sum();
-        assert_eq!(units.paths.bytes, bytes);
+        let bytes: usize = units.paths.iter().map(|p| string_bytes(p)).sum();
+        assert!(units.paths.heap_bytes() > bytes);
         // Half the units gone: their paths no other unit names go too.
         let half = units.kept_bytes() / 2;
         assert!(units.evict_to(half) > 0);
         assert!(units.kept_bytes() <= half);
-        assert!(units.paths.set.iter().all(|p| Arc::strong_count(p) > 1));
+        assert!(units.paths.iter().all(|p| Arc::strong_count(p) > 1));
         // None left: nothing is kept, the paths' table included.
         units.evict_to(0);
         assert_eq!(units.parsed_units(), 0);
@@ -1545,7 +1502,7 @@ mod tests {
                     slot.offset,
                     code_start,
                     &|| {},
-                    &mut Paths::default(),
+                    &mut StringSet::default(),
                 )
             };
             let (Ok(mut all), Ok(mut kept)) = (parse(0), parse(file.code_start)) else {

@@ -12,6 +12,8 @@ pub(crate) mod mapped;
 pub(crate) mod names;
 /// One mapped object file: build id, symbol index, DWARF sections.
 pub(crate) mod objfile;
+/// Interned strings with their bytes counted.
+pub(crate) mod strings;
 /// `Symbolization`: the public options (detail, memory budget).
 pub(crate) mod symbolization;
 /// `Symbolizer`: addresses to frames, cached, within the budget.
@@ -46,6 +48,12 @@ pub(crate) fn allocation_bytes(requested: usize) -> usize {
         0 => 0,
         n => (n + 8).next_multiple_of(16).max(32),
     }
+}
+
+/// Whether a table with room for `capacity` entries and `len` in it uses at most a
+/// quarter of its memory (small tables are never sparse), so its memory is worth giving back.
+pub(crate) fn sparse(capacity: usize, len: usize) -> bool {
+    capacity > 4 * len.max(64)
 }
 
 /// Heap bytes of a `Vec<T>` with `capacity` elements.

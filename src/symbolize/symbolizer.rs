@@ -23,13 +23,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::id_hash::{IdHashBuilder, NameHashBuilder};
+use crate::id_hash::IdHashBuilder;
 use crate::modules::{loaded_modules, Module};
 use crate::symbolize::dwarf::{DwarfFrame, DwarfUnits, ParseCount};
 use crate::symbolize::names;
 use crate::symbolize::objfile::{hex, ObjectFile};
+use crate::symbolize::strings::StringSet;
 use crate::symbolize::symbolization::{SymbolDetail, Symbolization};
-use crate::symbolize::{allocation_bytes, table_bytes, SYMBOLIZE};
+use crate::symbolize::{allocation_bytes, sparse, table_bytes, SYMBOLIZE};
 
 /// How often an address outside every known module may trigger a new module scan (a
 /// library loaded with `dlopen` after the last scan).
@@ -183,12 +184,6 @@ fn entry_bytes(frames: usize) -> usize {
         + allocation_bytes(frames * std::mem::size_of::<FrameSymbol>())
 }
 
-/// Heap bytes of one interned string (one allocation: the `Arc` counts and the text; its
-/// set slot is counted with the set).
-fn string_bytes(s: &str) -> usize {
-    allocation_bytes(s.len() + 2 * std::mem::size_of::<usize>())
-}
-
 /// How long a cached address, a parsed unit or a start line may go unused before it is
 /// dropped (at the end of a window): the symbolizer keeps what recent windows needed, so
 /// its memory follows the working set instead of filling the budget with addresses seen
@@ -199,12 +194,6 @@ const KEEP_UNUSED: Duration = Duration::from_secs(60);
 struct CacheEntry {
     symbolized: Arc<Symbolized>,
     window: u32,
-}
-
-/// Whether a table with room for `capacity` entries and `len` in it uses at most a
-/// quarter of its memory (small tables are never sparse), so its memory is worth giving back.
-fn sparse(capacity: usize, len: usize) -> bool {
-    capacity > 4 * len.max(64)
 }
 
 /// Gives a map's memory back when it is [`sparse`].
@@ -225,9 +214,8 @@ pub(crate) struct Symbolizer {
     cache: HashMap<usize, CacheEntry, IdHashBuilder>,
     /// Heap bytes of the cache's entries (not of its table).
     cache_bytes: usize,
-    strings: HashSet<Arc<str>, NameHashBuilder>,
-    /// Heap bytes of the interned strings (not of their set).
-    string_bytes: usize,
+    /// Names and files of the cached frames.
+    strings: StringSet,
     last_scan: Instant,
     counts: Footprint,
     /// Windows ended so far: the number of the window being symbolized now.
@@ -268,8 +256,7 @@ impl Symbolizer {
             debug,
             cache: HashMap::default(),
             cache_bytes: 0,
-            strings: HashSet::default(),
-            string_bytes: 0,
+            strings: StringSet::default(),
             last_scan: Instant::now(),
             counts: Footprint::default(),
             window: 0,
@@ -362,18 +349,7 @@ impl Symbolizer {
         if before != self.cache.len() {
             shrink_if_sparse(&mut self.cache);
             // Names no cached address (and no memo) holds any more.
-            let mut freed = 0;
-            self.strings.retain(|s| {
-                let keep = Arc::strong_count(s) > 1;
-                if !keep {
-                    freed += string_bytes(s);
-                }
-                keep
-            });
-            self.string_bytes -= freed;
-            if sparse(self.strings.capacity(), self.strings.len()) {
-                self.strings.shrink_to_fit();
-            }
+            self.strings.sweep();
         }
     }
 
@@ -423,8 +399,7 @@ impl Symbolizer {
     fn cached_bytes(&self) -> usize {
         self.cache_bytes
             + table_bytes::<(usize, CacheEntry)>(self.cache.capacity())
-            + self.string_bytes
-            + table_bytes::<Arc<str>>(self.strings.capacity())
+            + self.strings.heap_bytes()
     }
 
     fn parsed_bytes(&self) -> usize {
@@ -553,10 +528,8 @@ impl Symbolizer {
             self.cache.clear();
             self.cache.shrink_to_fit();
             self.strings.clear();
-            self.strings.shrink_to_fit();
             self.last_function = None;
             self.cache_bytes = 0;
-            self.string_bytes = 0;
             self.counts.cache_flushes += 1;
         }
     }
@@ -767,13 +740,7 @@ impl Symbolizer {
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(hit) = self.strings.get(s) {
-            return hit.clone();
-        }
-        let arc: Arc<str> = Arc::from(s);
-        self.string_bytes += string_bytes(s);
-        self.strings.insert(arc.clone());
-        arc
+        self.strings.intern(s)
     }
 }
 
