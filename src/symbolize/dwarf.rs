@@ -1286,13 +1286,7 @@ mod tests {
     /// random order, sometimes touching or overlapping, sometimes empty or unordered.
     #[test]
     fn rows_sorted_as_sequences_are_the_rows_sorted_one_by_one() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = crate::symbolize::xorshift(0x2545_f491_4f6c_dd1d);
         for case in 0..2_000 {
             let mut rows = Vec::new();
             let mut sequences = vec![0];

@@ -179,13 +179,7 @@ mod tests {
 
     #[test]
     fn a_packed_table_answers_every_lookup_as_the_plain_rows_do() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = crate::symbolize::xorshift(0x9e37_79b9_7f4a_7c15);
         for case in 0..500 {
             let mut rows = Vec::new();
             let mut addr = next(1 << 40);

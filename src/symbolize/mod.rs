@@ -56,6 +56,19 @@ pub(crate) fn sparse(capacity: usize, len: usize) -> bool {
     capacity > 4 * len.max(64)
 }
 
+/// A xorshift sequence from `seed` (nonzero) for tests' fixed random cases: each call
+/// `next(n)` gives a number in `0..n`.
+#[cfg(test)]
+pub(crate) fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed;
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    }
+}
+
 /// Heap bytes of a `Vec<T>` with `capacity` elements.
 pub(crate) fn vec_bytes<T>(v: &Vec<T>) -> usize {
     allocation_bytes(v.capacity() * std::mem::size_of::<T>())
