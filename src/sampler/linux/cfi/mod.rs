@@ -16,6 +16,7 @@
 
 mod build;
 mod loaded;
+mod map_vec;
 mod publish;
 mod table;
 mod walk;
