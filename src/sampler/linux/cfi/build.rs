@@ -11,7 +11,6 @@ use gimli::{
     UnwindSection,
 };
 
-use super::map_vec::MapVec;
 use super::table::{Kind, ModuleTable, Rule};
 
 #[cfg(target_arch = "x86_64")]
@@ -100,12 +99,9 @@ pub(crate) fn build(source: &Source<'_>) -> Result<(ModuleTable, BuildCounts), B
     }
     let mut ctx = Box::new(UnwindContext::new());
     let mut counts = BuildCounts::default();
-    // (address, order, rule), `order` being `END` or `ROW` with the row's number below:
-    // ends sort before a row that starts at the same address, so the row wins, and of
-    // rows at one address the last one read. The order is unique, so an unstable sort
-    // (in place, no scratch memory) gives what a stable one would. In a mapping of
-    // its own, not on the heap (see `map_vec`).
-    let mut rows: MapVec<(u64, u32, Rule)> = MapVec::new();
+    // (address, 0 for an FDE's end / 1 for a row, rule): ends sort before a row that
+    // starts at the same address, so the row wins.
+    let mut rows: Vec<(u64, u8, Rule)> = Vec::new();
     let mut entries = eh_frame.entries(&bases);
     while let Some(entry) = entries.next()? {
         let CieOrFde::Fde(partial) = entry else {
@@ -134,9 +130,9 @@ pub(crate) fn build(source: &Source<'_>) -> Result<(ModuleTable, BuildCounts), B
             } else {
                 compact(row.cfa(), |r| row.register(r))
             };
-            rows.push((row.start_address(), ROW | order(rows.len()), rule));
+            rows.push((row.start_address(), 1, rule));
         }
-        rows.push((end, END | order(rows.len()), Rule::UNCOVERED));
+        rows.push((end, 0, Rule::UNCOVERED));
     }
     finish(source.name, rows, counts)
 }
@@ -172,24 +168,13 @@ fn compact<T: gimli::ReaderOffset>(
     Rule::cfa(base, offset, fp, ra).unwrap_or(Rule::INEXPRESSIBLE)
 }
 
-/// The order key of an FDE's end, below every row's.
-const END: u32 = 0;
-/// The order key of a row: above every end's.
-const ROW: u32 = 1 << 31;
-
-/// The order bits of the `n`th row read (the count saturates below `ROW`; a table of
-/// two billion rows is out of reach).
-fn order(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX).min(ROW - 1)
-}
-
 /// Sorts and compresses the rows into a table.
 fn finish(
     name: &str,
-    mut rows: MapVec<(u64, u32, Rule)>,
+    mut rows: Vec<(u64, u8, Rule)>,
     counts: BuildCounts,
 ) -> Result<(ModuleTable, BuildCounts), BuildError> {
-    rows.sort_unstable_by_key(|&(addr, order, _)| (addr, order));
+    rows.sort_by_key(|&(addr, order, _)| (addr, order));
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return Err(BuildError::Empty);
     };

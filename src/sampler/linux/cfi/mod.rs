@@ -16,7 +16,6 @@
 
 mod build;
 mod loaded;
-mod map_vec;
 mod publish;
 mod table;
 mod walk;
