@@ -200,23 +200,37 @@ unsafe fn build_object(
         name: &key.name,
         eh_frame: bytes,
         eh_frame_addr: eh_frame as u64,
-        eh_frame_hdr_addr: Some(key.hdr as u64),
+        eh_frame_hdr: Some((key.hdr as u64, hdr_bytes)),
         text: &text,
     };
     build::build(&source).map_err(|e: BuildError| e.to_string())
 }
 
-/// A copy of the main program's `.eh_frame` (to its segment's end), its run-time
-/// address, `.eh_frame_hdr`'s address and the executable segments (tests fuzz it).
+/// A copy of one loaded object's CFI, for tests (they damage and rebuild it).
 #[cfg(test)]
-pub(crate) fn main_program_cfi() -> (Vec<u8>, u64, u64, Vec<(usize, usize)>) {
-    let mut out = None;
+pub(crate) struct CopiedCfi {
+    pub(crate) name: String,
+    /// `.eh_frame`, to its segment's end.
+    pub(crate) eh_frame: Vec<u8>,
+    /// Run-time address of `.eh_frame`.
+    pub(crate) eh_frame_addr: u64,
+    /// Run-time address of `.eh_frame_hdr`.
+    pub(crate) hdr_addr: u64,
+    /// `.eh_frame_hdr`.
+    pub(crate) hdr: Vec<u8>,
+    /// The executable segments.
+    pub(crate) text: Vec<(usize, usize)>,
+}
+
+/// Copies of every loaded object's CFI (the main program first).
+#[cfg(test)]
+pub(crate) fn loaded_cfi() -> Vec<CopiedCfi> {
+    let mut out = Vec::new();
     for_each_object(|object| {
         let (phdrs, bias) = (object.phdrs, object.bias);
-        let hdr = phdrs
-            .iter()
-            .find(|p| p.p_type == libc::PT_GNU_EH_FRAME)
-            .expect("the test binary has PT_GNU_EH_FRAME");
+        let Some(hdr) = phdrs.iter().find(|p| p.p_type == libc::PT_GNU_EH_FRAME) else {
+            return ControlFlow::Continue(());
+        };
         let segments: Vec<(usize, usize, bool)> = phdrs
             .iter()
             .filter(|p| p.p_type == libc::PT_LOAD && p.p_flags & PF_R != 0)
@@ -226,7 +240,7 @@ pub(crate) fn main_program_cfi() -> (Vec<u8>, u64, u64, Vec<(usize, usize)>) {
             })
             .collect();
         let hdr_addr = bias + hdr.p_vaddr as usize;
-        // SAFETY: the header lies in a loaded segment.
+        // SAFETY: the header lies in a loaded segment (the loader's lock is held).
         let hdr_bytes =
             unsafe { std::slice::from_raw_parts(hdr_addr as *const u8, hdr.p_memsz as usize) };
         let bases = gimli::BaseAddresses::default().set_eh_frame_hdr(hdr_addr as u64);
@@ -241,13 +255,16 @@ pub(crate) fn main_program_cfi() -> (Vec<u8>, u64, u64, Vec<(usize, usize)>) {
             .1;
         // SAFETY: inside one loaded segment.
         let bytes = unsafe { std::slice::from_raw_parts(eh_frame as *const u8, end - eh_frame) };
-        let text = segments
-            .iter()
-            .filter(|s| s.2)
-            .map(|s| (s.0, s.1))
-            .collect();
-        out = Some((bytes.to_vec(), eh_frame as u64, hdr_addr as u64, text));
-        ControlFlow::Break(())
+        out.push(CopiedCfi {
+            name: object.name.to_string_lossy().into_owned(),
+            eh_frame: bytes.to_vec(),
+            eh_frame_addr: eh_frame as u64,
+            hdr_addr: hdr_addr as u64,
+            hdr: hdr_bytes.to_vec(),
+            text: segments.iter().filter(|s| s.2).map(|s| (s.0, s.1)).collect(),
+        });
+        ControlFlow::Continue(())
     });
-    out.expect("the loader lists the main program")
+    assert!(!out.is_empty(), "the loader lists the main program");
+    out
 }
