@@ -50,6 +50,13 @@ pub(crate) struct AllocCollector {
     /// One copy per distinct stack.
     stacks: HashSet<Arc<[usize]>>,
     drops: DropDrainer,
+    /// Scratch of `close`, kept between windows: the serials still in the live table.
+    /// Hundreds of KiB once many allocations are tracked; freeing a block that large
+    /// every window would raise glibc's mmap and trim thresholds for the whole process.
+    tracked: HashSet<u64>,
+    /// Scratch of `close`, kept between windows (empty between them): the window's four
+    /// values per (stack, labels).
+    values: HashMap<Key, [f64; 4]>,
 }
 
 impl AllocCollector {
@@ -69,6 +76,8 @@ impl AllocCollector {
             allocated: HashMap::new(),
             stacks: HashSet::new(),
             drops,
+            tracked: HashSet::new(),
+            values: HashMap::new(),
         })
     }
 
@@ -149,11 +158,11 @@ impl AllocCollector {
         end: SystemTime,
     ) -> Option<ClosedWindow> {
         self.drain();
-        let mut tracked = HashSet::new();
+        let (tracked, values) = (&mut self.tracked, &mut self.values);
+        tracked.clear();
         live::scan(|serial| {
             tracked.insert(serial);
         });
-        let mut values: HashMap<Key, [f64; 4]> = HashMap::new();
         for (key, (objects, bytes)) in self.allocated.drain() {
             let v = values.entry(key).or_insert([0.0; 4]);
             v[0] += objects;
@@ -170,7 +179,7 @@ impl AllocCollector {
         });
         self.stacks.retain(|s| Arc::strong_count(s) > 1);
         let mut window = WindowAggregator::new_alloc(limits, start, self.sample_bytes);
-        for ((stack, set), v) in values {
+        for ((stack, set), v) in values.drain() {
             window.add_alloc(&stack, set, v.map(|x| x.round() as u64));
         }
         if window.is_empty() {
