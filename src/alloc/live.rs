@@ -143,6 +143,7 @@ mod tests {
 
     #[test]
     fn tracked_pointers_are_found_forgotten_and_counted() {
+        let _table = crate::alloc::TEST_LIVE_TABLE.lock();
         // Addresses no allocator hands out in this test process's heap.
         let base = 0x7000_dead_0000usize;
         let ptrs: Vec<usize> = (0..1000).map(|i| base + i * 64).collect();

@@ -37,6 +37,11 @@
 
 mod countdown;
 mod live;
+
+/// Serializes the unit tests that put pointers into the process-wide live table (they
+/// count its entries).
+#[cfg(test)]
+static TEST_LIVE_TABLE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 mod records;
 pub(crate) mod window;
 

@@ -40,6 +40,10 @@ fn allocation_stack_not_yet_known() {
     std::hint::black_box(());
 }
 
+/// Samples kept beyond twice the live table's count before the freed ones are dropped
+/// in a drain rather than at the window's end.
+const FORGET_SLACK: usize = 1024;
+
 /// Allocation windows of one profiler session.
 pub(crate) struct AllocCollector {
     sample_bytes: u64,
@@ -130,6 +134,13 @@ impl AllocCollector {
                 );
             }
         }
+        // Most sampled allocations are freed long before the window ends; without this
+        // the map would hold every sample of a window (its capacity then grows with the
+        // busiest window, for good). A scan reads the whole live table (64 Ki entries,
+        // tens of microseconds), so it runs only once freed samples are the majority.
+        if self.live.len() > 2 * live::live() as usize + FORGET_SLACK {
+            self.forget_freed();
+        }
         let marker: Arc<[usize]> = self.intern(&[dropped_allocation_records as *const () as usize]);
         let allocated = &mut self.allocated;
         self.drops.drain(|label_id, objects, bytes| {
@@ -150,6 +161,17 @@ impl AllocCollector {
         s
     }
 
+    /// Drops the samples whose allocation was freed (no longer in the live table).
+    /// Serials are never reused, so a sample once gone stays gone.
+    fn forget_freed(&mut self) {
+        let tracked = &mut self.tracked;
+        tracked.clear();
+        live::scan(|serial| {
+            tracked.insert(serial);
+        });
+        self.live.retain(|serial, _| tracked.contains(serial));
+    }
+
     /// Closes the allocation window `[start, end)`: `None` when it has no sample.
     pub(crate) fn close(
         &mut self,
@@ -158,25 +180,18 @@ impl AllocCollector {
         end: SystemTime,
     ) -> Option<ClosedWindow> {
         self.drain();
-        let (tracked, values) = (&mut self.tracked, &mut self.values);
-        tracked.clear();
-        live::scan(|serial| {
-            tracked.insert(serial);
-        });
+        self.forget_freed();
+        let values = &mut self.values;
         for (key, (objects, bytes)) in self.allocated.drain() {
             let v = values.entry(key).or_insert([0.0; 4]);
             v[0] += objects;
             v[1] += bytes;
         }
-        self.live.retain(|serial, sample| {
-            if !tracked.contains(serial) {
-                return false;
-            }
+        for sample in self.live.values() {
             let v = values.entry(sample.key.clone()).or_insert([0.0; 4]);
             v[2] += sample.objects;
             v[3] += sample.bytes;
-            true
-        });
+        }
         self.stacks.retain(|s| Arc::strong_count(s) > 1);
         let mut window = WindowAggregator::new_alloc(limits, start, self.sample_bytes);
         for ((stack, set), v) in values.drain() {
@@ -192,5 +207,50 @@ impl AllocCollector {
 impl Drop for AllocCollector {
     fn drop(&mut self) {
         super::stop_recording();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_of_freed_allocations_leave_in_a_drain_and_live_ones_stay_to_the_close() {
+        let _table = crate::alloc::TEST_LIVE_TABLE.lock();
+        let mut collector = AllocCollector::start(1 << 20).expect("sampling on");
+        let stack = collector.intern(&[0x1000, 0x2000]);
+        // Serials the allocator does not reach in a test process, and addresses it does
+        // not hand out.
+        let first = u64::MAX / 2;
+        let base = 0x7100_beef_0000usize;
+        let sampled = 3 * FORGET_SLACK as u64;
+        for serial in first..first + sampled {
+            let sample = LiveSample {
+                key: (stack.clone(), None),
+                objects: 1.0,
+                bytes: 64.0,
+            };
+            collector.live.insert(serial, sample);
+        }
+        // Ten of them still allocated, the others freed.
+        for i in 0..10 {
+            assert!(live::insert(base + i * 64, first + i as u64));
+        }
+        collector.drain();
+        assert_eq!(
+            collector.live.len(),
+            10,
+            "freed samples leave before the window ends"
+        );
+        let now = SystemTime::now();
+        let closed = collector.close(WindowLimits::default(), now, now);
+        for i in 0..10 {
+            assert!(live::forget(base + i * 64));
+        }
+        let closed = closed.expect("live samples make a window");
+        let inuse = closed.samples.iter().fold([0; 2], |sum, s| {
+            [sum[0] + s.values[2], sum[1] + s.values[3]]
+        });
+        assert_eq!(inuse, [10, 640], "in-use objects and bytes of the live ten");
     }
 }
