@@ -11,7 +11,11 @@
 //! `SOAK_PROFILER=off`, the same run without the profiler; a line every
 //! `SOAK_REPORT_SECONDS`, default 60). The columns `rss_anon_kib` (anonymous memory: heap
 //! and tables, not the mapped binary) and `hwm_kib` (peak RSS) are the ones to watch: after
-//! the second minute `rss_anon_kib` should stay flat.
+//! the second minute `rss_anon_kib` should stay flat. `RssAnon` is also read every second:
+//! `anon_min_kib` and `anon_max_kib` are its lowest and highest reading since the last
+//! line. A window's encoding touches up to a MiB of free heap that the writer gives back
+//! afterwards, so a single reading depends on when it falls; the minimum is the memory
+//! held at rest, the maximum what the encoding adds on top.
 
 use std::time::{Duration, Instant};
 
@@ -108,11 +112,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     println!(
-        "elapsed_s  rss_kib  rss_anon_kib  hwm_kib  requests  samples  alloc_sampled  files_written  files_deleted  dropped  symbolizer_kib  sym_index_kib  sym_cache  sym_units  units_parsed  label_sets  heap_used_kib  heap_free_kib"
+        "elapsed_s  rss_kib  rss_anon_kib  hwm_kib  requests  samples  alloc_sampled  files_written  files_deleted  dropped  symbolizer_kib  sym_index_kib  sym_cache  sym_units  units_parsed  label_sets  heap_used_kib  heap_free_kib  anon_min_kib  anon_max_kib"
     );
     let started = Instant::now();
     rt.block_on(async {
         let mut next_report = started;
+        let mut next_probe = started;
+        // Lowest and highest `RssAnon` read since the last line.
+        let (mut anon_min, mut anon_max) = (u64::MAX, 0);
         let mut i = 0u64;
         while started.elapsed() < run {
             // 8 concurrent requests per round, each with a fresh span.
@@ -126,11 +133,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for r in round {
                 let _ = r.await;
             }
+            if Instant::now() >= next_probe {
+                let anon = status_kib("RssAnon");
+                (anon_min, anon_max) = (anon_min.min(anon), anon_max.max(anon));
+                next_probe += Duration::from_secs(1);
+            }
             if Instant::now() >= next_report {
                 let s = profiler.as_ref().map(Profiler::stats).unwrap_or_default();
                 let (heap_used, heap_free) = malloc_kib();
                 println!(
-                    "{:>9}  {:>7}  {:>12}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>13}  {:>7}  {:>14}  {:>13}  {:>9}  {:>9}  {:>12}  {:>10}  {:>13}  {:>13}",
+                    "{:>9}  {:>7}  {:>12}  {:>7}  {:>8}  {:>7}  {:>13}  {:>13}  {:>13}  {:>7}  {:>14}  {:>13}  {:>9}  {:>9}  {:>12}  {:>10}  {:>13}  {:>13}  {:>12}  {:>12}",
                     started.elapsed().as_secs(),
                     status_kib("VmRSS"),
                     status_kib("RssAnon"),
@@ -148,8 +160,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     s.symbolizer.units_parsed,
                     s.label_sets_live,
                     heap_used,
-                    heap_free
+                    heap_free,
+                    anon_min,
+                    anon_max
                 );
+                (anon_min, anon_max) = (u64::MAX, 0);
                 next_report += every;
             }
         }
