@@ -395,11 +395,34 @@ struct Undo {
     locations: Vec<u32>,
 }
 
+impl Undo {
+    fn clear(&mut self) {
+        self.strings.clear();
+        self.functions.clear();
+        self.mappings.clear();
+        self.locations.clear();
+    }
+}
+
 /// One piece being filled.
+///
+/// Its samples are encoded as they are added, into `sample_bytes`, through one reused
+/// `Sample`: a window has thousands of samples, and three small vectors each, freed at
+/// the end, left the encode thread's allocator cache holding chunks scattered over every
+/// page the encoding had used, so those pages stayed resident between windows.
 struct PieceBuilder {
     generation: u32,
+    /// Everything but the samples.
     profile: Profile,
-    /// Exact encoded length of `profile`.
+    /// The samples, each encoded as `Profile` field 2.
+    sample_bytes: Vec<u8>,
+    /// Samples in `sample_bytes`.
+    samples: usize,
+    /// Reused for each sample added (its vectors keep their capacity).
+    scratch: Sample,
+    /// Reused by each `try_add`.
+    undo: Undo,
+    /// Exact encoded length of `profile` with the samples.
     bytes: usize,
     max_bytes: usize,
     max_samples: usize,
@@ -458,6 +481,10 @@ impl PieceBuilder {
             generation,
             bytes: profile.encoded_len(),
             profile,
+            sample_bytes: Vec::new(),
+            samples: 0,
+            scratch: Sample::default(),
+            undo: Undo::default(),
             max_bytes: opts.max_piece_bytes.unwrap_or(usize::MAX),
             max_samples: opts.max_piece_samples.unwrap_or(usize::MAX).max(1),
             strings,
@@ -481,10 +508,10 @@ impl PieceBuilder {
         t: &Tables,
         stack: &[u32],
         labels: &[(u32, u32)],
-        sample: &WindowSample,
+        from: &WindowSample,
     ) -> bool {
-        let had_samples = !self.profile.sample.is_empty();
-        if had_samples && self.profile.sample.len() >= self.max_samples {
+        let had_samples = self.samples > 0;
+        if had_samples && self.samples >= self.max_samples {
             return false;
         }
         let before = (
@@ -494,34 +521,42 @@ impl PieceBuilder {
             self.profile.mapping.len(),
             self.profile.location.len(),
         );
-        let mut undo = Undo::default();
-        let location_id = stack
-            .iter()
-            .map(|&loc| u64::from(self.location(t, loc, &mut undo)))
-            .collect();
-        let label = labels
-            .iter()
-            .map(|&(k, v)| Label {
+        let mut undo = std::mem::take(&mut self.undo);
+        undo.clear();
+        let mut sample = std::mem::take(&mut self.scratch);
+        sample.location_id.clear();
+        for &loc in stack {
+            let id = self.location(t, loc, &mut undo);
+            sample.location_id.push(u64::from(id));
+        }
+        sample.label.clear();
+        for &(k, v) in labels {
+            let label = Label {
                 key: self.string(t, k, &mut undo),
                 str: self.string(t, v, &mut undo),
                 num: 0,
                 num_unit: 0,
-            })
-            .collect();
+            };
+            sample.label.push(label);
+        }
         let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let value = if self.alloc {
-            sample.values.iter().map(|&v| int(v)).collect()
+        sample.value.clear();
+        if self.alloc {
+            sample.value.extend(from.values.iter().map(|&v| int(v)));
         } else {
-            let weight = int(sample.weight);
-            vec![weight, weight.saturating_mul(self.profile.period)]
-        };
-        let sample = Sample {
-            location_id,
-            value,
-            label,
-        };
-        self.bytes += message::encoded_len(2, &sample);
-        if had_samples && self.bytes > self.max_bytes {
+            let weight = int(from.weight);
+            sample.value.push(weight);
+            sample
+                .value
+                .push(weight.saturating_mul(self.profile.period));
+        }
+        let len = message::encoded_len(2, &sample);
+        let fits = !had_samples || self.bytes + len <= self.max_bytes;
+        if fits {
+            self.bytes += len;
+            message::encode(2, &sample, &mut self.sample_bytes);
+            self.samples += 1;
+        } else {
             self.bytes = before.0;
             self.profile.string_table.truncate(before.1);
             self.profile.function.truncate(before.2);
@@ -531,10 +566,10 @@ impl PieceBuilder {
             undo.functions.iter().for_each(|&g| self.functions.unset(g));
             undo.mappings.iter().for_each(|&g| self.mappings.unset(g));
             undo.locations.iter().for_each(|&g| self.locations.unset(g));
-            return false;
         }
-        self.profile.sample.push(sample);
-        true
+        self.scratch = sample;
+        self.undo = undo;
+        fits
     }
 
     /// Piece string index of global string `global`, adding it if new.
@@ -640,10 +675,13 @@ impl PieceBuilder {
 
     /// Encodes and compresses the piece; `None` for a piece without samples.
     fn finish(self) -> Option<EncodedPiece> {
-        if self.profile.sample.is_empty() {
+        if self.samples == 0 {
             return None;
         }
-        let raw = self.profile.encode_to_vec();
+        // The samples after the other fields: a decoder appends a repeated field's
+        // elements wherever they come.
+        let mut raw = self.profile.encode_to_vec();
+        raw.extend_from_slice(&self.sample_bytes);
         debug_assert_eq!(raw.len(), self.bytes, "size tracking must be exact");
         if raw.len() > self.max_bytes {
             ENCODE.pieces_oversized.incr();
@@ -667,7 +705,7 @@ impl PieceBuilder {
         Some(EncodedPiece {
             gzipped,
             uncompressed_len: raw.len(),
-            samples: self.profile.sample.len(),
+            samples: self.samples,
         })
     }
 }
