@@ -232,6 +232,8 @@ mod instrument;
 mod labels;
 /// The Pyroscope server's limits, one home for each.
 mod limits;
+/// A growable array in an anonymous mapping, out of malloc (large, short-lived lists).
+mod map_vec;
 /// The process's loaded objects (`dl_iterate_phdr`): the one walker of the loader's list.
 mod modules;
 /// OpenTelemetry: ProfilingTracerProvider, span-id map, context lookups.

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 
 use crate::id_hash::IdHashBuilder;
+use crate::map_vec::MapVec;
 use crate::symbolize::lines::{LineTable, Row, END};
-use crate::symbolize::map_vec::MapVec;
 use crate::symbolize::objfile::ObjectFile;
 use crate::symbolize::strings::{string_bytes, StringSet};
 use crate::symbolize::{allocation_bytes, table_bytes, vec_bytes};

@@ -6,8 +6,6 @@
 pub(crate) mod dwarf;
 /// A unit's line table, packed to a few bytes a row.
 pub(crate) mod lines;
-/// A growable array in an anonymous mapping, out of malloc.
-pub(crate) mod map_vec;
 /// A read-only memory map of a file.
 pub(crate) mod mapped;
 /// Readable names: demangling, generics removed, module paths from source files.

@@ -1,15 +1,16 @@
 //! `MapVec`: a growable array of `Copy` values in an anonymous memory mapping of its own,
-//! for a unit parse's line rows, the symbolizer's large and short-lived lists.
+//! for large lists that live for one job: a unit parse's line rows in the symbolizer, a
+//! window's tables and encoded bytes in the pprof encoder.
 //!
-//! glibc's malloc serves a large request (128 KiB at first) with a mapping, and when such
-//! a block is freed it raises its mmap threshold to the block's size and its trim
-//! threshold to twice that, for the whole process and for good. A large unit's rows
-//! (half a MiB in a 35 MB service) did that on the first window: from then on every
-//! arena, the application's included, could keep twice that of free memory resident. A
-//! mapping made and unmapped here is invisible to malloc.
-//!
-//! With `mapped`, the only `unsafe` of the symbolizer.
-
+//! Two things of glibc's malloc make such lists costly there. A large request (128 KiB at
+//! first) is served with a mapping, and when such a block is freed malloc raises its mmap
+//! threshold to the block's size and its trim threshold to twice that, for the whole
+//! process and for good: from then on every arena, the application's included, may keep
+//! that much free memory resident. And a list that grows by doubling passes through every
+//! small size on the way; each freed small block goes to the freeing thread's cache
+//! (tcache, up to 7 blocks of each size), which malloc counts as in use, so the pages
+//! those blocks sit on stay resident after `malloc_trim`. A mapping made and unmapped here
+//! is invisible to malloc.
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
@@ -44,6 +45,18 @@ impl<T: Copy> MapVec<T> {
         }
     }
 
+    /// `len` copies of `value`.
+    pub(crate) fn filled(len: usize, value: T) -> Self {
+        let mut array = Self::new();
+        while array.cap < len {
+            array.grow();
+        }
+        for _ in 0..len {
+            array.push(value);
+        }
+        array
+    }
+
     pub(crate) fn push(&mut self, value: T) {
         if self.len == self.cap {
             self.grow();
@@ -68,6 +81,11 @@ impl<T: Copy> MapVec<T> {
             )
         };
         self.len += values.len();
+    }
+
+    /// Keeps the first `len` elements (all of them if there are fewer); the mapping stays.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 
     /// Doubles the mapping (or makes the first). Out of memory aborts, as for a `Vec`.
@@ -174,6 +192,23 @@ mod tests {
         assert_eq!(out[0], u32::MAX);
         assert_eq!(&out[1..5_001], &values[..]);
         assert_eq!(&out[5_001..], &[0, 1, 2]);
+    }
+
+    #[test]
+    fn a_filled_array_holds_its_values_and_truncation_keeps_a_prefix() {
+        let mut ids = MapVec::filled(3_000, 7u32);
+        assert_eq!(ids.len(), 3_000);
+        assert!(ids.iter().all(|&v| v == 7));
+        ids[5] = 1;
+        ids.truncate(6);
+        assert_eq!(&ids[..], &[7, 7, 7, 7, 7, 1]);
+        ids.truncate(100);
+        assert_eq!(ids.len(), 6, "truncating past the end changes nothing");
+        ids.truncate(0);
+        assert!(ids.is_empty());
+        ids.push(2);
+        assert_eq!(&ids[..], &[2]);
+        assert!(MapVec::filled(0, 0u8).is_empty());
     }
 
     #[test]
