@@ -206,9 +206,14 @@ fn write_hex(id: u64, out: &mut [u8; 16]) {
 /// more than the rest of the attribute. The string's capacity is exactly 16, so turning
 /// it into the attribute's `Box<str>` does not reallocate.
 pub(crate) fn span_id_hex(id: u64) -> String {
+    hex_string(span_id_digits(id).to_vec())
+}
+
+/// A span id's 16 lowercase hex digits, as [`span_id_hex`] writes them, without a `String`.
+pub(crate) fn span_id_digits(id: u64) -> [u8; 16] {
     let mut digits = [0u8; 16];
     write_hex(id, &mut digits);
-    hex_string(digits.to_vec())
+    digits
 }
 
 /// `digits` (ASCII hex digits, as `write_hex` writes them) as a `String` of the same
@@ -222,10 +227,19 @@ fn hex_string(digits: Vec<u8>) -> String {
 /// Formats a trace id exactly as OpenTelemetry's `TraceId` prints it (32 lowercase hex
 /// digits).
 pub(crate) fn trace_id_hex(id: u128) -> String {
+    hex_string(trace_id_digits(id).to_vec())
+}
+
+/// A trace id's 32 lowercase hex digits, as [`trace_id_hex`] writes them, without a
+/// `String`.
+pub(crate) fn trace_id_digits(id: u128) -> [u8; 32] {
     let (mut high, mut low) = ([0u8; 16], [0u8; 16]);
     write_hex((id >> 64) as u64, &mut high);
     write_hex(id as u64, &mut low);
-    hex_string([high, low].concat())
+    let mut digits = [0u8; 32];
+    digits[..16].copy_from_slice(&high);
+    digits[16..].copy_from_slice(&low);
+    digits
 }
 
 #[cfg(test)]
