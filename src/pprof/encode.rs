@@ -12,17 +12,19 @@
 //! `pieces_oversized`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::io::Write;
-use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use prost::encoding::{message, string};
+use hashbrown::HashTable;
+use prost::encoding::{self, message, WireType};
 use prost::Message;
 
 use crate::counters::LogOnce;
-use crate::labels::set::{span_id_hex, trace_id_hex};
+use crate::labels::set::{span_id_digits, trace_id_digits};
+use crate::map_vec::MapVec;
 use crate::pprof::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use crate::pprof::ENCODE;
 use crate::symbolize::{lookup_address, Symbolizer};
@@ -30,6 +32,12 @@ use crate::window::{ClosedWindow, ProfileKind, WindowSample};
 
 /// gzip level: Go's `runtime/pprof` writes with `gzip.BestSpeed` too.
 const GZIP_LEVEL: u32 = 1;
+
+/// `Profile`'s field numbers of the repeated messages.
+const SAMPLE_TAG: u32 = 2;
+const MAPPING_TAG: u32 = 3;
+const LOCATION_TAG: u32 = 4;
+const FUNCTION_TAG: u32 = 5;
 
 /// Strings every piece starts with, at these indices.
 const FIXED_STRINGS: [&str; 5] = ["", "samples", "count", "cpu", "nanoseconds"];
@@ -124,15 +132,16 @@ pub(crate) fn encode_prepared(
     }
     let tables = Tables::build(window, symbolizer);
     let mut pieces = Vec::new();
-    let mut piece = PieceBuilder::new(&tables, window, opts, 1);
+    let mut piece = PieceBuilder::new(&tables, window, opts, 1, Scratch::default());
     for sample in &window.samples {
-        let stack = &tables.stacks[sample.stack as usize];
-        let labels = &tables.label_sets[sample.labels as usize];
+        let stack = tables.stacks.get(sample.stack as usize);
+        let labels = tables.label_sets.get(sample.labels as usize);
         if piece.try_add(&tables, stack, labels, sample) {
             continue;
         }
         // Over a limit with at least one sample in the piece: finish it, start the next.
-        let next = PieceBuilder::new(&tables, window, opts, piece.generation + 1);
+        let scratch = std::mem::take(&mut piece.scratch);
+        let next = PieceBuilder::new(&tables, window, opts, piece.generation + 1, scratch);
         let full = std::mem::replace(&mut piece, next);
         pieces.extend(full.finish());
         let added = piece.try_add(&tables, stack, labels, sample);
@@ -163,20 +172,28 @@ fn is_allocator_frame(name: &str) -> bool {
     .any(|shim| last.starts_with(shim))
 }
 
-/// Window-wide tables; indices here are "global" (per window), not piece ids.
+/// Smallest capacity of the encoder's hash tables: tables sized from the start past the
+/// allocator's small sizes (see [`PieceBuilder`] for why).
+const MIN_TABLE: usize = 64;
+
+/// Window-wide tables; indices here are "global" (per window), not piece ids. What grows
+/// with the window lives in [`MapVec`]s (see [`PieceBuilder`] for why).
 struct Tables {
-    strings: Vec<Arc<str>>,
-    functions: Vec<GFunction>,
+    strings: Strings,
+    functions: MapVec<GFunction>,
     mappings: Vec<GMapping>,
     /// The main program's mapping, when a location is in it.
     main_mapping: Option<u32>,
-    locations: Vec<GLocation>,
+    locations: MapVec<GLocation>,
+    /// Per location: (global function, line), callee first.
+    lines: Lists<(u32, u32)>,
     /// Per window stack: global location indices, leaf first.
-    stacks: Vec<Vec<u32>>,
+    stacks: Lists<u32>,
     /// Per window label set: (key, value) global string indices.
-    label_sets: Vec<Vec<(u32, u32)>>,
+    label_sets: Lists<(u32, u32)>,
 }
 
+#[derive(Clone, Copy)]
 struct GFunction {
     name: u32,
     system_name: u32,
@@ -195,62 +212,128 @@ struct GMapping {
     has_inline_frames: bool,
 }
 
+#[derive(Clone, Copy)]
 struct GLocation {
     mapping: Option<u32>,
     address: u64,
-    /// (global function, line), callee first.
-    lines: Vec<(u32, u32)>,
 }
 
-#[derive(Default)]
-struct Interner {
-    strings: Vec<Arc<str>>,
-    index: HashMap<Arc<str>, u32>,
+/// Lists of `T` stored one after another: list `i` is `items[ends[i - 1]..ends[i]]`.
+struct Lists<T: Copy> {
+    items: MapVec<T>,
+    /// Where each list ends in `items`.
+    ends: MapVec<usize>,
 }
 
-impl Interner {
-    fn get(&mut self, s: &str) -> u32 {
-        if let Some(&i) = self.index.get(s) {
-            return i;
+impl<T: Copy> Lists<T> {
+    fn new() -> Self {
+        Self {
+            items: MapVec::new(),
+            ends: MapVec::new(),
         }
-        let i = self.strings.len() as u32;
-        let arc: Arc<str> = Arc::from(s);
-        self.strings.push(arc.clone());
-        self.index.insert(arc, i);
-        i
     }
 
-    fn get_arc(&mut self, s: &Arc<str>) -> u32 {
-        if let Some(&i) = self.index.get(s) {
+    /// Adds `item` to the list being built.
+    fn push(&mut self, item: T) {
+        self.items.push(item);
+    }
+
+    /// Ends the list being built (with what was pushed since the last end).
+    fn end_list(&mut self) {
+        self.ends.push(self.items.len());
+    }
+
+    /// List `i`, which must have ended.
+    fn get(&self, i: usize) -> &[T] {
+        let start = match i {
+            0 => 0,
+            i => self.ends[i - 1],
+        };
+        &self.items[start..self.ends[i]]
+    }
+}
+
+/// The window's strings, each stored once: their bytes one after another in one array,
+/// found again through a hash table of their indices.
+struct Strings {
+    text: MapVec<u8>,
+    /// Per string: where its bytes start and end in `text`.
+    spans: MapVec<(usize, usize)>,
+    /// String indices, by the hash of their bytes.
+    index: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl Strings {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            text: MapVec::new(),
+            spans: MapVec::new(),
+            index: HashTable::with_capacity(capacity.max(MIN_TABLE)),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The bytes of string `i`.
+    fn bytes(&self, i: u32) -> &[u8] {
+        let (start, end) = self.spans[i as usize];
+        &self.text[start..end]
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// The index of `s`, added if new.
+    fn get(&mut self, s: &[u8]) -> u32 {
+        let Self {
+            text,
+            spans,
+            index,
+            hasher,
+        } = self;
+        let bytes_of = |i: u32| {
+            let (start, end) = spans[i as usize];
+            &text[start..end]
+        };
+        let hash = hasher.hash_one(s);
+        if let Some(&i) = index.find(hash, |&i| bytes_of(i) == s) {
             return i;
         }
-        let i = self.strings.len() as u32;
-        self.strings.push(s.clone());
-        self.index.insert(s.clone(), i);
+        let i = spans.len() as u32;
+        index.insert_unique(hash, i, |&j| hasher.hash_one(bytes_of(j)));
+        let start = text.len();
+        text.extend_from_slice(s);
+        spans.push((start, text.len()));
         i
     }
 }
 
 impl Tables {
     fn build(window: &ClosedWindow, symbolizer: &mut Symbolizer) -> Self {
-        let mut strings = Interner::default();
+        let distinct = window.stacks.len().max(MIN_TABLE);
+        let mut strings = Strings::with_capacity(distinct);
         for s in fixed_strings(window.kind) {
-            strings.get(s);
+            strings.get(s.as_bytes());
         }
-        let mut functions = Vec::new();
-        let mut function_index: HashMap<(u32, u32, u32, u32), u32> = HashMap::new();
+        let mut functions = MapVec::new();
+        let mut function_index: HashMap<(u32, u32, u32, u32), u32> =
+            HashMap::with_capacity(distinct);
         let mut mappings = Vec::new();
-        let mut mapping_index: HashMap<usize, u32> = HashMap::new();
+        let mut mapping_index: HashMap<usize, u32> = HashMap::with_capacity(MIN_TABLE);
         let mut main_mapping = None;
-        let mut locations = Vec::new();
-        let mut location_index: HashMap<usize, u32> = HashMap::new();
-        let mut stacks = Vec::with_capacity(window.stacks.len());
+        let mut locations = MapVec::new();
+        let mut lines = Lists::new();
+        let mut location_index: HashMap<usize, u32> = HashMap::with_capacity(distinct);
+        let mut stacks = Lists::new();
         // Allocation stacks begin inside the allocator (the global allocator's shim and the
         // wrapper inlined into it): their leaf should be the code that asked for memory.
         let alloc = matches!(window.kind, ProfileKind::Alloc { .. });
-        let mut allocator_frames: HashMap<usize, bool> = HashMap::new();
+        let mut allocator_frames: HashMap<usize, bool> = match alloc {
+            true => HashMap::with_capacity(MIN_TABLE),
+            false => HashMap::new(),
+        };
         for frames in &window.stacks {
-            let mut stack = Vec::with_capacity(frames.len());
             let mut leading = alloc;
             for (depth, &frame) in frames.iter().enumerate() {
                 let addr = lookup_address(depth, frame);
@@ -266,7 +349,7 @@ impl Tables {
                 }
                 leading = false;
                 if let Some(&loc) = location_index.get(&addr) {
-                    stack.push(loc);
+                    stacks.push(loc);
                     continue;
                 }
                 let sym = symbolizer.symbolize(addr);
@@ -280,8 +363,8 @@ impl Tables {
                             memory_start: info.memory_start,
                             memory_limit: info.memory_limit,
                             file_offset: info.file_offset,
-                            filename: strings.get_arc(&info.name),
-                            build_id: strings.get_arc(&info.build_id),
+                            filename: strings.get(info.name.as_bytes()),
+                            build_id: strings.get(info.build_id.as_bytes()),
                             has_functions: info.has_functions,
                             has_filenames: info.has_filenames,
                             has_inline_frames: info.has_inline_frames,
@@ -289,100 +372,95 @@ impl Tables {
                         (mappings.len() - 1) as u32
                     })
                 });
-                let lines = sym
-                    .frames
-                    .iter()
-                    .map(|f| {
-                        let key = (
-                            strings.get_arc(&f.name),
-                            strings.get_arc(&f.system_name),
-                            strings.get_arc(&f.file),
-                            f.start_line,
-                        );
-                        let function = *function_index.entry(key).or_insert_with(|| {
-                            functions.push(GFunction {
-                                name: key.0,
-                                system_name: key.1,
-                                filename: key.2,
-                                start_line: key.3,
-                            });
-                            (functions.len() - 1) as u32
+                for f in &sym.frames {
+                    let key = (
+                        strings.get(f.name.as_bytes()),
+                        strings.get(f.system_name.as_bytes()),
+                        strings.get(f.file.as_bytes()),
+                        f.start_line,
+                    );
+                    let function = *function_index.entry(key).or_insert_with(|| {
+                        functions.push(GFunction {
+                            name: key.0,
+                            system_name: key.1,
+                            filename: key.2,
+                            start_line: key.3,
                         });
-                        (function, f.line)
-                    })
-                    .collect();
+                        (functions.len() - 1) as u32
+                    });
+                    lines.push((function, f.line));
+                }
+                lines.end_list();
                 locations.push(GLocation {
                     mapping,
                     address: addr as u64,
-                    lines,
                 });
                 let loc = (locations.len() - 1) as u32;
                 location_index.insert(addr, loc);
-                stack.push(loc);
+                stacks.push(loc);
             }
-            stacks.push(stack);
+            stacks.end_list();
         }
-        let label_sets = window
-            .label_sets
-            .iter()
-            .map(|set| {
-                let mut pairs = Vec::with_capacity(3 + set.pairs.len());
-                if let Some(id) = set.span_id {
-                    pairs.push((strings.get("span_id"), strings.get(&span_id_hex(id))));
-                }
-                // An empty value is invalid on the server; label sources never make
-                // one, and this keeps it that way.
-                if let Some(name) = set.span_name.as_ref().filter(|n| !n.is_empty()) {
-                    pairs.push((strings.get("span_name"), strings.get(name)));
-                }
-                if let (Some(id), true) = (set.trace_id, set.trace_id_label) {
-                    pairs.push((strings.get("trace_id"), strings.get(&trace_id_hex(id))));
-                }
-                for (k, v) in &set.pairs {
-                    pairs.push((strings.get(k), strings.get(v)));
-                }
-                pairs
-            })
-            .collect();
+        let mut label_sets = Lists::new();
+        let (span_id, span_name, trace_id) = (
+            strings.get(b"span_id"),
+            strings.get(b"span_name"),
+            strings.get(b"trace_id"),
+        );
+        for set in &window.label_sets {
+            if let Some(id) = set.span_id {
+                label_sets.push((span_id, strings.get(&span_id_digits(id))));
+            }
+            // An empty value is invalid on the server; label sources never make one, and
+            // this keeps it that way.
+            if let Some(name) = set.span_name.as_ref().filter(|n| !n.is_empty()) {
+                label_sets.push((span_name, strings.get(name.as_bytes())));
+            }
+            if let (Some(id), true) = (set.trace_id, set.trace_id_label) {
+                label_sets.push((trace_id, strings.get(&trace_id_digits(id))));
+            }
+            for (k, v) in &set.pairs {
+                label_sets.push((strings.get(k.as_bytes()), strings.get(v.as_bytes())));
+            }
+            label_sets.end_list();
+        }
         Self {
-            strings: strings.strings,
+            strings,
             functions,
             mappings,
             main_mapping,
             locations,
+            lines,
             stacks,
             label_sets,
         }
     }
 }
 
-/// Global index -> piece id, valid when `stamp` equals the piece's generation; so tables
-/// are reused across pieces without clearing.
+/// Global index -> piece id, valid when its stamp equals the piece's generation.
 struct LocalIds {
-    stamp: Vec<u32>,
-    id: Vec<u32>,
+    /// (stamp, id) per global index.
+    ids: MapVec<(u32, u32)>,
 }
 
 impl LocalIds {
     fn new(len: usize) -> Self {
         Self {
-            stamp: vec![0; len],
-            id: vec![0; len],
+            ids: MapVec::filled(len, (0, 0)),
         }
     }
 
     fn get(&self, global: u32, generation: u32) -> Option<u32> {
-        let g = global as usize;
-        (self.stamp[g] == generation).then(|| self.id[g])
+        let (stamp, id) = self.ids[global as usize];
+        (stamp == generation).then_some(id)
     }
 
     fn set(&mut self, global: u32, generation: u32, id: u32) {
-        self.stamp[global as usize] = generation;
-        self.id[global as usize] = id;
+        self.ids[global as usize] = (generation, id);
     }
 
     fn unset(&mut self, global: u32) {
-        self.stamp[global as usize] = 0;
+        self.ids[global as usize].0 = 0;
     }
 }
 
@@ -404,38 +482,108 @@ impl Undo {
     }
 }
 
+/// Buffers reused for every element a window's pieces encode, handed from piece to piece.
+#[derive(Default)]
+struct Scratch {
+    /// One element, encoded before it is appended to its section.
+    record: Vec<u8>,
+    sample: Sample,
+    /// A location's lines.
+    lines: Vec<Line>,
+    undo: Undo,
+}
+
+/// One repeated field of a piece: its elements, encoded one after another as that field
+/// of `Profile`.
+struct Section {
+    bytes: MapVec<u8>,
+    count: u32,
+}
+
+impl Section {
+    fn new() -> Self {
+        Self {
+            bytes: MapVec::new(),
+            count: 0,
+        }
+    }
+
+    /// Appends one element, which `encode` writes into `record` (cleared first); returns
+    /// its encoded size.
+    fn add(&mut self, record: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> usize {
+        record.clear();
+        encode(record);
+        self.bytes.extend_from_slice(record);
+        self.count += 1;
+        record.len()
+    }
+
+    /// Appends string `s` as `Profile.string_table`; returns its encoded size.
+    fn add_string(&mut self, record: &mut Vec<u8>, s: &[u8]) -> usize {
+        self.add(record, |r| {
+            encoding::encode_key(STRING_TABLE_TAG, WireType::LengthDelimited, r);
+            encoding::encode_varint(s.len() as u64, r);
+            r.extend_from_slice(s);
+        })
+    }
+
+    /// Where the section ends now, for [`Section::reset`].
+    fn mark(&self) -> (usize, u32) {
+        (self.bytes.len(), self.count)
+    }
+
+    /// Drops what was appended since `mark`.
+    fn reset(&mut self, (len, count): (usize, u32)) {
+        self.bytes.truncate(len);
+        self.count = count;
+    }
+}
+
+/// `Profile.string_table`'s field number.
+const STRING_TABLE_TAG: u32 = 6;
+
 /// One piece being filled.
 ///
-/// Its samples are encoded as they are added, into `sample_bytes`, through one reused
-/// `Sample`: a window has thousands of samples, and three small vectors each, freed at
-/// the end, left the encode thread's allocator cache holding chunks scattered over every
-/// page the encoding had used, so those pages stayed resident between windows.
+/// Every repeated field (mappings, locations, functions, strings, samples) is encoded as
+/// its elements are added, each into a [`Section`] of its own, and the piece is those
+/// sections after the profile's other fields: a decoder appends a repeated field's
+/// elements wherever they come. Elements are encoded through reused buffers
+/// ([`Scratch`]), and what grows with the window is in [`MapVec`]s, so a window's
+/// encoding makes a few dozen heap blocks, not one or more per sample, string and
+/// location. That matters on glibc: freed small blocks stay in the encode thread's cache
+/// (7 of each size), counted as in use, and after tens of thousands of them a window left
+/// that cache's blocks scattered over the pages the encoding had used, which then stayed
+/// resident; the process's resident set crept up window after window.
 struct PieceBuilder {
     generation: u32,
-    /// Everything but the samples.
-    profile: Profile,
-    /// The samples, each encoded as `Profile` field 2.
-    sample_bytes: Vec<u8>,
-    /// Samples in `sample_bytes`.
-    samples: usize,
-    /// Reused for each sample added (its vectors keep their capacity).
-    scratch: Sample,
-    /// Reused by each `try_add`.
-    undo: Undo,
-    /// Exact encoded length of `profile` with the samples.
+    /// The profile's own fields; its repeated tables stay empty (they are the sections).
+    header: Profile,
+    mappings: Section,
+    locations: Section,
+    functions: Section,
+    strings: Section,
+    samples: Section,
+    scratch: Scratch,
+    /// Exact encoded length of the piece so far.
     bytes: usize,
     max_bytes: usize,
     max_samples: usize,
     /// Allocation values instead of CPU weights.
     alloc: bool,
-    strings: LocalIds,
-    functions: LocalIds,
-    mappings: LocalIds,
-    locations: LocalIds,
+    string_ids: LocalIds,
+    function_ids: LocalIds,
+    mapping_ids: LocalIds,
+    location_ids: LocalIds,
 }
 
 impl PieceBuilder {
-    fn new(tables: &Tables, window: &ClosedWindow, opts: &EncodeOptions, generation: u32) -> Self {
+    fn new(
+        tables: &Tables,
+        window: &ClosedWindow,
+        opts: &EncodeOptions,
+        generation: u32,
+        scratch: Scratch,
+    ) -> Self {
         let time_nanos = window
             .start
             .duration_since(UNIX_EPOCH)
@@ -444,7 +592,7 @@ impl PieceBuilder {
             .end
             .duration_since(window.start)
             .map_or(0, |d| d.as_nanos() as i64);
-        let mut profile = Profile {
+        let mut header = Profile {
             sample_type: vec![
                 ValueType {
                     r#type: S_SAMPLES,
@@ -455,7 +603,6 @@ impl PieceBuilder {
                     unit: S_NANOSECONDS,
                 },
             ],
-            string_table: FIXED_STRINGS.iter().map(|s| (*s).to_owned()).collect(),
             time_nanos,
             duration_nanos,
             period_type: Some(ValueType {
@@ -465,39 +612,42 @@ impl PieceBuilder {
             period: opts.period_ns as i64,
             ..Profile::default()
         };
-        let fixed = fixed_strings(window.kind);
         if let ProfileKind::Alloc { sample_bytes } = window.kind {
             let (types, period_type) = alloc_types();
-            profile.sample_type = types;
-            profile.period_type = Some(period_type);
-            profile.period = sample_bytes as i64;
-            profile.string_table = fixed.iter().map(|s| (*s).to_owned()).collect();
-        }
-        let mut strings = LocalIds::new(tables.strings.len());
-        for i in 0..fixed.len() as u32 {
-            strings.set(i, generation, i);
+            header.sample_type = types;
+            header.period_type = Some(period_type);
+            header.period = sample_bytes as i64;
         }
         let mut piece = Self {
             generation,
-            bytes: profile.encoded_len(),
-            profile,
-            sample_bytes: Vec::new(),
-            samples: 0,
-            scratch: Sample::default(),
-            undo: Undo::default(),
+            bytes: header.encoded_len(),
+            header,
+            mappings: Section::new(),
+            locations: Section::new(),
+            functions: Section::new(),
+            strings: Section::new(),
+            samples: Section::new(),
+            scratch,
             max_bytes: opts.max_piece_bytes.unwrap_or(usize::MAX),
             max_samples: opts.max_piece_samples.unwrap_or(usize::MAX).max(1),
-            strings,
             alloc: matches!(window.kind, ProfileKind::Alloc { .. }),
-            functions: LocalIds::new(tables.functions.len()),
-            mappings: LocalIds::new(tables.mappings.len()),
-            locations: LocalIds::new(tables.locations.len()),
+            string_ids: LocalIds::new(tables.strings.len()),
+            function_ids: LocalIds::new(tables.functions.len()),
+            mapping_ids: LocalIds::new(tables.mappings.len()),
+            location_ids: LocalIds::new(tables.locations.len()),
         };
+        let mut undo = std::mem::take(&mut piece.scratch.undo);
+        // The fixed strings first, at the indices the header uses.
+        for i in 0..fixed_strings(window.kind).len() as u32 {
+            piece.string(tables, i, &mut undo);
+        }
         // The main program is mapping 1, as in Go's profiles: `go tool pprof` names the
         // profile after the first mapping ("File: shop", not "File: libc.so.6").
         if let Some(main) = tables.main_mapping {
-            piece.mapping(tables, main, &mut Undo::default());
+            piece.mapping(tables, main, &mut undo);
         }
+        undo.clear();
+        piece.scratch.undo = undo;
         piece
     }
 
@@ -510,20 +660,20 @@ impl PieceBuilder {
         labels: &[(u32, u32)],
         from: &WindowSample,
     ) -> bool {
-        let had_samples = self.samples > 0;
-        if had_samples && self.samples >= self.max_samples {
+        let had_samples = self.samples.count > 0;
+        if had_samples && self.samples.count as usize >= self.max_samples {
             return false;
         }
         let before = (
             self.bytes,
-            self.profile.string_table.len(),
-            self.profile.function.len(),
-            self.profile.mapping.len(),
-            self.profile.location.len(),
+            self.strings.mark(),
+            self.functions.mark(),
+            self.mappings.mark(),
+            self.locations.mark(),
         );
-        let mut undo = std::mem::take(&mut self.undo);
+        let mut undo = std::mem::take(&mut self.scratch.undo);
         undo.clear();
-        let mut sample = std::mem::take(&mut self.scratch);
+        let mut sample = std::mem::take(&mut self.scratch.sample);
         sample.location_id.clear();
         for &loc in stack {
             let id = self.location(t, loc, &mut undo);
@@ -546,80 +696,84 @@ impl PieceBuilder {
         } else {
             let weight = int(from.weight);
             sample.value.push(weight);
-            sample
-                .value
-                .push(weight.saturating_mul(self.profile.period));
+            sample.value.push(weight.saturating_mul(self.header.period));
         }
-        let len = message::encoded_len(2, &sample);
+        let len = message::encoded_len(SAMPLE_TAG, &sample);
         let fits = !had_samples || self.bytes + len <= self.max_bytes;
         if fits {
-            self.bytes += len;
-            message::encode(2, &sample, &mut self.sample_bytes);
-            self.samples += 1;
+            self.bytes += self.samples.add(&mut self.scratch.record, |r| {
+                message::encode(SAMPLE_TAG, &sample, r)
+            });
         } else {
             self.bytes = before.0;
-            self.profile.string_table.truncate(before.1);
-            self.profile.function.truncate(before.2);
-            self.profile.mapping.truncate(before.3);
-            self.profile.location.truncate(before.4);
-            undo.strings.iter().for_each(|&g| self.strings.unset(g));
-            undo.functions.iter().for_each(|&g| self.functions.unset(g));
-            undo.mappings.iter().for_each(|&g| self.mappings.unset(g));
-            undo.locations.iter().for_each(|&g| self.locations.unset(g));
+            self.strings.reset(before.1);
+            self.functions.reset(before.2);
+            self.mappings.reset(before.3);
+            self.locations.reset(before.4);
+            undo.strings.iter().for_each(|&g| self.string_ids.unset(g));
+            undo.functions
+                .iter()
+                .for_each(|&g| self.function_ids.unset(g));
+            undo.mappings
+                .iter()
+                .for_each(|&g| self.mapping_ids.unset(g));
+            undo.locations
+                .iter()
+                .for_each(|&g| self.location_ids.unset(g));
         }
-        self.scratch = sample;
-        self.undo = undo;
+        self.scratch.sample = sample;
+        self.scratch.undo = undo;
         fits
     }
 
     /// Piece string index of global string `global`, adding it if new.
     fn string(&mut self, t: &Tables, global: u32, undo: &mut Undo) -> i64 {
-        if let Some(id) = self.strings.get(global, self.generation) {
+        if let Some(id) = self.string_ids.get(global, self.generation) {
             return i64::from(id);
         }
-        let id = self.profile.string_table.len() as u32;
-        self.strings.set(global, self.generation, id);
+        let id = self.strings.count;
+        self.string_ids.set(global, self.generation, id);
         undo.strings.push(global);
-        let s = t.strings[global as usize].to_string();
-        self.bytes += string::encoded_len(6, &s);
-        self.profile.string_table.push(s);
+        self.bytes += self
+            .strings
+            .add_string(&mut self.scratch.record, t.strings.bytes(global));
         i64::from(id)
     }
 
     /// Piece id of global function `global`, adding it if new.
     fn function(&mut self, t: &Tables, global: u32, undo: &mut Undo) -> u64 {
-        if let Some(id) = self.functions.get(global, self.generation) {
+        if let Some(id) = self.function_ids.get(global, self.generation) {
             return u64::from(id);
         }
-        let f = &t.functions[global as usize];
-        let function = Function {
-            id: 0,
-            name: self.string(t, f.name, undo),
-            system_name: self.string(t, f.system_name, undo),
-            filename: self.string(t, f.filename, undo),
-            start_line: i64::from(f.start_line),
-        };
-        let id = self.profile.function.len() as u32 + 1;
+        let f = t.functions[global as usize];
+        let name = self.string(t, f.name, undo);
+        let system_name = self.string(t, f.system_name, undo);
+        let filename = self.string(t, f.filename, undo);
+        let id = self.functions.count + 1;
         let function = Function {
             id: u64::from(id),
-            ..function
+            name,
+            system_name,
+            filename,
+            start_line: i64::from(f.start_line),
         };
-        self.functions.set(global, self.generation, id);
+        self.function_ids.set(global, self.generation, id);
         undo.functions.push(global);
-        self.bytes += message::encoded_len(5, &function);
-        self.profile.function.push(function);
+        self.bytes += self.functions.add(&mut self.scratch.record, |r| {
+            message::encode(FUNCTION_TAG, &function, r)
+        });
         u64::from(id)
     }
 
     /// Piece id of global mapping `global`, adding it if new.
     fn mapping(&mut self, t: &Tables, global: u32, undo: &mut Undo) -> u64 {
-        if let Some(id) = self.mappings.get(global, self.generation) {
+        if let Some(id) = self.mapping_ids.get(global, self.generation) {
             return u64::from(id);
         }
         let m = &t.mappings[global as usize];
         let filename = self.string(t, m.filename, undo);
         let build_id = self.string(t, m.build_id, undo);
-        let id = self.profile.mapping.len() as u32 + 1;
+        let id = self.mappings.count + 1;
         let mapping = Mapping {
             id: u64::from(id),
             memory_start: m.memory_start,
@@ -632,33 +786,34 @@ impl PieceBuilder {
             has_line_numbers: m.has_filenames,
             has_inline_frames: m.has_inline_frames,
         };
-        self.mappings.set(global, self.generation, id);
+        self.mapping_ids.set(global, self.generation, id);
         undo.mappings.push(global);
-        self.bytes += message::encoded_len(3, &mapping);
-        self.profile.mapping.push(mapping);
+        self.bytes += self.mappings.add(&mut self.scratch.record, |r| {
+            message::encode(MAPPING_TAG, &mapping, r)
+        });
         u64::from(id)
     }
 
     /// Piece id of global location `global`, adding it (and what it uses) if new.
     fn location(&mut self, t: &Tables, global: u32, undo: &mut Undo) -> u32 {
-        if let Some(id) = self.locations.get(global, self.generation) {
+        if let Some(id) = self.location_ids.get(global, self.generation) {
             return id;
         }
-        let l = &t.locations[global as usize];
+        let l = t.locations[global as usize];
         let mapping_id = match l.mapping {
             Some(m) => self.mapping(t, m, undo),
             None => 0,
         };
-        let line = l
-            .lines
-            .iter()
-            .map(|&(f, line)| Line {
+        let mut line = std::mem::take(&mut self.scratch.lines);
+        line.clear();
+        for &(f, number) in t.lines.get(global as usize) {
+            line.push(Line {
                 function_id: self.function(t, f, undo),
-                line: i64::from(line),
+                line: i64::from(number),
                 column: 0,
-            })
-            .collect();
-        let id = self.profile.location.len() as u32 + 1;
+            });
+        }
+        let id = self.locations.count + 1;
         let location = Location {
             id: u64::from(id),
             mapping_id,
@@ -666,22 +821,35 @@ impl PieceBuilder {
             line,
             is_folded: false,
         };
-        self.locations.set(global, self.generation, id);
+        self.location_ids.set(global, self.generation, id);
         undo.locations.push(global);
-        self.bytes += message::encoded_len(4, &location);
-        self.profile.location.push(location);
+        self.bytes += self.locations.add(&mut self.scratch.record, |r| {
+            message::encode(LOCATION_TAG, &location, r)
+        });
+        self.scratch.lines = location.line;
         id
     }
 
     /// Encodes and compresses the piece; `None` for a piece without samples.
     fn finish(self) -> Option<EncodedPiece> {
-        if self.samples == 0 {
+        if self.samples.count == 0 {
             return None;
         }
-        // The samples after the other fields: a decoder appends a repeated field's
-        // elements wherever they come.
-        let mut raw = self.profile.encode_to_vec();
-        raw.extend_from_slice(&self.sample_bytes);
+        let mut raw = MapVec::new();
+        let mut header = self.scratch.record;
+        header.clear();
+        // Encoding into a `Vec` cannot fail (it grows as needed).
+        let _ = self.header.encode(&mut header);
+        raw.extend_from_slice(&header);
+        for section in [
+            &self.mappings,
+            &self.locations,
+            &self.functions,
+            &self.strings,
+            &self.samples,
+        ] {
+            raw.extend_from_slice(&section.bytes);
+        }
         debug_assert_eq!(raw.len(), self.bytes, "size tracking must be exact");
         if raw.len() > self.max_bytes {
             ENCODE.pieces_oversized.incr();
@@ -698,20 +866,21 @@ impl PieceBuilder {
                 if LOGGED.first() {
                     log::error!(target: "span_profiler", "gzip of a profile failed ({err}); the profile is sent uncompressed");
                 }
-                raw.clone()
+                raw.to_vec()
             }
         };
         ENCODE.pieces_encoded.incr();
         Some(EncodedPiece {
             gzipped,
             uncompressed_len: raw.len(),
-            samples: self.samples,
+            samples: self.samples.count as usize,
         })
     }
 }
 
 #[cfg(all(test, not(span_profiler_loom)))]
 mod tests {
+    use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
     use super::*;
