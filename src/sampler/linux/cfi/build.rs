@@ -105,7 +105,7 @@ pub(crate) fn build(source: &Source<'_>) -> Result<(ModuleTable, BuildCounts), B
     let cfi = Cfi::new(source);
     // Any error there (a damaged table included) is reported by the section-order
     // build, which reads `.eh_frame` itself.
-    if let Ok(Some(built)) = cfi.in_address_order() {
+    if let Some(built) = cfi.in_address_order() {
         return Ok(built);
     }
     cfi.in_section_order()
@@ -136,23 +136,18 @@ impl<'a> Cfi<'a> {
     }
 
     /// Builds from the FDEs in `.eh_frame_hdr`'s order; `None` if there is no usable
-    /// table or the rows do not come sorted.
-    fn in_address_order(&self) -> Result<Option<(ModuleTable, BuildCounts)>, BuildError> {
-        let Some((_, hdr_bytes)) = self.source.eh_frame_hdr else {
-            return Ok(None);
-        };
+    /// table, the rows do not come sorted, or anything fails to parse.
+    fn in_address_order(&self) -> Option<(ModuleTable, BuildCounts)> {
+        let (_, hdr_bytes) = self.source.eh_frame_hdr?;
         let address_size = std::mem::size_of::<usize>() as u8;
-        let Ok(hdr) = EhFrameHdr::new(hdr_bytes, NativeEndian).parse(&self.bases, address_size)
-        else {
-            return Ok(None);
-        };
+        let hdr = EhFrameHdr::new(hdr_bytes, NativeEndian)
+            .parse(&self.bases, address_size)
+            .ok()?;
         // The table's FDE pointers are offsets from the `.eh_frame` it names.
         if hdr.eh_frame_ptr().direct().ok() != Some(self.source.eh_frame_addr) {
-            return Ok(None);
+            return None;
         }
-        let Some(table) = hdr.table() else {
-            return Ok(None);
-        };
+        let table = hdr.table()?;
         let mut ctx = Box::new(UnwindContext::new());
         let mut counts = BuildCounts {
             in_address_order: true,
@@ -162,36 +157,36 @@ impl<'a> Cfi<'a> {
         let mut sorted = true;
         let mut listed = 0u64;
         let mut entries = table.iter(&self.bases);
-        while let Some((_, fde_ptr)) = entries.next()? {
+        while let Some((_, fde_ptr)) = entries.next().ok()? {
             listed += 1;
             // Not `pointer_to_offset`: it underflows (panics) on a pointer below
             // `.eh_frame`, which a damaged table can hold.
-            let Some(offset) = fde_ptr
-                .direct()?
+            let offset = fde_ptr
+                .direct()
+                .ok()?
                 .checked_sub(self.source.eh_frame_addr)
-                .and_then(|o| usize::try_from(o).ok())
-            else {
-                return Ok(None);
-            };
+                .and_then(|o| usize::try_from(o).ok())?;
             let offset = EhFrameOffset(offset);
             let fde = self
                 .eh_frame
-                .fde_from_offset(&self.bases, offset, EhFrame::cie_from_offset)?;
+                .fde_from_offset(&self.bases, offset, EhFrame::cie_from_offset)
+                .ok()?;
             self.rows(&fde, &mut ctx, &mut counts, |addr, order, rule| {
                 sorted = sorted && columns.push(addr, order, rule);
                 sorted
-            })?;
+            })
+            .ok()?;
             if !sorted {
-                return Ok(None);
+                return None;
             }
         }
         // A table that lists each FDE once, in order, lists as many as the section has
         // (a cheap walk: FDEs are counted, not parsed).
-        if listed != self.fde_count()? {
-            return Ok(None);
+        if listed != self.fde_count().ok()? {
+            return None;
         }
-        let table = columns.finish(self.source.name)?;
-        Ok(Some((table, counts)))
+        let table = columns.finish(self.source.name).ok()?;
+        Some((table, counts))
     }
 
     /// How many FDEs `.eh_frame` holds.
@@ -223,7 +218,8 @@ impl<'a> Cfi<'a> {
         rows.sort_by_key(|&(addr, order, _)| (addr, order));
         let mut columns = Columns::default();
         for (addr, order, rule) in rows {
-            columns.push(addr, order, rule);
+            let in_order = columns.push(addr, order, rule);
+            debug_assert!(in_order, "sorted rows are never refused");
         }
         Ok((columns.finish(self.source.name)?, counts))
     }
@@ -312,8 +308,6 @@ struct Columns {
     pending: Option<(u64, u8, Rule)>,
     addrs: Vec<u32>,
     rules: Vec<Rule>,
-    /// Whether an offset did not fit `u32`.
-    too_large: bool,
 }
 
 impl Columns {
@@ -333,12 +327,10 @@ impl Columns {
         if self.rules.last() == Some(&rule) {
             return;
         }
-        match u32::try_from(addr - self.start) {
-            Ok(offset) => {
-                self.addrs.push(offset);
-                self.rules.push(rule);
-            }
-            Err(_) => self.too_large = true,
+        // An offset past `u32` means the table's end is too, which `finish` reports.
+        if let Ok(offset) = u32::try_from(addr - self.start) {
+            self.addrs.push(offset);
+            self.rules.push(rule);
         }
     }
 
@@ -347,7 +339,7 @@ impl Columns {
             return Err(BuildError::Empty);
         };
         self.commit(end, rule);
-        if self.too_large || end - self.start > u64::from(u32::MAX) {
+        if end - self.start > u64::from(u32::MAX) {
             return Err(BuildError::TooLarge);
         }
         let inexpressible = self
