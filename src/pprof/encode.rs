@@ -508,18 +508,16 @@ impl Section {
         }
     }
 
-    /// Appends one element, which `encode` writes into `record` (cleared first); returns
-    /// its encoded size.
-    fn add(&mut self, record: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> usize {
+    /// Appends one element, which `encode` writes into `record` (cleared first).
+    fn add(&mut self, record: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
         record.clear();
         encode(record);
         self.bytes.extend_from_slice(record);
         self.count += 1;
-        record.len()
     }
 
-    /// Appends string `s` as `Profile.string_table`; returns its encoded size.
-    fn add_string(&mut self, record: &mut Vec<u8>, s: &[u8]) -> usize {
+    /// Appends string `s` as `Profile.string_table`.
+    fn add_string(&mut self, record: &mut Vec<u8>, s: &[u8]) {
         self.add(record, |r| {
             encoding::encode_key(STRING_TABLE_TAG, WireType::LengthDelimited, r);
             encoding::encode_varint(s.len() as u64, r);
@@ -564,8 +562,8 @@ struct PieceBuilder {
     strings: Section,
     samples: Section,
     scratch: Scratch,
-    /// Exact encoded length of the piece so far.
-    bytes: usize,
+    /// Encoded length of `header`; the piece's is this plus its sections' (see `len`).
+    header_len: usize,
     max_bytes: usize,
     max_samples: usize,
     /// Allocation values instead of CPU weights.
@@ -620,7 +618,7 @@ impl PieceBuilder {
         }
         let mut piece = Self {
             generation,
-            bytes: header.encoded_len(),
+            header_len: header.encoded_len(),
             header,
             mappings: Section::new(),
             locations: Section::new(),
@@ -651,6 +649,23 @@ impl PieceBuilder {
         piece
     }
 
+    /// The piece's exact encoded length so far: the header and every section.
+    fn len(&self) -> usize {
+        let sections: usize = self.sections().iter().map(|s| s.bytes.len()).sum();
+        self.header_len + sections
+    }
+
+    /// The sections in the order the piece writes them after its header.
+    fn sections(&self) -> [&Section; 5] {
+        [
+            &self.mappings,
+            &self.locations,
+            &self.functions,
+            &self.strings,
+            &self.samples,
+        ]
+    }
+
     /// Adds one sample with everything it references. Returns false (and changes
     /// nothing) when that would break a limit and the piece already has samples.
     fn try_add(
@@ -665,7 +680,6 @@ impl PieceBuilder {
             return false;
         }
         let before = (
-            self.bytes,
             self.strings.mark(),
             self.functions.mark(),
             self.mappings.mark(),
@@ -699,17 +713,16 @@ impl PieceBuilder {
             sample.value.push(weight.saturating_mul(self.header.period));
         }
         let len = message::encoded_len(SAMPLE_TAG, &sample);
-        let fits = !had_samples || self.bytes + len <= self.max_bytes;
+        let fits = !had_samples || self.len() + len <= self.max_bytes;
         if fits {
-            self.bytes += self.samples.add(&mut self.scratch.record, |r| {
+            self.samples.add(&mut self.scratch.record, |r| {
                 message::encode(SAMPLE_TAG, &sample, r)
             });
         } else {
-            self.bytes = before.0;
-            self.strings.reset(before.1);
-            self.functions.reset(before.2);
-            self.mappings.reset(before.3);
-            self.locations.reset(before.4);
+            self.strings.reset(before.0);
+            self.functions.reset(before.1);
+            self.mappings.reset(before.2);
+            self.locations.reset(before.3);
             undo.strings.iter().for_each(|&g| self.string_ids.unset(g));
             undo.functions
                 .iter()
@@ -734,8 +747,7 @@ impl PieceBuilder {
         let id = self.strings.count;
         self.string_ids.set(global, self.generation, id);
         undo.strings.push(global);
-        self.bytes += self
-            .strings
+        self.strings
             .add_string(&mut self.scratch.record, t.strings.bytes(global));
         i64::from(id)
     }
@@ -759,7 +771,7 @@ impl PieceBuilder {
         };
         self.function_ids.set(global, self.generation, id);
         undo.functions.push(global);
-        self.bytes += self.functions.add(&mut self.scratch.record, |r| {
+        self.functions.add(&mut self.scratch.record, |r| {
             message::encode(FUNCTION_TAG, &function, r)
         });
         u64::from(id)
@@ -788,7 +800,7 @@ impl PieceBuilder {
         };
         self.mapping_ids.set(global, self.generation, id);
         undo.mappings.push(global);
-        self.bytes += self.mappings.add(&mut self.scratch.record, |r| {
+        self.mappings.add(&mut self.scratch.record, |r| {
             message::encode(MAPPING_TAG, &mapping, r)
         });
         u64::from(id)
@@ -823,7 +835,7 @@ impl PieceBuilder {
         };
         self.location_ids.set(global, self.generation, id);
         undo.locations.push(global);
-        self.bytes += self.locations.add(&mut self.scratch.record, |r| {
+        self.locations.add(&mut self.scratch.record, |r| {
             message::encode(LOCATION_TAG, &location, r)
         });
         self.scratch.lines = location.line;
@@ -831,26 +843,20 @@ impl PieceBuilder {
     }
 
     /// Encodes and compresses the piece; `None` for a piece without samples.
-    fn finish(self) -> Option<EncodedPiece> {
+    fn finish(mut self) -> Option<EncodedPiece> {
         if self.samples.count == 0 {
             return None;
         }
         let mut raw = MapVec::new();
-        let mut header = self.scratch.record;
+        let mut header = std::mem::take(&mut self.scratch.record);
         header.clear();
         // Encoding into a `Vec` cannot fail (it grows as needed).
         let _ = self.header.encode(&mut header);
         raw.extend_from_slice(&header);
-        for section in [
-            &self.mappings,
-            &self.locations,
-            &self.functions,
-            &self.strings,
-            &self.samples,
-        ] {
+        for section in self.sections() {
             raw.extend_from_slice(&section.bytes);
         }
-        debug_assert_eq!(raw.len(), self.bytes, "size tracking must be exact");
+        debug_assert_eq!(raw.len(), self.len(), "the header encodes to `header_len`");
         if raw.len() > self.max_bytes {
             ENCODE.pieces_oversized.incr();
         }
