@@ -33,11 +33,12 @@ use crate::window::{ClosedWindow, ProfileKind, WindowSample};
 /// gzip level: Go's `runtime/pprof` writes with `gzip.BestSpeed` too.
 const GZIP_LEVEL: u32 = 1;
 
-/// `Profile`'s field numbers of the repeated messages.
+/// `Profile`'s field numbers of its repeated fields.
 const SAMPLE_TAG: u32 = 2;
 const MAPPING_TAG: u32 = 3;
 const LOCATION_TAG: u32 = 4;
 const FUNCTION_TAG: u32 = 5;
+const STRING_TABLE_TAG: u32 = 6;
 
 /// Strings every piece starts with, at these indices.
 const FIXED_STRINGS: [&str; 5] = ["", "samples", "count", "cpu", "nanoseconds"];
@@ -269,7 +270,7 @@ impl Strings {
         Self {
             text: MapVec::new(),
             spans: MapVec::new(),
-            index: HashTable::with_capacity(capacity.max(MIN_TABLE)),
+            index: HashTable::with_capacity(capacity),
             hasher: RandomState::new(),
         }
     }
@@ -536,9 +537,6 @@ impl Section {
         self.count = count;
     }
 }
-
-/// `Profile.string_table`'s field number.
-const STRING_TABLE_TAG: u32 = 6;
 
 /// One piece being filled.
 ///
